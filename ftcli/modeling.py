@@ -1,0 +1,123 @@
+"""Tokenizer and model from the config: where they come from, and their labels."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+
+from ftcli.config import Config, resolve_model_path
+from ftcli.errors import FtcliError
+
+
+def _source(name: str, field: str) -> str:
+    """A local folder or a Hub id; a path-looking name that does not exist is an error."""
+    resolved = resolve_model_path(name)
+    local = Path(resolved).expanduser()
+    if local.exists():
+        if not local.is_dir():
+            raise FtcliError(f"{field}: {resolved!r} is a file; give the model's folder")
+        return str(local)
+    from ftcli.data import _looks_like_path
+
+    if _looks_like_path(resolved):
+        raise FtcliError(f"{field}: model folder {resolved!r} does not exist; fix the path or give a Hub model id")
+    return resolved
+
+
+@contextlib.contextmanager
+def quiet_transformers():
+    """Silence transformers' load-time chatter (e.g. 'newly initialized: classifier.*', which is
+    the expected state of a fresh classification head); ftcli says what matters itself."""
+    from transformers.utils import logging
+
+    old = logging.get_verbosity()
+    bars = logging.is_progress_bar_enabled()
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()  # "Loading weights 100%|...": noise in logs, instant anyway
+    try:
+        yield
+    finally:
+        logging.set_verbosity(old)
+        if bars:
+            logging.enable_progress_bar()
+
+
+def load_tokenizer(cfg: Config):
+    from transformers import AutoTokenizer
+
+    field = "model.tokenizer" if cfg.model.tokenizer else "model.name_or_path"
+    source = _source(cfg.model.tokenizer_name, field)
+    try:
+        with quiet_transformers():
+            tok = AutoTokenizer.from_pretrained(
+                source, revision=cfg.model.revision, trust_remote_code=cfg.model.trust_remote_code, use_fast=True
+            )
+    except (OSError, ValueError) as exc:
+        raise FtcliError(f"{field}: cannot load a tokenizer from {source!r} ({_first_line(exc)})") from None
+    if not getattr(tok, "is_fast", False):
+        raise FtcliError(f"{field}: {source!r} has no fast tokenizer (tokenizer.json); ftcli needs one")
+    return tok
+
+
+def load_model(cfg: Config, label_names: list[str]):
+    """The pretrained model with a classification head sized for `label_names` ([] = regression)."""
+    from transformers import AutoModelForSequenceClassification
+
+    source = _source(cfg.model.name_or_path, "model.name_or_path")
+    kwargs = {"num_labels": 1, "problem_type": "regression"} if not label_names else {
+        "num_labels": len(label_names),
+        "id2label": dict(enumerate(label_names)),
+        "label2id": {n: i for i, n in enumerate(label_names)},
+        "problem_type": "single_label_classification",
+    }
+    try:
+        with quiet_transformers():
+            return AutoModelForSequenceClassification.from_pretrained(
+                source,
+                revision=cfg.model.revision,
+                trust_remote_code=cfg.model.trust_remote_code,
+                ignore_mismatched_sizes=True,  # a fine-tuned model may carry a head of another size
+                **kwargs,
+            )
+    except (OSError, ValueError) as exc:
+        raise FtcliError(f"model.name_or_path: cannot load a model from {source!r} ({_first_line(exc)})") from None
+
+
+def load_trained(model_dir: str | Path, label_names: list[str] | None = None):
+    """A model written by `ftcli train` (or any sequence-classification folder). When the data's
+    labels are given, they must match the model's."""
+    from transformers import AutoModelForSequenceClassification
+
+    folder = Path(model_dir)
+    if not (folder / "config.json").is_file():
+        hint = "train first, or pass --model with a trained model folder"
+        what = "does not exist" if not folder.exists() else "holds no model (config.json missing)"
+        raise FtcliError(f"model folder {str(folder)!r} {what}; {hint}")
+    try:
+        with quiet_transformers():
+            model = AutoModelForSequenceClassification.from_pretrained(str(folder))
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise FtcliError(f"model folder {str(folder)!r}: cannot load it ({_first_line(exc)})") from None
+    if label_names is not None:
+        have = [model.config.id2label[i] for i in range(model.config.num_labels)] if label_names else []
+        if model.config.num_labels == 1 and not label_names:
+            return model
+        if have != label_names:
+            raise FtcliError(
+                f"model folder {str(folder)!r} predicts labels {have} but the data's labels are {label_names}; "
+                "evaluate it with the config it was trained with"
+            )
+    return model
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise FtcliError(f"{path}: unreadable ({exc})") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
