@@ -50,7 +50,8 @@ def _reporter(quiet: bool, as_json: bool):
     from ftcli.console import Reporter
 
     # With --json, stdout carries only the JSON: people's output goes to stderr in plain lines.
-    return Reporter(mode="quiet" if quiet else ("plain" if as_json else None))
+    mode = "quiet" if quiet else ("plain" if as_json else None)
+    return Reporter(mode=mode, out=sys.stderr if as_json else None)
 
 
 def _run(fn: Callable[[], Any]) -> Any:
@@ -133,8 +134,9 @@ def train(config: ConfigOpt, set_: SetOpt = None, as_json: JsonOpt = False, quie
         cfg = _load(config, set_)
         from ftcli.train import train as train_fn
 
-        result = train_fn(cfg, reporter=_reporter(quiet, as_json))
-        if as_json and result is not None and _is_main():
+        reporter = _reporter(quiet, as_json)
+        result = train_fn(cfg, reporter=reporter)
+        if as_json and reporter.enabled:  # enabled: this is the main process
             _print_json(result)
 
     _run(go)
@@ -159,7 +161,7 @@ def eval_(
 
         reporter = _reporter(quiet, as_json)
         result = evaluate_model(cfg, model_dir=model, split=split, reporter=reporter)
-        if not _is_main():
+        if not reporter.enabled:  # not the main process
             return
         if as_json:
             _print_json(result)
@@ -184,10 +186,3 @@ def config_show(config: ConfigOpt, set_: SetOpt = None, as_json: JsonOpt = False
             typer.echo(yaml.safe_dump(cfg.to_dict(), sort_keys=False), nl=False)
 
     _run(go)
-
-
-def _is_main() -> bool:
-    """Whether this is the main process (after a command's Accelerator has set the state up)."""
-    from accelerate import PartialState
-
-    return PartialState().is_main_process

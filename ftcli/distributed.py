@@ -9,6 +9,7 @@ processes share the work (2 x 4 rows trains like 1 x 8), including the last, sho
 
 from __future__ import annotations
 
+import contextlib
 import os
 from datetime import timedelta
 from pathlib import Path
@@ -41,16 +42,55 @@ def resolve_precision(cfg: Config, on_cuda: bool, cuda_bf16: bool, on_cpu: bool)
     return want
 
 
+def has_accelerator_device() -> bool:
+    import torch
+    from accelerate.utils import is_mps_available, is_npu_available, is_torch_xla_available, is_xpu_available
+
+    return (torch.cuda.is_available() or is_torch_xla_available() or is_mps_available()
+            or is_xpu_available() or is_npu_available())
+
+
+def single_process_launch_hint(accelerator) -> str | None:
+    """`accelerate launch --cpu --num_processes N` starts ONE process in Accelerate 1.x (its
+    multi-CPU launcher is mpirun). Users expect N; tell them how to get N. Reads the launcher's
+    command line (Linux /proc), best effort."""
+    if accelerator.num_processes != 1 or os.environ.get("ACCELERATE_USE_CPU", "").lower() not in ("1", "true"):
+        return None
+    try:
+        args = Path(f"/proc/{os.getppid()}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return None
+    wanted = None
+    for i, arg in enumerate(args):
+        if arg in ("--num_processes", "--num-processes") and i + 1 < len(args):
+            wanted = args[i + 1]
+        elif arg.startswith(("--num_processes=", "--num-processes=")):
+            wanted = arg.split("=", 1)[1]
+    if not (wanted and wanted.isdigit() and int(wanted) > 1):
+        return None
+    return (
+        f"accelerate launch --cpu runs a single process, not {wanted} (Accelerate starts several CPU "
+        f"processes only through mpirun). For {wanted} CPU processes use: accelerate launch --config_file "
+        f"configs/accelerate/multi-cpu.yaml --num_processes {wanted} -m ftcli ..."
+    )
+
+
 def make_accelerator(cfg: Config, *, gradient_accumulation_steps: int = 1, log_with=None, project_dir=None):
     import torch
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs
 
-    on_cuda = torch.cuda.is_available() and os.environ.get("ACCELERATE_USE_CPU", "false").lower() not in ("1", "true")
+    force_cpu = os.environ.get("ACCELERATE_USE_CPU", "false").lower() in ("1", "true", "yes")
+    on_cuda = torch.cuda.is_available() and not force_cpu
     precision = resolve_precision(
-        cfg, on_cuda=on_cuda, cuda_bf16=on_cuda and torch.cuda.is_bf16_supported(), on_cpu=not on_cuda
+        cfg, on_cuda=on_cuda, cuda_bf16=on_cuda and torch.cuda.is_bf16_supported(),
+        on_cpu=force_cpu or not has_accelerator_device(),
     )
     accelerator = Accelerator(
+        # With no accelerator device, say so: Accelerate then runs processes started by its
+        # torchrun launcher (`--multi_gpu`, configs/accelerate/multi-cpu.yaml) on the CPU with
+        # gloo, instead of leaving each one alone in a "distributed" run of one.
+        cpu=force_cpu or not has_accelerator_device(),
         mixed_precision=precision,
         gradient_accumulation_steps=gradient_accumulation_steps,
         dataloader_config=DataLoaderConfiguration(split_batches=True, even_batches=True),
@@ -66,6 +106,22 @@ def make_accelerator(cfg: Config, *, gradient_accumulation_steps: int = 1, log_w
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     return accelerator
+
+
+@contextlib.contextmanager
+def accelerator_session(cfg: Config, **kwargs):
+    """An Accelerator for one command. On exit, trackers are closed, the process group is
+    destroyed and Accelerate's process-wide state is cleared, so that one Python session (a
+    notebook, the tests) can run `train` and then `evaluate` with other settings."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    accelerator = make_accelerator(cfg, **kwargs)
+    try:
+        yield accelerator
+    finally:
+        accelerator.end_training()
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
 
 
 def dataloader_kwargs(cfg: Config, accelerator) -> dict:

@@ -121,39 +121,39 @@ def evaluate_model(cfg: Config, *, model_dir: str | Path | None = None, split: s
                    reporter: Reporter | None = None) -> dict[str, Any]:
     """`ftcli eval`: evaluate a trained model on a split of the prepared data."""
     from ftcli import data, modeling
-    from ftcli.distributed import make_accelerator
+    from ftcli.distributed import accelerator_session
 
     folder = find_model_dir(cfg, model_dir)
     if not (folder / "config.json").is_file():
         modeling.load_trained(folder)  # raises the one-line error naming the folder
     split = split or cfg.eval.split
-    accelerator = make_accelerator(cfg)
     reporter = reporter or Reporter()
-    reporter.enabled = reporter.enabled and accelerator.is_main_process
-    with accelerator.main_process_first():
-        prepared = data.prepare(cfg, log=reporter.info)
-    info = prepared.split_info(split)
-    if not info["labeled"]:
-        raise FtcliError(f"split {split!r} ({info['source']}) has no labels to evaluate against; use `ftcli predict`")
-    model = modeling.load_trained(folder, prepared.label_names)
-    name = metric_name(cfg, prepared.label_names)
-    metric = load_metric(name)
-    dl = eval_dataloader(cfg, accelerator, prepared.split(split), prepared.pad_token_id, prepared.max_length,
-                         prepared.is_regression)
-    model, dl = accelerator.prepare(model, dl)
-    start = time.perf_counter()
-    with reporter.progress(len(dl), f"eval {split}", every=1, unit="batches", min_interval=10) as bar:
-        result = run_eval(accelerator, model, dl, metric, regression=prepared.is_regression, progress=bar)
-    seconds = time.perf_counter() - start
-    accelerator.end_training()
-    return {
-        "split": split,
-        "model": str(folder),
-        "metric": name,
-        "processes": accelerator.num_processes,
-        "seconds": round(seconds, 3),
-        **result,
-    }
+    with accelerator_session(cfg) as accelerator:
+        reporter.enabled = reporter.enabled and accelerator.is_main_process
+        with accelerator.main_process_first():
+            prepared = data.prepare(cfg, log=reporter.info)
+        info = prepared.split_info(split)
+        if not info["labeled"]:
+            raise FtcliError(
+                f"split {split!r} ({info['source']}) has no labels to evaluate against; use `ftcli predict`"
+            )
+        model = modeling.load_trained(folder, prepared.label_names)
+        name = metric_name(cfg, prepared.label_names)
+        metric = load_metric(name)
+        dl = eval_dataloader(cfg, accelerator, prepared.split(split), prepared.pad_token_id, prepared.max_length,
+                             prepared.is_regression)
+        model, dl = accelerator.prepare(model, dl)
+        start = time.perf_counter()
+        with reporter.progress(len(dl), f"eval {split}", every=1, unit="batches", min_interval=10) as bar:
+            result = run_eval(accelerator, model, dl, metric, regression=prepared.is_regression, progress=bar)
+        return {
+            "split": split,
+            "model": str(folder),
+            "metric": name,
+            "processes": accelerator.num_processes,
+            "seconds": round(time.perf_counter() - start, 3),
+            **result,
+        }
 
 
 def read_predict_input(cfg: Config, input_file: str | Path) -> dict:

@@ -135,17 +135,19 @@ def train_dataloader(cfg: Config, accelerator, ds, prepared):
     )
 
 
-def setup(cfg: Config, reporter: Reporter) -> Run:
+def setup(cfg: Config, accelerator, reporter: Reporter) -> Run:
     import torch
     from accelerate.utils import set_seed
     from transformers import get_scheduler
 
     from ftcli import data, evaluation, modeling
-    from ftcli.distributed import make_accelerator
+
+    from ftcli.distributed import single_process_launch_hint
 
     t = cfg.train
-    accelerator = make_accelerator(cfg, gradient_accumulation_steps=t.gradient_accumulation_steps)
     reporter.enabled = reporter.enabled and accelerator.is_main_process
+    if hint := single_process_launch_hint(accelerator):
+        reporter.warn(hint)
     set_seed(t.seed)
 
     # One process tokenizes (or finds the cache); the others wait, then load the result.
@@ -377,37 +379,38 @@ def train(config: Config | str | Path, *, reporter: Reporter | None = None, over
     `config` is a Config, or the path of a YAML file. Callable from Python and from
     `accelerate.notebook_launcher(train, (cfg,), num_processes=N)`.
     """
+    from ftcli.distributed import accelerator_session
+
     cfg = config if isinstance(config, Config) else load_config(config, overrides)
     reporter = reporter or Reporter()
-    run = setup(cfg, reporter)
-    acc = run.accelerator
-    out = run.output_dir
-    if acc.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        (out / "metrics.jsonl").unlink(missing_ok=True)
-    acc.wait_for_everyone()
-    result = fit(run)
-    export_model(run, out / "model")
-    summary = {
-        "output_dir": str(out),
-        "model_dir": str(out / "model"),
-        "processes": acc.num_processes,
-        "global_batch": run.plan.global_batch,
-        "planned_steps": run.plan.total_steps,
-        "mixed_precision": acc.mixed_precision,
-        "metric": run.metric_name,
-        **result,
-    }
-    if acc.is_main_process:
-        atomic_write_text(out / "metrics.json", json.dumps(summary, indent=2))
-        ev = summary.get("eval") or {}
-        run.reporter.info(
-            f"done: {summary['steps']} steps in {format_duration(summary['seconds'])} "
-            f"({summary['samples_per_s']} samples/s); model saved to {out / 'model'}"
-        )
-        if ev:
-            run.reporter.results(f"validation ({cfg.data.validation_split})",
-                                 {k: v for k, v in ev.items() if k != "seconds"})
-    acc.end_training()
+    with accelerator_session(cfg, gradient_accumulation_steps=cfg.train.gradient_accumulation_steps) as acc:
+        run = setup(cfg, acc, reporter)
+        out = run.output_dir
+        if acc.is_main_process:
+            out.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+            (out / "metrics.jsonl").unlink(missing_ok=True)
+        acc.wait_for_everyone()
+        result = fit(run)
+        export_model(run, out / "model")
+        summary = {
+            "output_dir": str(out),
+            "model_dir": str(out / "model"),
+            "processes": acc.num_processes,
+            "global_batch": run.plan.global_batch,
+            "planned_steps": run.plan.total_steps,
+            "mixed_precision": acc.mixed_precision,
+            "metric": run.metric_name,
+            **result,
+        }
+        if acc.is_main_process:
+            atomic_write_text(out / "metrics.json", json.dumps(summary, indent=2))
+            ev = summary.get("eval") or {}
+            run.reporter.info(
+                f"done: {summary['steps']} steps in {format_duration(summary['seconds'])} "
+                f"({summary['samples_per_s']} samples/s); model saved to {out / 'model'}"
+            )
+            if ev:
+                run.reporter.results(f"validation ({cfg.data.validation_split})",
+                                     {k: v for k, v in ev.items() if k != "seconds"})
     return summary

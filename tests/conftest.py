@@ -1,0 +1,154 @@
+"""Shared fixtures: a tiny random BERT (config + WordPiece vocab) and a small learnable task.
+
+Everything is built in temporary folders: the suite needs no network and no downloaded model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+# The Hub is unreachable here; say so up front instead of waiting for timeouts.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parent.parent
+
+WORDS = (
+    "the a cat dog bird fish runs sits eats sleeps on under near big small red blue green fast slow "
+    "house tree car road river happy sad old new good bad today yesterday morning night"
+).split()
+
+
+def make_sentence(rng: random.Random, with_good: bool, first: bool = False) -> str:
+    words = [rng.choice([w for w in WORDS if w not in ("good", "bad")]) for _ in range(rng.randint(4, 14))]
+    words.insert(0 if first else rng.randrange(len(words) + 1), "good" if with_good else "bad")
+    return " ".join(words)
+
+
+def make_rows(n: int, seed: int, labelled: bool = True) -> list[dict]:
+    """Sentence pairs of varied length; the label is 1 when the first sentence opens with "good"
+    (a task a 2-layer model learns in a few dozen steps), so training measurably helps."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = rng.randint(0, 1)
+        rows.append({
+            "sentence1": make_sentence(rng, label == 1, first=True),
+            "sentence2": make_sentence(rng, rng.random() < 0.5),
+            "label": label if labelled else -1,
+            "idx": i,
+        })
+    return rows
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A 2-layer, hidden-32 BERT with random weights and a WordPiece vocab covering WORDS."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(set(WORDS)), *"abcdefghijklmnopqrstuvwxyz"]
+    # transformers 5 takes the vocabulary itself (`vocab=`), no longer a `vocab_file`.
+    tok = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True, model_max_length=64)
+    tok.save_pretrained(folder)
+    config = BertConfig(
+        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=64, type_vocab_size=2,
+    )
+    import torch
+
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def task_files(tmp_path_factory) -> dict[str, Path]:
+    """train 96 rows, validation 40 (uneven for 2 processes x batch 16), test 7 unlabelled."""
+    folder = tmp_path_factory.mktemp("task")
+    return {
+        "train": write_jsonl(folder / "train.jsonl", make_rows(96, seed=1)),
+        "validation": write_jsonl(folder / "validation.jsonl", make_rows(40, seed=2)),
+        "test": write_jsonl(folder / "test.jsonl", make_rows(7, seed=3, labelled=False)),
+    }
+
+
+def config_dict(model: Path, files: dict[str, Path], workdir: Path, **train) -> dict:
+    return {
+        "model": {"name_or_path": str(model), "labels": ["no", "yes"]},
+        "data": {
+            "files": {k: str(v) for k, v in files.items()},
+            "text_columns": ["sentence1", "sentence2"],
+            "max_length": 48,
+            "cache_dir": str(workdir / "cache"),
+        },
+        "train": {
+            "output_dir": str(workdir / "run"),
+            "epochs": 8,  # a random-init 2-layer model needs ~60 steps to learn the task
+            "batch_size": 8,
+            "learning_rate": 2e-3,
+            "mixed_precision": "no",
+            "log_every": 4,
+            **train,
+        },
+        "eval": {"metric": "mrpc"},
+    }
+
+
+@pytest.fixture
+def make_config(tiny_model, task_files, tmp_path):
+    """Write a config for the tiny model and task into tmp_path; return its path."""
+
+    def make(name: str = "config.yaml", *, data: dict | None = None, model: dict | None = None, **train) -> Path:
+        cfg = config_dict(tiny_model, task_files, tmp_path, **train)
+        if data:
+            cfg["data"].update(data)
+        if model:
+            cfg["model"].update(model)
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        return path
+
+    return make
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 600):
+    """Run `python -m ftcli ...` in a fresh process (as a user would)."""
+    return subprocess.run(
+        [sys.executable, "-m", "ftcli", *args], capture_output=True, text=True, cwd=cwd,
+        env={**os.environ, **(env or {})}, timeout=timeout,
+    )
+
+
+def accelerate_launch(*args: str, processes: int = 2, cwd: Path | None = None, timeout: int = 600):
+    """`accelerate launch --cpu --num_processes N -m ftcli ...` (gloo on CPU)."""
+    cmd = [
+        sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", str(processes),
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        "--main_process_port", str(_free_port()), "-m", "ftcli", *args,
+    ]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, timeout=timeout,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
