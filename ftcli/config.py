@@ -299,7 +299,7 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise FtcliError(f"{label}{where}: YAML syntax error: {problem}") from None
+        raise FtcliError(f"{label}{where}: invalid YAML: {problem}") from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -446,7 +446,10 @@ def _format_error(err: dict, source: str, lines: dict[str, int], set_keys: set[s
         return f"{prefix}: required field is missing"
     if kind == "value_error":
         return f"{prefix}: {msg}"
-    return f"{prefix}: {msg} (got {err.get('input')!r})"
+    got = err.get("input")
+    if kind == "string_type" and isinstance(got, bool):
+        return f"{prefix}: {msg} (got {got!r}: YAML reads yes/no/on/off/true/false as booleans; quote it)"
+    return f"{prefix}: {msg} (got {got!r})"
 
 
 # --------------------------------------------------------------------------------------------

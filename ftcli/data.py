@@ -368,6 +368,8 @@ def load_raw(data: DataConfig, cache_dir: Path | None = None) -> dict[str, datas
                 cache_dir=str(cache_dir) if cache_dir else None, **kwargs,
             )
         except Exception as exc:  # noqa: BLE001 - parse errors of any kind
+            if "corresponds to no data" in str(exc) or (Path(file).is_file() and Path(file).stat().st_size == 0):
+                raise FtcliError(f"{file}: split {split!r} has no rows; add data or remove the split") from None
             detail = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
             raise FtcliError(f"{file}: cannot read it as {suffix[1:]} ({detail[:200]}); fix the file") from None
         out[split] = ds

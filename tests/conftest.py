@@ -135,15 +135,18 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
     )
 
 
-def accelerate_launch(*args: str, processes: int = 2, cwd: Path | None = None, timeout: int = 600):
-    """`accelerate launch --cpu --num_processes N -m ftcli ...` (gloo on CPU)."""
+def accelerate_launch(*args: str, processes: int = 2, cwd: Path | None = None, timeout: int = 600,
+                      env: dict | None = None):
+    """`accelerate launch` with N CPU processes (gloo), through configs/accelerate/multi-cpu.yaml:
+    Accelerate 1.x runs `--cpu --num_processes N` as a single process."""
     cmd = [
-        sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", str(processes),
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        "--main_process_port", str(_free_port()), "-m", "ftcli", *args,
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--config_file", str(REPO / "configs" / "accelerate" / "multi-cpu.yaml"),
+        "--num_processes", str(processes), "--main_process_port", str(_free_port()),
+        "-m", "ftcli", *args,
     ]
     return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, timeout=timeout,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+                          env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
 
 
 def _free_port() -> int:

@@ -1,0 +1,306 @@
+"""Data: local formats, columns, labels, the fingerprinted cache, samplers and the collator."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import config_dict, make_rows, write_jsonl
+from ftcli import data
+from ftcli.config import config_from_dict
+from ftcli.errors import FtcliError
+
+
+@pytest.fixture
+def files(tmp_path):
+    return {
+        "train": write_jsonl(tmp_path / "d" / "train.jsonl", make_rows(24, seed=1)),
+        "validation": write_jsonl(tmp_path / "d" / "validation.jsonl", make_rows(10, seed=2)),
+    }
+
+
+def cfg_for(tiny_model, files, tmp_path, overrides=(), **model):
+    raw = config_dict(tiny_model, files, tmp_path)
+    raw["model"].update(model)
+    return config_from_dict(raw, list(overrides))
+
+
+def prep(cfg, logs=None):
+    return data.prepare(cfg, log=(logs.append if logs is not None else lambda *_: None))
+
+
+def error_of(fn, *args, **kwargs) -> str:
+    with pytest.raises(FtcliError) as info:
+        fn(*args, **kwargs)
+    return str(info.value)
+
+
+def test_prepare_writes_a_loadable_dataset_and_manifest(tiny_model, files, tmp_path):
+    p = prep(cfg_for(tiny_model, files, tmp_path))
+    assert not p.hit and p.why_missed == "first build"
+    manifest = json.loads((p.path / "manifest.json").read_text())
+    assert manifest == p.manifest
+    assert manifest["label_names"] == ["no", "yes"]
+    assert manifest["parts"]["settings"]["max_length"] == 48
+    assert set(manifest["parts"]["data"]["files"]) == {"train", "validation"}
+    assert manifest["splits"]["train"]["rows"] == 24 and manifest["splits"]["train"]["labeled"]
+    ds = p.split("train")
+    assert set(ds.column_names) == {"input_ids", "attention_mask", "token_type_ids", "length", "labels"}
+    rows = make_rows(24, seed=1)
+    assert ds["labels"] == [r["label"] for r in rows]
+    assert ds["length"] == [len(x) for x in ds["input_ids"]]
+    assert max(ds["length"]) <= 48
+    # Every file of the dataset is checksummed in the manifest.
+    on_disk = {str(f.relative_to(p.path)) for f in (p.path / "dataset").rglob("*") if f.is_file()}
+    assert on_disk == set(manifest["checksums"])
+    assert not list(p.path.parent.glob(".tmp-*"))
+
+
+def test_second_prepare_is_a_hit(tiny_model, files, tmp_path):
+    cfg = cfg_for(tiny_model, files, tmp_path)
+    first, second = prep(cfg), prep(cfg)
+    assert second.hit and second.path == first.path and second.manifest == first.manifest
+
+
+@pytest.mark.parametrize("change, expected", [
+    (["data.max_length=32"], "changed: max_length"),
+    (["data.text_columns=[sentence2, sentence1]"], "changed: text_columns"),
+    (["model.labels=['yes', 'no']"], "changed: labels"),
+])
+def test_each_setting_is_part_of_the_key(tiny_model, files, tmp_path, change, expected):
+    first = prep(cfg_for(tiny_model, files, tmp_path))
+    other = prep(cfg_for(tiny_model, files, tmp_path, change))
+    assert not other.hit and other.path != first.path and other.why_missed == expected
+
+
+def test_label_column_is_part_of_the_key(tiny_model, tmp_path):
+    rows = [{**r, "target": r["label"]} for r in make_rows(24, seed=1)]
+    files = {"train": write_jsonl(tmp_path / "t.jsonl", rows)}
+    first = prep(cfg_for(tiny_model, files, tmp_path))
+    other = prep(cfg_for(tiny_model, files, tmp_path, ["data.label_column=target"]))
+    assert not other.hit and other.why_missed == "changed: label_column"
+    assert other.split("train")["labels"] == first.split("train")["labels"]
+
+
+def test_a_changed_data_file_is_a_miss(tiny_model, files, tmp_path):
+    cfg = cfg_for(tiny_model, files, tmp_path)
+    first = prep(cfg)
+    write_jsonl(files["validation"], make_rows(10, seed=99))
+    other = prep(cfg)
+    assert not other.hit and other.why_missed == "changed: data" and other.path != first.path
+
+
+def test_a_changed_tokenizer_is_a_miss(tiny_model, files, tmp_path):
+    model = tmp_path / "model-copy"
+    shutil.copytree(tiny_model, model)
+    cfg = cfg_for(tiny_model, files, tmp_path, name_or_path=str(model))
+    first = prep(cfg)
+    tok = json.loads((model / "tokenizer.json").read_text())
+    tok["normalizer"]["lowercase"] = False
+    (model / "tokenizer.json").write_text(json.dumps(tok))
+    other = prep(cfg)
+    assert not other.hit and other.why_missed == "changed: tokenizer"
+
+
+def test_a_corrupt_cache_is_detected_and_rebuilt(tiny_model, files, tmp_path):
+    cfg = cfg_for(tiny_model, files, tmp_path)
+    first = prep(cfg)
+    arrow = next((first.path / "dataset" / "train").glob("*.arrow"))
+    blob = bytearray(arrow.read_bytes())
+    blob[-100] ^= 0xFF
+    arrow.write_bytes(bytes(blob))
+    assert "does not match its checksum" in data.verify_cache(first.path)
+    logs = []
+    again = prep(cfg, logs)
+    assert not again.hit and again.why_missed == "the cached copy was damaged"
+    assert any("is damaged" in line for line in logs)
+    assert data.verify_cache(again.path) is None and again.path == first.path
+
+
+def test_a_truncated_manifest_is_a_miss(tiny_model, files, tmp_path):
+    cfg = cfg_for(tiny_model, files, tmp_path)
+    first = prep(cfg)
+    (first.path / "manifest.json").write_text("{")
+    assert data.verify_cache(first.path) == "manifest.json is unreadable"
+    assert not prep(cfg).hit and prep(cfg).hit
+
+
+@pytest.mark.parametrize("fmt", ["csv", "tsv", "json", "parquet"])
+def test_local_formats(tiny_model, tmp_path, fmt):
+    import pandas as pd
+
+    frame = pd.DataFrame(make_rows(12, seed=5))
+    path = tmp_path / f"train.{fmt}"
+    if fmt == "csv":
+        frame.to_csv(path, index=False)
+    elif fmt == "tsv":
+        frame.to_csv(path, sep="\t", index=False)
+    elif fmt == "json":
+        frame.to_json(path, orient="records", lines=True)
+    else:
+        frame.to_parquet(path)
+    p = prep(cfg_for(tiny_model, {"train": path}, tmp_path))
+    assert p.split("train").num_rows == 12
+    assert p.split("train")["labels"] == frame["label"].tolist()
+
+
+def test_single_text_column_and_string_labels(tiny_model, tmp_path):
+    rows = [{"text": r["sentence1"], "sentiment": "pos" if r["label"] else "neg"} for r in make_rows(12, seed=3)]
+    files = {"train": write_jsonl(tmp_path / "t.jsonl", rows)}
+    raw = config_dict(tiny_model, files, tmp_path)
+    raw["model"].pop("labels")
+    raw["data"].update(text_columns=["text"], label_column="sentiment")
+    p = prep(config_from_dict(raw))
+    assert p.label_names == ["neg", "pos"]  # inferred: sorted distinct values
+    assert p.split("train")["labels"] == [int(r["sentiment"] == "pos") for r in rows]
+    assert "token_type_ids" in p.split("train").column_names
+
+
+def test_missing_columns_are_named_with_the_file(tiny_model, files, tmp_path):
+    msg = error_of(prep, cfg_for(tiny_model, files, tmp_path, ["data.text_columns=[sentence1, question]"]))
+    assert f"{files['train']}: column 'question' not found (columns: sentence1, sentence2, label, idx); fix data.text_columns" in msg
+    msg = error_of(prep, cfg_for(tiny_model, files, tmp_path, ["data.label_column=gold"]))
+    assert "column 'gold' not found" in msg and "fix data.label_column" in msg
+
+
+def test_missing_data_file(tiny_model, files, tmp_path):
+    files = {**files, "test": tmp_path / "nope.jsonl"}
+    msg = error_of(prep, cfg_for(tiny_model, files, tmp_path))
+    assert msg.startswith("data.files.test: file") and "nope.jsonl' not found" in msg
+
+
+@pytest.mark.parametrize("bad_row, expected", [
+    ({"label": 7}, "row 3: label 7 is not a label id 0..1 (labels: ['no', 'yes']); fix the row or model.labels"),
+    ({"label": "maybe"}, "row 3: label 'maybe' is not one of the labels ['no', 'yes']"),
+    ({"label": None}, "row 3: label is missing while other rows have one"),
+    ({"sentence2": None}, "row 3: column 'sentence2' is empty"),
+])
+def test_bad_rows_are_named(tiny_model, tmp_path, bad_row, expected):
+    rows = make_rows(8, seed=1)
+    if isinstance(bad_row.get("label"), str):
+        rows = [{**r, "label": ["no", "yes"][r["label"]]} for r in rows]
+    rows[2] = {**rows[2], **bad_row}
+    files = {"train": write_jsonl(tmp_path / "t.jsonl", rows)}
+    cfg = cfg_for(tiny_model, files, tmp_path)
+    msg = error_of(prep, cfg)
+    assert msg.startswith(str(files["train"])) and expected in msg
+    # Nothing half-written: no cache folder, no temporary folder.
+    assert [p.name for p in (tmp_path / "cache").iterdir() if not p.name.startswith(("file-hashes", "."))] == []
+    assert not list((tmp_path / "cache").glob(".tmp-*"))
+
+
+def test_empty_split_is_refused(tiny_model, files, tmp_path):
+    files = {**files, "validation": tmp_path / "empty.csv"}
+    (tmp_path / "empty.csv").write_text("sentence1,sentence2,label\n")
+    assert "split 'validation' has no rows" in error_of(prep, cfg_for(tiny_model, files, tmp_path))
+
+
+def test_unlabelled_split_is_kept_for_prediction(tiny_model, files, tmp_path):
+    files = {**files, "test": write_jsonl(tmp_path / "test.jsonl", make_rows(5, seed=3, labelled=False))}
+    p = prep(cfg_for(tiny_model, files, tmp_path))
+    assert p.split_info("test")["labeled"] is False and p.split("test")["labels"] == [-1] * 5
+
+
+def test_unknown_split_is_named(tiny_model, files, tmp_path):
+    p = prep(cfg_for(tiny_model, files, tmp_path))
+    assert "split 'test' is not in the data (available: train, validation)" in error_of(p.split_info, "test")
+
+
+def test_model_folder_missing(files, tmp_path, tiny_model):
+    cfg = cfg_for(tiny_model, files, tmp_path, name_or_path=str(tmp_path / "no-model"))
+    assert "folder" in error_of(prep, cfg) and "no-model" in error_of(prep, cfg)
+
+
+def test_hub_dataset_through_the_seams(tiny_model, tmp_path, monkeypatch):
+    """The Hub path (glue/mrpc style, ClassLabel names) with the download swapped for local data."""
+    import datasets
+
+    features = datasets.Features({
+        "sentence1": datasets.Value("string"), "sentence2": datasets.Value("string"),
+        "label": datasets.ClassLabel(names=["not_equivalent", "equivalent"]), "idx": datasets.Value("int32"),
+    })
+    hub = datasets.DatasetDict({
+        "train": datasets.Dataset.from_list(make_rows(16, seed=1), features=features),
+        "validation": datasets.Dataset.from_list(make_rows(8, seed=2), features=features),
+    })
+    calls = []
+    monkeypatch.setattr(data, "load_hub_dataset", lambda *a: calls.append(a) or hub)
+    monkeypatch.setattr(data, "hub_dataset_revision", lambda d: "a" * 40)
+    raw = config_dict(tiny_model, {}, tmp_path)
+    raw["model"].pop("labels")
+    raw["data"].pop("files")
+    raw["data"].update(path="glue", name="mrpc")
+    p = prep(config_from_dict(raw))
+    assert calls == [("glue", "mrpc", None)]
+    assert p.label_names == ["not_equivalent", "equivalent"]
+    assert p.manifest["parts"]["data"] == {"hub": {"path": "glue", "name": "mrpc", "revision": "a" * 40}}
+    assert prep(config_from_dict(raw)).hit and len(calls) == 1  # a hit loads nothing
+    monkeypatch.setattr(data, "hub_dataset_revision", lambda d: "b" * 40)
+    assert prep(config_from_dict(raw)).why_missed == "changed: data"
+
+
+# ---------------------------------------------------------------------------------------------
+# Batching
+
+
+def test_length_grouped_sampler_is_seeded_per_epoch_and_groups_lengths():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(5, 100, size=1000)
+    s = data.LengthGroupedSampler(lengths, global_batch=8, seed=3)
+    e0, e0_again, e1 = s.order(0), s.order(0), s.order(1)
+    assert sorted(e0.tolist()) == list(range(1000))
+    assert (e0 == e0_again).all() and not (e0 == e1).all()
+    s.set_epoch(1)
+    assert list(s) == e1.tolist()
+    # Each megabatch (8 x 50 rows) is sorted longest first.
+    for start in range(0, 1000, 400):
+        chunk = lengths[e0[start:start + 400]]
+        assert (np.diff(chunk) <= 0).all()
+
+    def padding(order):
+        batches = [lengths[order[i:i + 8]] for i in range(0, len(order), 8)]
+        return sum(b.max() * len(b) - b.sum() for b in batches)
+
+    plain = data.LengthGroupedSampler(lengths, global_batch=8, seed=3, group=False).order(0)
+    assert padding(e0) < 0.1 * padding(plain)
+
+
+def test_sorted_sampler_is_longest_first():
+    assert list(data.SortedSampler([3, 9, 1, 9])) == [1, 3, 0, 2]
+
+
+def rows_of(lengths):
+    return [{"input_ids": list(range(1, n + 1)), "attention_mask": [1] * n, "token_type_ids": [0] * n,
+             "length": n, "labels": i % 2, "row_id": i} for i, n in enumerate(lengths)]
+
+
+@pytest.mark.parametrize("kwargs, width", [
+    ({}, 13),
+    ({"multiple_of": 8}, 16),
+    ({"padding": "max_length", "max_length": 40}, 40),
+    ({"padding": "buckets", "buckets": (8, 16, 32), "max_length": 64}, 16),
+    ({"padding": "buckets", "buckets": (8,), "max_length": 20}, 20),
+])
+def test_collator_shapes(kwargs, width):
+    batch = data.Collator(pad_token_id=0, **kwargs)(rows_of([5, 13, 2]))
+    assert batch["input_ids"].shape == (3, width)
+    assert batch["attention_mask"].sum(1).tolist() == [5, 13, 2]
+    assert batch["input_ids"][0, 5:].eq(0).all() and batch["input_ids"][0, :5].tolist() == [1, 2, 3, 4, 5]
+    assert batch["labels"].tolist() == [0, 1, 0] and "row_ids" not in batch
+
+
+def test_collator_static_shapes_for_xla():
+    """Under XLA every distinct shape recompiles: buckets give a handful of shapes only."""
+    collate = data.Collator(pad_token_id=0, padding="buckets", buckets=(32, 64, 128), max_length=128)
+    rng = np.random.default_rng(1)
+    shapes = {tuple(collate(rows_of(rng.integers(1, 128, size=4).tolist()))["input_ids"].shape) for _ in range(50)}
+    assert shapes <= {(4, 32), (4, 64), (4, 128)}
+
+
+def test_collator_row_ids_and_regression_labels():
+    batch = data.Collator(pad_token_id=0, with_row_ids=True, regression=True)(rows_of([2, 3]))
+    assert batch["row_ids"].tolist() == [0, 1]
+    assert batch["labels"].dtype.is_floating_point
