@@ -27,7 +27,7 @@ def __getattr__(name: str) -> Any:
 
         return getattr(config, name)
     if name == "train":
-        from ftcli.train import train
+        from ftcli.training import train
 
         return train
     if name == "prepare":

@@ -99,9 +99,13 @@ def prepare(config: ConfigOpt, set_: SetOpt = None, as_json: JsonOpt = False, qu
     def go():
         cfg = _load(config, set_)
         from ftcli.data import prepare_dataset
+        from ftcli.distributed import is_main_process
 
         reporter = _reporter(quiet, as_json)
+        reporter.enabled = is_main_process()
         prepared = prepare_dataset(cfg, log=reporter.info)
+        if not reporter.enabled:
+            return
         splits = prepared.manifest["splits"]
         result = {
             "cache": "hit" if prepared.hit else "miss",
@@ -117,11 +121,10 @@ def prepare(config: ConfigOpt, set_: SetOpt = None, as_json: JsonOpt = False, qu
             _print_json(result)
             return
         state = "cache hit" if prepared.hit else f"tokenized ({prepared.why_missed})"
-        reporter.info(f"{state} in {prepared.seconds:.2f}s: {prepared.path}")
+        typer.echo(f"{state} in {prepared.seconds:.2f}s: {prepared.path}")
         for s, i in splits.items():
             labelled = "" if i["labeled"] else ", unlabelled"
-            reporter.info(f"  {s:<12} {i['rows']:>8,} rows  {i['tokens']:>10,} tokens  "
-                          f"max {i['max_tokens']}{labelled}")
+            typer.echo(f"  {s:<12} {i['rows']:>8,} rows  {i['tokens']:>10,} tokens  max {i['max_tokens']}{labelled}")
 
     _run(go)
 
@@ -132,7 +135,7 @@ def train(config: ConfigOpt, set_: SetOpt = None, as_json: JsonOpt = False, quie
 
     def go():
         cfg = _load(config, set_)
-        from ftcli.train import train as train_fn
+        from ftcli.training import train as train_fn
 
         reporter = _reporter(quiet, as_json)
         result = train_fn(cfg, reporter=reporter)

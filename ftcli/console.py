@@ -48,7 +48,7 @@ class Reporter:
 
     # -- lines ------------------------------------------------------------------------------
     def info(self, message: str) -> None:
-        if not self.enabled:
+        if not self.enabled or self.mode == "quiet":
             return
         if self._console is not None:
             self._console.print(message, markup=False)
@@ -66,7 +66,7 @@ class Reporter:
     # -- tables -----------------------------------------------------------------------------
     def summary(self, title: str, rows: Iterable[tuple[str, Any]]) -> None:
         """A key/value block (start-up summary) on stderr."""
-        if not self.enabled:
+        if not self.enabled or self.mode == "quiet":
             return
         rows = [(k, format_value(v)) for k, v in rows]
         if self._console is not None:

@@ -42,6 +42,22 @@ def resolve_precision(cfg: Config, on_cuda: bool, cuda_bf16: bool, on_cpu: bool)
     return want
 
 
+def launched_by_accelerate() -> bool:
+    """Whether `accelerate launch` or `notebook_launcher` started this process (they set
+    ACCELERATE_* variables). Cheap: lets commands that need no Accelerator skip importing torch
+    unless they may be one of several processes."""
+    return any(k.startswith("ACCELERATE_") for k in os.environ)
+
+
+def is_main_process() -> bool:
+    """Whether this process should print and write (always true outside `accelerate launch`)."""
+    if not launched_by_accelerate():
+        return True
+    from accelerate import PartialState
+
+    return PartialState().is_main_process
+
+
 def has_accelerator_device() -> bool:
     import torch
     from accelerate.utils import is_mps_available, is_npu_available, is_torch_xla_available, is_xpu_available

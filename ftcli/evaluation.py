@@ -130,8 +130,7 @@ def evaluate_model(cfg: Config, *, model_dir: str | Path | None = None, split: s
     reporter = reporter or Reporter()
     with accelerator_session(cfg) as accelerator:
         reporter.enabled = reporter.enabled and accelerator.is_main_process
-        with accelerator.main_process_first():
-            prepared = data.prepare(cfg, log=reporter.info)
+        prepared = data.prepare(cfg, log=reporter.info)  # one builder per cache key (file lock)
         info = prepared.split_info(split)
         if not info["labeled"]:
             raise FtcliError(

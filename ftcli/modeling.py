@@ -71,6 +71,8 @@ def load_model(cfg: Config, label_names: list[str]):
         "label2id": {n: i for i, n in enumerate(label_names)},
         "problem_type": "single_label_classification",
     }
+    import torch
+
     try:
         with quiet_transformers():
             return AutoModelForSequenceClassification.from_pretrained(
@@ -78,6 +80,10 @@ def load_model(cfg: Config, label_names: list[str]):
                 revision=cfg.model.revision,
                 trust_remote_code=cfg.model.trust_remote_code,
                 ignore_mismatched_sizes=True,  # a fine-tuned model may carry a head of another size
+                # fp32 master weights whatever the checkpoint's dtype: transformers 5 would load a
+                # bf16 checkpoint as bf16, and AdamW updates of 5e-5 vanish in bf16's 8-bit mantissa.
+                # Mixed precision comes from autocast.
+                dtype=torch.float32,
                 **kwargs,
             )
     except (OSError, ValueError) as exc:
@@ -94,9 +100,11 @@ def load_trained(model_dir: str | Path, label_names: list[str] | None = None):
         hint = "train first, or pass --model with a trained model folder"
         what = "does not exist" if not folder.exists() else "holds no model (config.json missing)"
         raise FtcliError(f"model folder {str(folder)!r} {what}; {hint}")
+    import torch
+
     try:
         with quiet_transformers():
-            model = AutoModelForSequenceClassification.from_pretrained(str(folder))
+            model = AutoModelForSequenceClassification.from_pretrained(str(folder), dtype=torch.float32)
     except (OSError, ValueError, RuntimeError) as exc:
         raise FtcliError(f"model folder {str(folder)!r}: cannot load it ({_first_line(exc)})") from None
     if label_names is not None:

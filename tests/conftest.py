@@ -78,6 +78,34 @@ def tiny_model(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_model_no_dropout(tiny_model, tmp_path_factory) -> Path:
+    """The tiny BERT without dropout: runs on different process counts then see identical math."""
+    import shutil
+
+    folder = tmp_path_factory.mktemp("tiny-bert-no-dropout")
+    shutil.copytree(tiny_model, folder, dirs_exist_ok=True)
+    config = json.loads((folder / "config.json").read_text())
+    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, classifier_dropout=0.0)
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier(tiny_model, tmp_path_factory) -> Path:
+    """A saved sequence classifier (labels no/yes) with fixed random weights, for eval tests."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    folder = tmp_path_factory.mktemp("tiny-classifier")
+    torch.manual_seed(1)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        tiny_model, num_labels=2, id2label={0: "no", 1: "yes"}, label2id={"no": 0, "yes": 1})
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def task_files(tmp_path_factory) -> dict[str, Path]:
     """train 96 rows, validation 40 (uneven for 2 processes x batch 16), test 7 unlabelled."""
     folder = tmp_path_factory.mktemp("task")

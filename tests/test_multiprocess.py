@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
-from conftest import accelerate_launch, run_cli
+from conftest import REPO, accelerate_launch, make_rows, run_cli, write_jsonl
 
 pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
 
@@ -33,3 +36,88 @@ def test_two_process_training_then_one_process_eval_agree(make_config, tmp_path)
     assert single["accuracy"] == result["eval"]["accuracy"]
     assert single["f1"] == result["eval"]["f1"]
     assert single["loss"] == pytest.approx(result["eval"]["loss"], rel=1e-6)
+
+
+MRPC_VALIDATION = REPO / "data" / "mrpc" / "validation.jsonl"
+
+
+@pytest.mark.parametrize("split, rows, eval_batch", [("validation", 408, 64), ("seven", 7, 4)])
+def test_eval_is_exact_across_processes(make_config, tiny_classifier, tmp_path, split, rows, eval_batch):
+    """408 rows in global batches of 128 (3 full + 24) and 7 rows in one batch of 8: Accelerate
+    pads the last batch on one process; gather_for_metrics must drop exactly those rows."""
+    seven = write_jsonl(tmp_path / "seven.jsonl", make_rows(7, seed=11))
+    cfg = make_config(data={"files": {"train": str(MRPC_VALIDATION), "validation": str(MRPC_VALIDATION),
+                                      "seven": str(seven)}},
+                      model={"labels": ["no", "yes"]}, eval_batch_size=eval_batch)
+    args = ("eval", "-c", str(cfg), "--model", str(tiny_classifier), "--split", split, "--json")
+    one = run_cli(*args)
+    two = accelerate_launch(*args)
+    assert one.returncode == 0, one.stderr
+    assert two.returncode == 0, two.stderr[-3000:]
+    one, two = json.loads(one.stdout), json.loads(two.stdout)
+    assert (one["processes"], two["processes"]) == (1, 2)
+    assert one["samples"] == two["samples"] == rows
+    for key in ("accuracy", "f1"):
+        assert one[key] == two[key]
+    assert one["loss"] == pytest.approx(two["loss"], rel=1e-6)
+
+
+def test_two_processes_of_4_train_like_one_of_8(make_config, tiny_model_no_dropout, tmp_path):
+    """Same seed, no dropout: 2 processes x batch 4 see the same global batches (the sampler's
+    order does not depend on the process count) and reach the same weights as 1 x 8, including the
+    last, short batch (100 rows = 12 x 8 + 4)."""
+    from safetensors.numpy import load_file
+
+    from ftcli.training import train
+    from ftcli.config import load_config
+    from ftcli.console import Reporter
+
+    files = {"train": write_jsonl(tmp_path / "train100.jsonl", make_rows(100, seed=4)),
+             "validation": write_jsonl(tmp_path / "val.jsonl", make_rows(12, seed=5))}
+    common = dict(data={"files": {k: str(v) for k, v in files.items()}},
+                  model={"name_or_path": str(tiny_model_no_dropout)}, epochs=2, log_every=1)
+    one_cfg = make_config("one.yaml", output_dir=str(tmp_path / "one"), **common)
+    two_cfg = make_config("two.yaml", output_dir=str(tmp_path / "two"), batch_size=4, **common)
+    one = train(load_config(one_cfg), reporter=Reporter(mode="quiet"))
+    launched = accelerate_launch("train", "-c", str(two_cfg), "--json")
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    two = json.loads(launched.stdout)
+    assert two["processes"] == 2 and two["global_batch"] == one["global_batch"] == 8
+    assert two["steps"] == one["steps"] == 26  # ceil(100 / 8) x 2 epochs
+
+    def losses(run):
+        lines = (tmp_path / run / "metrics.jsonl").read_text().splitlines()
+        return [json.loads(x)["loss"] for x in lines if json.loads(x)["type"] == "train"]
+
+    assert len(losses("one")) == 26
+    assert losses("two") == pytest.approx(losses("one"), abs=1e-5)
+    w1 = load_file(tmp_path / "one" / "model" / "model.safetensors")
+    w2 = load_file(tmp_path / "two" / "model" / "model.safetensors")
+    assert w1.keys() == w2.keys()
+    worst = max(float(abs(w1[k] - w2[k]).max()) for k in w1)
+    assert worst < 1e-4, worst
+
+
+def test_prepare_under_launch_builds_once_and_prints_once(make_config, tmp_path):
+    cfg = make_config()
+    launched = accelerate_launch("prepare", "-c", str(cfg))
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    assert launched.stdout.count("tokenized (first build)") + launched.stderr.count("tokenized (first build)") == 1
+    built = [p for p in (tmp_path / "cache").iterdir() if p.is_dir() and not p.name.startswith(".")]
+    assert len(built) == 1
+
+
+def test_notebook_launcher_runs_the_library_on_two_processes(make_config, tmp_path):
+    """The course ends with notebook_launcher(training_function): ftcli's library takes a config."""
+    cfg = make_config(epochs=1)
+    code = (
+        "from accelerate import notebook_launcher\n"
+        "from ftcli import load_config, train\n"
+        f"cfg = load_config({str(cfg)!r})\n"
+        "notebook_launcher(train, (cfg,), num_processes=2)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["processes"] == 2 and metrics["steps"] == metrics["planned_steps"] == 6

@@ -150,9 +150,10 @@ def setup(cfg: Config, accelerator, reporter: Reporter) -> Run:
         reporter.warn(hint)
     set_seed(t.seed)
 
-    # One process tokenizes (or finds the cache); the others wait, then load the result.
-    with accelerator.main_process_first():
-        prepared = data.prepare(cfg, log=reporter.info)
+    # One process tokenizes (or finds the cache); the others wait on the cache's file lock, then
+    # load the result. A lock rather than `main_process_first`: a barrier would time out when a
+    # first tokenization of a large dataset outlasts the collective timeout; a lock never does.
+    prepared = data.prepare(cfg, log=reporter.info)
     if accelerator.is_main_process:
         _report_cache(reporter, prepared)
     train_info = prepared.split_info(cfg.data.train_split)
@@ -241,15 +242,19 @@ def fit(run: Run) -> dict[str, Any]:
     window_batches, window_rows, window_tokens = 0, 0, torch.zeros((), device=acc.device, dtype=torch.long)
     window_start = train_start = time.perf_counter()
     smoothed = None
+    rows = len(run.train_dl.dataset)
+    regression = run.prepared.is_regression
     model.train()
 
     with run.reporter.progress(plan.total_steps, "train", every=cfg.train.log_every) as bar:
         for epoch in range(plan.epochs):
             run.train_dl.set_epoch(epoch)
             bar.set_description(f"epoch {epoch + 1}/{plan.epochs}")
-            for batch in run.train_dl:
+            for index, batch in enumerate(run.train_dl):
                 with acc.accumulate(model):
-                    loss = model(**batch).loss
+                    labels = batch.pop("labels")
+                    logits = model(**batch).logits
+                    loss, real = batch_loss(logits, labels, index, plan, acc.process_index, rows, regression)
                     acc.backward(loss)
                     if acc.sync_gradients and cfg.train.max_grad_norm is not None:
                         acc.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
@@ -259,8 +264,8 @@ def fit(run: Run) -> dict[str, Any]:
                     optimizer.zero_grad(set_to_none=True)
                 window_loss += loss.detach().float()
                 window_batches += 1
-                window_tokens += batch["attention_mask"].sum()
-                window_rows += batch["labels"].shape[0]
+                window_tokens += batch["attention_mask"][:real].sum()
+                window_rows += real
                 if not acc.sync_gradients:
                     continue
                 step += 1
@@ -303,6 +308,28 @@ def fit(run: Run) -> dict[str, Any]:
         "final_lr": run.scheduler.get_last_lr()[0],
         "eval": last_eval,
     }
+
+
+def batch_loss(logits, labels, index: int, plan: Plan, process: int, rows: int, regression: bool):
+    """This process's share of the mean loss over the real rows of global batch `index`.
+
+    Accelerate splits each global batch of G rows into equal per-process slices; a last, short
+    batch is padded with rows from the start of the epoch so every process gets a full slice. Those
+    repeated rows get weight 0 here, and the real ones P/n (n real rows in the global batch, P
+    processes), so that DDP's average over processes is exactly the mean over the n real rows:
+    N processes x B rows train exactly like 1 process x N*B rows, last batch included.
+    Returns (loss, number of real rows in this process's slice).
+    """
+    import torch.nn.functional as F
+
+    per_row = (F.mse_loss(logits.float().squeeze(-1), labels.float(), reduction="none") if regression
+               else F.cross_entropy(logits.float(), labels, reduction="none"))
+    global_batch = plan.batch_size * plan.processes
+    in_batch = min(global_batch, rows - index * global_batch)  # real rows in this global batch
+    real = max(0, min(len(per_row), in_batch - process * plan.batch_size))
+    if real == len(per_row) and in_batch == global_batch:
+        return per_row.mean(), real  # the usual case: a full batch
+    return per_row[:real].sum() * (plan.processes / in_batch), real
 
 
 def _evaluate(run: Run, *, epoch: int, step: int, log: MetricsLog) -> dict[str, Any]:
