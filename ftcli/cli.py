@@ -130,7 +130,18 @@ def prepare(config: ConfigOpt, set_: SetOpt = None, as_json: JsonOpt = False, qu
 
 
 @app.command()
-def train(config: ConfigOpt, set_: SetOpt = None, as_json: JsonOpt = False, quiet: QuietOpt = False) -> None:
+def train(
+    config: ConfigOpt,
+    set_: SetOpt = None,
+    resume: Annotated[Optional[str], typer.Option(
+        "--resume", help="Continue from a checkpoint: 'auto' (the newest intact one in output_dir) or a "
+                         "checkpoint folder.", show_default=False)] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the run already in output_dir.")] = False,
+    allow_changes: Annotated[bool, typer.Option(
+        "--allow-changes", help="Resume even though training settings or data differ from the checkpoint's.")] = False,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
     """Fine-tune the model (works unchanged under `accelerate launch -m ftcli train`)."""
 
     def go():
@@ -138,7 +149,7 @@ def train(config: ConfigOpt, set_: SetOpt = None, as_json: JsonOpt = False, quie
         from ftcli.training import train as train_fn
 
         reporter = _reporter(quiet, as_json)
-        result = train_fn(cfg, reporter=reporter)
+        result = train_fn(cfg, resume=resume, overwrite=overwrite, allow_changes=allow_changes, reporter=reporter)
         if as_json and reporter.enabled:  # enabled: this is the main process
             _print_json(result)
 

@@ -221,16 +221,66 @@ class TrainConfig(_Section):
     log_every: int = Field(default=10, ge=1)
     """Write a training-log line every this many optimizer steps."""
 
+    eval_every: int | Literal["epoch"] = "epoch"
+    """Evaluate on the validation split every this many optimizer steps, or at each epoch's end
+    (`epoch`). The end of training is always evaluated."""
+
+    checkpoint_every: int | Literal["epoch"] | None = "epoch"
+    """Write a resumable checkpoint every this many optimizer steps, at each epoch's end
+    (`epoch`), or never (null). Checkpoints go to `output_dir/checkpoints/`."""
+
+    save_total_limit: int | None = Field(default=2, ge=1)
+    """Keep the newest this many checkpoints (the best one is always kept too); null keeps all."""
+
+    metric_for_best: str | None = None
+    """Metric that picks the best checkpoint and drives early stopping, e.g. `f1`, `accuracy` or
+    `loss` (validation)."""
+
+    greater_is_better: bool | None = None
+    """Whether a larger `metric_for_best` is better. Left out: false for `loss`, true otherwise."""
+
+    final_model: Literal["last", "best"] = "last"
+    """Which weights `output_dir/model/` holds at the end: the last step's, or the best
+    checkpoint's by `metric_for_best`."""
+
+    early_stopping_patience: int | None = Field(default=None, ge=1)
+    """Stop after this many evaluations in a row without improving `metric_for_best`."""
+
     distributed_timeout_s: int = Field(default=1800, ge=60)
     """Timeout of collective operations between processes, in seconds. Raise it if a long
     first-time tokenization on the main process makes the others give up waiting (or run
     `ftcli prepare` first)."""
 
     @model_validator(mode="after")
-    def _warmup(self) -> TrainConfig:
+    def _consistent(self) -> TrainConfig:
         if self.warmup_ratio is not None and self.warmup_steps:
             raise ValueError("give warmup_steps or warmup_ratio, not both")
+        for name in ("eval_every", "checkpoint_every"):
+            value = getattr(self, name)
+            if isinstance(value, int) and value < 1:
+                raise ValueError(f"{name}: give a number of steps >= 1, or epoch")
+        if self.metric_for_best is None:
+            if self.final_model == "best":
+                raise ValueError("final_model: best needs metric_for_best (e.g. f1) to know what is best")
+            if self.early_stopping_patience is not None:
+                raise ValueError("early_stopping_patience: needs metric_for_best (e.g. f1) to watch")
+        if self.final_model == "best":
+            if self.checkpoint_every is None:
+                raise ValueError("final_model: best needs checkpoints (set checkpoint_every)")
+            ev, ck = self.eval_every, self.checkpoint_every
+            aligned = ev == ck or (isinstance(ev, int) and isinstance(ck, int) and ck % ev == 0)
+            if not aligned:
+                raise ValueError(
+                    "checkpoint_every: with final_model: best every checkpoint must follow an evaluation; "
+                    f"use the same value as eval_every ({ev!r}) or a multiple of it"
+                )
         return self
+
+    @property
+    def best_is_greater(self) -> bool:
+        if self.greater_is_better is not None:
+            return self.greater_is_better
+        return self.metric_for_best != "loss"
 
 
 class EvalConfig(_Section):

@@ -357,7 +357,10 @@ def load_raw(data: DataConfig, cache_dir: Path | None = None) -> dict[str, datas
     if data.path is not None:
         return dict(load_hub_dataset(data.path, data.name, data.revision))
     from datasets import load_dataset
+    from datasets.utils import logging as ds_logging
 
+    # datasets logs a full traceback when a file fails to parse; ftcli reports it in one line.
+    ds_logging.set_verbosity(ds_logging.CRITICAL)
     out = {}
     for split, file in data.files.items():
         suffix = Path(file).suffix.lower()
@@ -374,6 +377,18 @@ def load_raw(data: DataConfig, cache_dir: Path | None = None) -> dict[str, datas
             raise FtcliError(f"{file}: cannot read it as {suffix[1:]} ({detail[:200]}); fix the file") from None
         out[split] = ds
     return out
+
+
+def check_splits(data: DataConfig, *splits: str) -> None:
+    """Fail early, before any tokenization, when a needed split is not among local data files."""
+    if data.files is None:
+        return  # a Hub dataset's splits are known once it is loaded
+    for split in splits:
+        if split not in data.files:
+            raise FtcliError(
+                f"split {split!r} is not in data.files (available: {', '.join(data.files)}); "
+                f"add it to data.files or fix the split name"
+            )
 
 
 def _split_label(data: DataConfig, split: str) -> str:

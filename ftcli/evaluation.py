@@ -26,6 +26,16 @@ def metric_name(cfg: Config, label_names: list[str]) -> str:
     return "accuracy_f1" if len(label_names) == 2 else "multiclass"
 
 
+def metric_keys(name: str) -> tuple[str, ...]:
+    """The values metric `name` computes (e.g. accuracy, f1)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ftcli_glue_keys", METRIC_SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.KINDS[module.kind_of(name)]
+
+
 def load_metric(name: str):
     """The GLUE-compatible metric shipped with ftcli, through `evaluate` (loaded by path: works
     offline). `keep_in_memory`: processes computing at once never share a cache file."""
@@ -127,6 +137,7 @@ def evaluate_model(cfg: Config, *, model_dir: str | Path | None = None, split: s
     if not (folder / "config.json").is_file():
         modeling.load_trained(folder)  # raises the one-line error naming the folder
     split = split or cfg.eval.split
+    data.check_splits(cfg.data, split)
     reporter = reporter or Reporter()
     with accelerator_session(cfg) as accelerator:
         reporter.enabled = reporter.enabled and accelerator.is_main_process

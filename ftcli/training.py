@@ -6,7 +6,9 @@ CPU, one or several GPUs, several machines or a TPU, under `accelerate launch -m
 
 Outputs in `train.output_dir`:
     model/          the final model and tokenizer (safetensors; `from_pretrained` loads it)
+    checkpoints/    resumable checkpoints (`ftcli train --resume auto`), see ftcli.checkpoint
     config.yaml     the resolved config of the run
+    run.json        status: running / interrupted / completed, and where to resume from
     metrics.jsonl   one JSON object per log step and per evaluation
     metrics.json    the final evaluation and training totals
 """
@@ -17,6 +19,8 @@ import json
 import math
 import os
 import shutil
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +30,8 @@ import yaml
 
 from ftcli.config import Config, load_config
 from ftcli.console import Reporter, format_duration
-from ftcli.errors import FtcliError
+from ftcli import checkpoint
+from ftcli.errors import EXIT_SIGINT, EXIT_SIGTERM, FtcliError, TrainingInterrupted
 
 
 @dataclass
@@ -82,7 +87,9 @@ class Run:
     reporter: Reporter
     tokenizer: Any
     output_dir: Path
-    history: list[dict[str, Any]] = field(default_factory=list)
+    eval_split: str | None = None
+    resume_from: Path | None = None
+    stop: StopFlag | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -177,6 +184,13 @@ def setup(cfg: Config, accelerator, reporter: Reporter) -> Run:
         )
     name = evaluation.metric_name(cfg, prepared.label_names)
     metric = evaluation.load_metric(name) if eval_dl is not None else None
+    if t.metric_for_best is not None:
+        if eval_dl is None:
+            raise FtcliError("train.metric_for_best: needs a labelled validation split (data.validation_split)")
+        choices = [*evaluation.metric_keys(name), "loss"]
+        if t.metric_for_best not in choices:
+            raise FtcliError(f"train.metric_for_best: {t.metric_for_best!r} is not computed by metric {name!r}; "
+                             f"choose one of {', '.join(choices)}")
 
     model, optimizer, train_dl = accelerator.prepare(model, optimizer, train_dl)
     if eval_dl is not None:
@@ -192,7 +206,7 @@ def setup(cfg: Config, accelerator, reporter: Reporter) -> Run:
     run = Run(
         cfg=cfg, accelerator=accelerator, model=model, optimizer=optimizer, scheduler=scheduler,
         train_dl=train_dl, eval_dl=eval_dl, metric=metric, metric_name=name, prepared=prepared, plan=plan,
-        reporter=reporter, tokenizer=tokenizer, output_dir=Path(t.output_dir),
+        reporter=reporter, tokenizer=tokenizer, output_dir=Path(t.output_dir), eval_split=eval_split,
     )
     _report_start(run, eval_split, sum(p.numel() for p in accelerator.unwrap_model(model).parameters()),
                   torch.get_num_threads())
@@ -230,83 +244,106 @@ def _report_start(run: Run, eval_split: str | None, n_params: int, threads: int)
 # The loop
 
 
-def fit(run: Run) -> dict[str, Any]:
-    """Train for `plan.total_steps` optimizer steps, evaluating after each epoch."""
+def fit(run: Run, state: dict[str, Any]) -> dict[str, Any]:
+    """Train from `state` (fresh, or read from a checkpoint) to `plan.total_steps` optimizer steps.
+    Evaluates and checkpoints on schedule; stops early when told to (patience, SIGINT/SIGTERM)."""
     import torch
 
     acc, model, optimizer, scheduler = run.accelerator, run.model, run.optimizer, run.scheduler
-    cfg, plan, log = run.cfg, run.plan, MetricsLog(run.output_dir / "metrics.jsonl", acc.is_main_process)
-    step, samples, tokens = 0, 0, 0
-    last_eval: dict[str, Any] | None = None
+    cfg, plan, t = run.cfg, run.plan, run.cfg.train
+    log = MetricsLog(run.output_dir / "metrics.jsonl", acc.is_main_process)
+    rows, regression = len(run.train_dl.dataset), run.prepared.is_regression
+    step = state["step"]
     window_loss = torch.zeros((), device=acc.device)
-    window_batches, window_rows, window_tokens = 0, 0, torch.zeros((), device=acc.device, dtype=torch.long)
+    window_tokens = torch.zeros((), device=acc.device, dtype=torch.long)
+    window_batches, window_rows = 0, 0
     window_start = train_start = time.perf_counter()
-    smoothed = None
-    rows = len(run.train_dl.dataset)
-    regression = run.prepared.is_regression
+    steps_at_start, smoothed, stopping = step, None, None
     model.train()
 
-    with run.reporter.progress(plan.total_steps, "train", every=cfg.train.log_every) as bar:
-        for epoch in range(plan.epochs):
+    with run.reporter.progress(plan.total_steps, "train", every=t.log_every) as bar:
+        bar.update(step)
+        while step < plan.total_steps and stopping is None:
+            epoch = state["epoch"]
             run.train_dl.set_epoch(epoch)
+            loader = run.train_dl
+            if state["batch_in_epoch"]:  # resuming mid-epoch: the same remaining batches, in order
+                loader = acc.skip_first_batches(run.train_dl, state["batch_in_epoch"])
             bar.set_description(f"epoch {epoch + 1}/{plan.epochs}")
-            for index, batch in enumerate(run.train_dl):
+            for index, batch in enumerate(loader, start=state["batch_in_epoch"]):
                 with acc.accumulate(model):
                     labels = batch.pop("labels")
                     logits = model(**batch).logits
                     loss, real = batch_loss(logits, labels, index, plan, acc.process_index, rows, regression)
                     acc.backward(loss)
-                    if acc.sync_gradients and cfg.train.max_grad_norm is not None:
-                        acc.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
+                    if acc.sync_gradients and t.max_grad_norm is not None:
+                        acc.clip_grad_norm_(model.parameters(), t.max_grad_norm)
                     optimizer.step()
                     if acc.sync_gradients and not acc.optimizer_step_was_skipped:
                         scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
                 window_loss += loss.detach().float()
-                window_batches += 1
                 window_tokens += batch["attention_mask"][:real].sum()
+                window_batches += 1
                 window_rows += real
+                state["batch_in_epoch"] = index + 1
                 if not acc.sync_gradients:
                     continue
+
                 step += 1
-                if step % cfg.train.log_every == 0 or step == plan.total_steps:
+                state["step"] = step
+                end_of_epoch = index + 1 == plan.batches_per_epoch
+                if step % t.log_every == 0 or step == plan.total_steps:
                     # One collective per log line (not per step): mean loss and global counts.
-                    stats = acc.reduce(
-                        torch.stack([window_loss / window_batches, window_tokens.float(),
-                                     torch.tensor(float(window_rows), device=acc.device)]),
-                        reduction="sum",
-                    )
-                    now = time.perf_counter()
+                    stats = acc.reduce(torch.stack([
+                        window_loss / window_batches, window_tokens.float(),
+                        torch.tensor(float(window_rows), device=acc.device),
+                    ]), reduction="sum")
+                    seconds = max(time.perf_counter() - window_start, 1e-9)
                     mean_loss = float(stats[0]) / acc.num_processes
-                    samples += int(stats[2])
-                    tokens += int(stats[1])
-                    rate = float(stats[2]) / max(now - window_start, 1e-9)
+                    state["samples"] += int(stats[2])
+                    state["tokens"] += int(stats[1])
                     smoothed = mean_loss if smoothed is None else 0.8 * smoothed + 0.2 * mean_loss
                     lr = scheduler.get_last_lr()[0]
                     log.write({"type": "train", "step": step, "epoch": round(step / plan.updates_per_epoch, 4),
-                               "loss": mean_loss, "lr": lr, "samples_per_s": rate,
-                               "tokens_per_s": float(stats[1]) / max(now - window_start, 1e-9)})
-                    bar.update(step - bar.done, loss=smoothed, lr=lr, samples_s=round(rate, 1))
+                               "loss": mean_loss, "lr": lr, "samples_per_s": float(stats[2]) / seconds,
+                               "tokens_per_s": float(stats[1]) / seconds})
+                    bar.update(step - bar.done, loss=smoothed, lr=lr, samples_s=float(stats[2]) / seconds)
                     window_loss.zero_()
                     window_tokens.zero_()
-                    window_batches, window_rows, window_start = 0, 0, now
-                if step >= plan.total_steps:
+                    window_batches, window_rows, window_start = 0, 0, time.perf_counter()
+
+                last = step >= plan.total_steps
+                due = (lambda every: every == "epoch" and end_of_epoch or isinstance(every, int) and step % every == 0)
+                if run.eval_dl is not None and (due(t.eval_every) or last):
+                    result = _evaluate(run, state, epoch=round(step / plan.updates_per_epoch, 4), step=step, log=log)
+                    if _update_best(state, result, step, t) is False and t.early_stopping_patience:
+                        if state["bad_evals"] >= t.early_stopping_patience:
+                            stopping = "early_stopping"
+                if run.stop is not None and run.stop.agreed(acc):
+                    stopping = "signal"
+                if end_of_epoch:
+                    state["epoch"], state["batch_in_epoch"] = epoch + 1, 0
+                if stopping == "signal" or t.checkpoint_every is not None and due(t.checkpoint_every):
+                    _save_checkpoint(run, state)
+                checkpoint.fault_point("step", step, acc.process_index)
+                if last or stopping:
                     break
-            if run.eval_dl is not None:
-                last_eval = _evaluate(run, epoch=epoch + 1, step=step, log=log)
-            if step >= plan.total_steps:
-                break
-    train_seconds = time.perf_counter() - train_start
+            else:
+                state["epoch"], state["batch_in_epoch"] = epoch + 1, 0  # ran out of batches
+
+    seconds = time.perf_counter() - train_start
+    done = step - steps_at_start
+    state["seconds"] = state.get("seconds", 0.0) + seconds
     return {
         "steps": step,
         "epochs": round(step / plan.updates_per_epoch, 4),
-        "samples": samples,
-        "tokens": tokens,
-        "seconds": round(train_seconds, 3),
-        "samples_per_s": round(samples / train_seconds, 2) if train_seconds else None,
-        "tokens_per_s": round(tokens / train_seconds, 1) if train_seconds else None,
+        "samples": state["samples"],
+        "tokens": state["tokens"],
+        "seconds": round(state["seconds"], 3),
+        "samples_per_s": round(done * plan.global_batch / seconds, 2) if seconds and done else None,
         "final_lr": run.scheduler.get_last_lr()[0],
-        "eval": last_eval,
+        "stopped": stopping or "completed",
     }
 
 
@@ -332,18 +369,91 @@ def batch_loss(logits, labels, index: int, plan: Plan, process: int, rows: int, 
     return per_row[:real].sum() * (plan.processes / in_batch), real
 
 
-def _evaluate(run: Run, *, epoch: int, step: int, log: MetricsLog) -> dict[str, Any]:
+def _evaluate(run: Run, state: dict[str, Any], *, epoch: float, step: int, log: MetricsLog) -> dict[str, Any]:
     from ftcli.evaluation import run_eval
 
     start = time.perf_counter()
     result = run_eval(run.accelerator, run.model, run.eval_dl, run.metric, regression=run.prepared.is_regression)
     result["seconds"] = round(time.perf_counter() - start, 3)
-    record = {"type": "eval", "step": step, "epoch": epoch, "split": run.cfg.data.validation_split, **result}
+    record = {"type": "eval", "step": step, "epoch": epoch, "split": run.eval_split, **result}
     log.write(record)
-    run.history.append(record)
+    state["last_eval"] = record
     shown = "  ".join(f"{k} {v:.4f}" for k, v in result.items() if k not in ("samples", "seconds"))
-    run.reporter.info(f"eval epoch {epoch} step {step}: {shown}  ({result['samples']} rows, {result['seconds']:.1f}s)")
+    run.reporter.info(f"eval step {step} (epoch {epoch:g}): {shown}  ({result['samples']} rows, {result['seconds']:.1f}s)")
     return result
+
+
+def _update_best(state: dict[str, Any], result: dict[str, Any], step: int, t) -> bool | None:
+    """Track the best evaluation by `metric_for_best`; True when this one is the new best. Every
+    process computes the same value from the same gathered predictions, so early-stopping
+    decisions agree without a collective."""
+    if t.metric_for_best is None:
+        return None
+    value = result[t.metric_for_best]
+    best = state.get("best")
+    better = best is None or (value > best["value"] if t.best_is_greater else value < best["value"])
+    if better:
+        state["best"] = {"metric": t.metric_for_best, "value": value, "step": step,
+                         "checkpoint": checkpoint.name_for(step), "eval": result}
+        state["bad_evals"] = 0
+    else:
+        state["bad_evals"] = state.get("bad_evals", 0) + 1
+    return better
+
+
+def _save_checkpoint(run: Run, state: dict[str, Any]) -> Path:
+    acc = run.accelerator
+    saved = dict(state, fingerprint=run_fingerprint(run))
+    path = checkpoint.save(acc, run.output_dir, state["step"], saved)
+    if acc.is_main_process:
+        best = state.get("best")
+        removed = checkpoint.rotate(run.output_dir, run.cfg.train.save_total_limit,
+                                    protect={best["checkpoint"]} if best else set())
+        _write_run_json(run, "running", checkpoint=str(path))
+        run.reporter.info(f"checkpoint {path}" + (f" (removed {', '.join(p.name for p in removed)})" if removed else ""))
+    return path
+
+
+def run_fingerprint(run: Run) -> dict[str, Any]:
+    """What a checkpoint must agree with to be resumed: training-relevant config, data, batch."""
+    return {"config": run.cfg.to_dict(), "data_key": run.prepared.manifest["key"], "global_batch": run.plan.global_batch}
+
+
+class StopFlag:
+    """SIGINT/SIGTERM: finish the current step, write a checkpoint, exit 130/143. A second
+    SIGINT stops at once (KeyboardInterrupt). Processes agree on stopping at the same step."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def install(self) -> StopFlag:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signum == signal.SIGINT and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def restore(self) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+        self._old.clear()
+
+    def agreed(self, acc) -> bool:
+        """Whether any process was signalled (one tiny all-reduce when there are several)."""
+        if acc.num_processes == 1:
+            return self.signum is not None
+        import torch
+
+        code = torch.tensor([float(self.signum or 0)], device=acc.device)
+        code = acc.reduce(code, reduction="sum")
+        if code.item() and self.signum is None:
+            self.signum = signal.SIGTERM
+        return bool(code.item())
 
 
 class MetricsLog:
@@ -360,6 +470,13 @@ class MetricsLog:
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
 
+    def truncate_after(self, step: int) -> None:
+        """On resume: drop lines the interrupted run logged after its checkpoint."""
+        if not self.enabled or not self.path.is_file():
+            return
+        kept = [line for line in self.path.read_text().splitlines() if json.loads(line).get("step", 0) <= step]
+        atomic_write_text(self.path, "".join(line + "\n" for line in kept))
+
 
 # --------------------------------------------------------------------------------------------
 # Outputs
@@ -371,6 +488,16 @@ def atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _write_run_json(run: Run, status: str, **extra: Any) -> None:
+    path = run.output_dir / "run.json"
+    try:
+        current = json.loads(path.read_text())
+    except (OSError, ValueError):
+        current = {}
+    current.update(status=status, updated=time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra)
+    atomic_write_text(path, json.dumps(current, indent=2))
+
+
 def export_model(run: Run, folder: Path) -> None:
     """Write the final model and tokenizer to `folder` atomically (a temporary folder renamed
     when complete). The full state dict is gathered through the Accelerator, so this also works
@@ -380,9 +507,9 @@ def export_model(run: Run, folder: Path) -> None:
     state_dict = acc.get_state_dict(run.model)
     tmp = folder.with_name(f".{folder.name}.tmp")
     if acc.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
         from ftcli.modeling import quiet_transformers
 
+        shutil.rmtree(tmp, ignore_errors=True)
         unwrapped = acc.unwrap_model(run.model)
         with quiet_transformers():
             unwrapped.save_pretrained(tmp, state_dict=state_dict, save_function=acc.save)
@@ -400,25 +527,116 @@ def export_model(run: Run, folder: Path) -> None:
     acc.wait_for_everyone()
 
 
-def train(config: Config | str | Path, *, reporter: Reporter | None = None, overrides: list[str] = ()) -> dict[str, Any]:
+OWN_ENTRIES = ("model", "checkpoints", "config.yaml", "run.json", "metrics.jsonl", "metrics.json",
+               "learning_curves.png", ".model.tmp", ".model.old")
+"""What ftcli writes into output_dir (and `--overwrite` removes; nothing else is touched)."""
+
+
+def _claim_output_dir(out: Path, resume: str | None, overwrite: bool) -> None:
+    """Refuse to mix two runs in one output_dir. Called on every process before anything is
+    written; only the main process deletes."""
+    existing = [name for name in OWN_ENTRIES if (out / name).exists()]
+    if not existing or resume:
+        return
+    if not overwrite:
+        raise FtcliError(
+            f"train.output_dir {str(out)!r} already holds a run ({', '.join(existing)}); "
+            "pass --resume auto to continue it, --overwrite to replace it, or choose another output_dir"
+        )
+
+
+def train(
+    config: Config | str | Path,
+    *,
+    resume: str | None = None,
+    overwrite: bool = False,
+    allow_changes: bool = False,
+    reporter: Reporter | None = None,
+    overrides: list[str] = (),
+) -> dict[str, Any]:
     """Fine-tune as `config` says; return the results (also written to output_dir/metrics.json).
 
-    `config` is a Config, or the path of a YAML file. Callable from Python and from
-    `accelerate.notebook_launcher(train, (cfg,), num_processes=N)`.
+    `config` is a Config, or the path of a YAML file. `resume`: `auto` (the newest intact
+    checkpoint in output_dir, or a fresh start when there is none) or a checkpoint folder.
+    Callable from Python and from `accelerate.notebook_launcher(train, (cfg,), num_processes=N)`.
     """
+    from accelerate.utils import broadcast_object_list
+
     from ftcli.distributed import accelerator_session
 
     cfg = config if isinstance(config, Config) else load_config(config, overrides)
     reporter = reporter or Reporter()
+    out = Path(cfg.train.output_dir)
+    if resume and overwrite:
+        raise FtcliError("--resume and --overwrite exclude each other: continue the run, or replace it")
+    if resume not in (None, "auto") and not Path(resume).is_dir():
+        raise FtcliError(f"--resume {resume}: no such checkpoint folder; use --resume auto or a folder under "
+                         f"{checkpoint.root(out)}")
+    from ftcli.data import check_splits
+
+    check_splits(cfg.data, cfg.data.train_split)
     with accelerator_session(cfg, gradient_accumulation_steps=cfg.train.gradient_accumulation_steps) as acc:
-        run = setup(cfg, acc, reporter)
-        out = run.output_dir
+        run = setup(cfg, acc, reporter)  # every bad-input check happens here, before any write
+        _claim_output_dir(out, resume, overwrite)
+        state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "samples": 0, "tokens": 0, "bad_evals": 0}
+        ckpt = None
+        if resume:
+            found = [checkpoint.find(out, resume, reporter.info) if acc.is_main_process else None]
+            broadcast_object_list(found)  # one process verifies checksums; all resume the same one
+            ckpt = found[0]
+            if ckpt is None:
+                if any((out / name).exists() for name in OWN_ENTRIES):
+                    raise FtcliError(f"--resume {resume}: {str(out)!r} holds a run but no intact checkpoint to resume; "
+                                     "pass --overwrite to start it over")
+                reporter.info(f"no checkpoint in {checkpoint.root(out)}: starting from the beginning")
+        if ckpt is not None:
+            saved = checkpoint.read_state(ckpt)
+            if not allow_changes:
+                checkpoint.check_compatible(saved["fingerprint"], run_fingerprint(run), ckpt)
+            acc.load_state(str(ckpt))
+            state = {k: v for k, v in saved.items() if k not in ("files", "fingerprint", "format")}
+            reporter.info(f"resumed from {ckpt}: step {state['step']}/{run.plan.total_steps}, "
+                          f"epoch {state['epoch'] + 1}, batch {state['batch_in_epoch']}")
+        acc.wait_for_everyone()
         if acc.is_main_process:
+            if overwrite:
+                for name in OWN_ENTRIES:
+                    target = out / name
+                    if target.is_dir():
+                        shutil.rmtree(target)
+                    elif target.exists():
+                        target.unlink()
             out.mkdir(parents=True, exist_ok=True)
             atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-            (out / "metrics.jsonl").unlink(missing_ok=True)
+            log = MetricsLog(out / "metrics.jsonl", True)
+            if ckpt is not None:
+                log.truncate_after(state["step"])
+            else:
+                (out / "metrics.jsonl").unlink(missing_ok=True)
+            _write_run_json(run, "running", resumed_from=str(ckpt) if ckpt else None)
         acc.wait_for_everyone()
-        result = fit(run)
+
+        run.stop = StopFlag().install()
+        try:
+            result = fit(run, state)
+        finally:
+            run.stop.restore()
+        if result["stopped"] == "signal":
+            code = EXIT_SIGINT if run.stop.signum == signal.SIGINT else EXIT_SIGTERM
+            if acc.is_main_process:
+                _write_run_json(run, "interrupted", step=result["steps"])
+            raise TrainingInterrupted(
+                f"interrupted at step {result['steps']}/{run.plan.total_steps}, checkpoint written to "
+                f"{checkpoint.root(out) / checkpoint.name_for(result['steps'])}; resume with: "
+                f"ftcli train --config {cfg.source_path or '<config>'} --resume auto", code)
+
+        final_eval = state.get("last_eval")
+        exported = {"from": "last", "step": result["steps"]}
+        best = state.get("best")
+        if cfg.train.final_model == "best" and best and best["step"] != result["steps"]:
+            acc.load_state(str(checkpoint.root(out) / best["checkpoint"]))
+            final_eval = {"type": "eval", "step": best["step"], **best["eval"]}
+            exported = {"from": "best", "step": best["step"], "checkpoint": best["checkpoint"]}
         export_model(run, out / "model")
         summary = {
             "output_dir": str(out),
@@ -428,16 +646,23 @@ def train(config: Config | str | Path, *, reporter: Reporter | None = None, over
             "planned_steps": run.plan.total_steps,
             "mixed_precision": acc.mixed_precision,
             "metric": run.metric_name,
+            "resumed_from": str(ckpt) if ckpt else None,
             **result,
+            "exported": exported,
+            "best": {k: v for k, v in best.items() if k != "eval"} if best else None,
+            "eval": {k: v for k, v in final_eval.items() if k not in ("type", "time", "epoch", "split", "step")}
+            if final_eval else None,
         }
         if acc.is_main_process:
             atomic_write_text(out / "metrics.json", json.dumps(summary, indent=2))
-            ev = summary.get("eval") or {}
+            _write_run_json(run, "completed", step=result["steps"])
             run.reporter.info(
-                f"done: {summary['steps']} steps in {format_duration(summary['seconds'])} "
-                f"({summary['samples_per_s']} samples/s); model saved to {out / 'model'}"
+                f"done: {summary['steps']} steps in {format_duration(summary['seconds'])}"
+                + (f" ({summary['samples_per_s']} samples/s)" if summary["samples_per_s"] else "")
+                + (" - stopped early: no improvement" if result["stopped"] == "early_stopping" else "")
+                + f"; model ({exported['from']}, step {exported['step']}) saved to {out / 'model'}"
             )
-            if ev:
-                run.reporter.results(f"validation ({cfg.data.validation_split})",
-                                     {k: v for k, v in ev.items() if k != "seconds"})
+            if summary["eval"]:
+                run.reporter.results(f"validation ({run.eval_split})",
+                                     {k: v for k, v in summary["eval"].items() if k != "seconds"})
     return summary

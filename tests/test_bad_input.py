@@ -1,0 +1,127 @@
+"""Bad input, table-driven: every case exits 2 with one `error: ...` line per problem that names
+the file, field or row; no traceback; nothing half-written (no output_dir, no cache folder)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from conftest import make_rows, write_jsonl
+from ftcli.cli import app
+
+runner = CliRunner()
+
+
+def _rows_file(tmp_path: Path, name: str, rows: list[dict]) -> str:
+    return str(write_jsonl(tmp_path / name, rows))
+
+
+def _mutate(cfg: dict, path: str, value) -> None:
+    *parents, leaf = path.split(".")
+    for p in parents:
+        cfg = cfg.setdefault(p, {})
+    if value is _DELETE:
+        cfg.pop(leaf, None)
+    else:
+        cfg[leaf] = value
+
+
+_DELETE = object()
+
+# (id, how to break the setup, command, text the message must contain)
+CASES = [
+    ("config-missing", {"config_path": "nope.yaml"}, ["train"], "nope.yaml: config file not found"),
+    ("yaml-syntax", {"config_text": "model: {name_or_path: [x\n"}, ["train"], "invalid YAML"),
+    ("unknown-key", {"set": {"train.learnig_rate": 1}}, ["train"], "train.learnig_rate: unknown key (did you mean 'learning_rate'?)"),
+    ("wrong-type", {"set": {"train.batch_size": "eight"}}, ["train"], "train.batch_size: Input should be a valid integer"),
+    ("out-of-range", {"set": {"train.learning_rate": -1}}, ["train"], "train.learning_rate: Input should be greater than 0"),
+    ("missing-field", {"set": {"model.name_or_path": _DELETE}}, ["prepare"], "model.name_or_path: required field is missing"),
+    ("override-syntax", {}, ["train", "--set", "train.epochs"], "--set train.epochs: expected dotted.key=value"),
+    ("data-file-missing", {"set": {"data.files": {"train": "missing.jsonl"}}}, ["prepare"],
+     "data.files.train: file 'missing.jsonl' not found"),
+    ("text-column-missing", {"set": {"data.text_columns": ["question"]}}, ["prepare"],
+     "column 'question' not found (columns: sentence1, sentence2, label, idx); fix data.text_columns"),
+    ("label-column-missing", {"set": {"data.label_column": "gold"}}, ["prepare"], "column 'gold' not found"),
+    ("label-not-declared", {"rows": {2: {"label": "maybe"}}, "string_labels": True}, ["train"],
+     "row 3: label 'maybe' is not one of the labels ['no', 'yes']"),
+    ("label-id-out-of-range", {"rows": {4: {"label": 3}}}, ["train"], "row 5: label 3 is not a label id 0..1"),
+    ("label-partly-missing", {"rows": {1: {"label": None}}}, ["prepare"], "row 2: label is missing while other rows have one"),
+    ("text-empty", {"rows": {6: {"sentence1": None}}}, ["prepare"], "row 7: column 'sentence1' is empty"),
+    ("empty-split", {"empty_train": True}, ["prepare"], "split 'train' has no rows"),
+    ("corrupt-parquet", {"corrupt_parquet": True}, ["prepare"], "cannot read it as parquet"),
+    ("model-folder-missing", {"set": {"model.name_or_path": "./no/such/model"}}, ["train"],
+     "folder './no/such/model' does not exist"),
+    ("model-folder-empty", {"empty_model": True}, ["prepare"], "holds no tokenizer files"),
+    ("fp16-on-cpu", {"set": {"train.mixed_precision": "fp16"}}, ["train"], "train.mixed_precision: fp16 needs a CUDA GPU"),
+    ("metric-for-best-unknown", {"set": {"train.metric_for_best": "bleu"}}, ["train"],
+     "train.metric_for_best: 'bleu' is not computed by metric 'mrpc'; choose one of accuracy, f1, loss"),
+    ("best-without-metric", {"set": {"train.final_model": "best"}}, ["train"], "final_model: best needs metric_for_best"),
+    ("resume-missing-path", {}, ["train", "--resume", "no/such/checkpoint"], "--resume no/such/checkpoint: no such checkpoint folder"),
+    ("resume-and-overwrite", {}, ["train", "--resume", "auto", "--overwrite"], "--resume and --overwrite exclude each other"),
+    ("eval-model-missing", {}, ["eval", "--model", "no/such/model"], "model folder 'no/such/model' does not exist"),
+    ("eval-unknown-split", {"trained": True}, ["eval", "--split", "dev"], "split 'dev' is not in data.files (available: "),
+    ("eval-unlabelled-split", {"trained": True}, ["eval", "--split", "test"], "has no labels to evaluate against; use `ftcli predict`"),
+    ("train-unknown-split", {"set": {"data.train_split": "training"}}, ["train"], "split 'training' is not in data.files"),
+]
+
+
+@pytest.mark.parametrize("case_id, setup, command, expected", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(
+        case_id, setup, command, expected, tiny_model, tiny_classifier, task_files, tmp_path, monkeypatch):
+    from conftest import config_dict
+
+    monkeypatch.chdir(tmp_path)
+    cfg = config_dict(tiny_model, task_files, tmp_path)
+    rows = make_rows(12, seed=1)
+    if setup.get("string_labels"):
+        rows = [{**r, "label": ["no", "yes"][r["label"]]} for r in rows]
+    for index, change in setup.get("rows", {}).items():
+        rows[index] = {**rows[index], **change}
+    if "rows" in setup:
+        cfg["data"]["files"]["train"] = _rows_file(tmp_path, "bad.jsonl", rows)
+    if setup.get("empty_train"):
+        (tmp_path / "empty.jsonl").write_text("")
+        cfg["data"]["files"]["train"] = str(tmp_path / "empty.jsonl")
+    if setup.get("corrupt_parquet"):
+        (tmp_path / "broken.parquet").write_bytes(b"PAR1 this is not parquet")
+        cfg["data"]["files"]["train"] = str(tmp_path / "broken.parquet")
+    if setup.get("empty_model"):
+        (tmp_path / "empty-model").mkdir()
+        cfg["model"]["name_or_path"] = str(tmp_path / "empty-model")
+    for key, value in setup.get("set", {}).items():
+        _mutate(cfg, key, value)
+    if setup.get("trained"):
+        cfg["train"]["output_dir"] = str(tiny_classifier)
+    config_path = tmp_path / setup.get("config_path", "config.yaml")
+    if "config_path" not in setup:
+        config_path.write_text(setup.get("config_text") or yaml.safe_dump(cfg))
+    before = {p for p in tmp_path.rglob("*")}
+
+    result = runner.invoke(app, [command[0], "-c", str(config_path), *command[1:]])
+
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert errors and any(expected in e for e in errors), result.stderr  # one line per problem
+    assert "Traceback" not in result.output
+    # Progress lines may precede the error (e.g. data prepared fine before a later check failed).
+    assert all(line.startswith(("error: ", "data: ", "ftcli train", "  ")) for line in result.stderr.splitlines())
+    assert not (tmp_path / "run").exists(), "output_dir must not be created on bad input"
+    created = {p for p in tmp_path.rglob("*")} - before
+    from ftcli.data import verify_cache
+
+    caches = [p for p in created if p.parent.name == "cache" and p.is_dir() and not p.name.startswith(".")]
+    assert all(verify_cache(p) is None for p in caches), f"half-written cache: {caches}"
+    assert not [p for p in created if ".tmp" in p.name and p.exists()]
+
+
+def test_bad_input_messages_stay_one_line_per_problem(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(json.dumps({"model": {}, "data": {"files": {"train": "a.txt"}}, "train": {"epochs": 0}}))
+    result = runner.invoke(app, ["train", "-c", str(cfg)])
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 3 and all(line.startswith(f"error: {cfg}:") for line in lines)

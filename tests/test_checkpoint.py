@@ -1,0 +1,244 @@
+"""Checkpoints: kill -9 at random points then resume gives bit-identical weights (1 and 2
+processes), SIGINT/SIGTERM, corrupt checkpoints, rotation, best model, early stopping, output_dir
+safety."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import accelerate_launch, run_cli
+from ftcli import checkpoint
+
+pytestmark = pytest.mark.slow
+
+CKPT = ["--set", "train.checkpoint_every=5", "--set", "train.log_every=1", "--set", "train.save_total_limit=3"]
+
+
+def weights(run: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(run / "model" / "model.safetensors")
+
+
+def assert_identical(a: Path, b: Path) -> None:
+    import torch
+
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    different = [k for k in wa if not torch.equal(wa[k], wb[k])]
+    assert not different, f"weights differ: {different[:5]}"
+
+
+def train_log(run: Path) -> list[tuple[int, float]]:
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return [(r["step"], r["loss"]) for r in map(json.loads, lines) if r["type"] == "train"]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, tiny_model, task_files):
+    """Uninterrupted runs (1 and 2 processes) that the interrupted ones must reproduce exactly."""
+    import yaml
+
+    from conftest import config_dict
+
+    work = tmp_path_factory.mktemp("reference")
+    cfg = work / "config.yaml"
+    cfg.write_text(yaml.safe_dump(config_dict(tiny_model, task_files, work)))
+    one = run_cli("train", "-c", str(cfg), *CKPT, "--set", f"train.output_dir={work / 'one'}")
+    assert one.returncode == 0, one.stderr
+    two = accelerate_launch("train", "-c", str(cfg), *CKPT, "--set", f"train.output_dir={work / 'two'}")
+    assert two.returncode == 0, two.stderr[-3000:]
+    return {"config": cfg, "one": work / "one", "two": work / "two"}
+
+
+# Fault points: a crash right after an optimizer step, and one in the middle of writing a
+# checkpoint (all processes have saved their state; the main one has not finished the folder).
+STEPS = random.Random(7).sample([s for s in range(2, 95) if s % 5], 2)  # 1 process: 96 steps
+STEPS2 = random.Random(8).sample([s for s in range(2, 47) if s % 5], 1)  # 2 processes: 48 steps
+
+
+@pytest.mark.parametrize("fault", [f"step:{STEPS[0]}", f"step:{STEPS[1]}", "checkpoint-write:45"])
+def test_kill_and_resume_one_process_is_bit_identical(reference, tmp_path, fault):
+    out = ["--set", f"train.output_dir={tmp_path / 'run'}"]
+    killed = run_cli("train", "-c", str(reference["config"]), *CKPT, *out, env={"FTCLI_FAULT": fault})
+    assert killed.returncode == -signal.SIGKILL
+    if fault.startswith("checkpoint-write"):
+        leftovers = list((tmp_path / "run" / "checkpoints").glob(".tmp-*"))
+        assert leftovers, "the fault should have left a half-written checkpoint"
+    resumed = run_cli("train", "-c", str(reference["config"]), *CKPT, *out, "--resume", "auto", "--json")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "/checkpoints/step-" in json.loads(resumed.stdout)["resumed_from"]
+    assert_identical(reference["one"], tmp_path / "run")
+    # The log reads as one run: every step once, with the reference's losses.
+    assert train_log(tmp_path / "run") == train_log(reference["one"])
+    assert not list((tmp_path / "run" / "checkpoints").glob(".tmp-*"))
+
+
+@pytest.mark.multiprocess
+@pytest.mark.parametrize("fault", [f"step:{STEPS2[0]}@1", "checkpoint-write:35@0"])
+def test_kill_and_resume_two_processes_is_bit_identical(reference, tmp_path, fault):
+    out = ["--set", f"train.output_dir={tmp_path / 'run'}"]
+    killed = accelerate_launch("train", "-c", str(reference["config"]), *CKPT, *out, env={"FTCLI_FAULT": fault})
+    assert killed.returncode != 0
+    resumed = accelerate_launch("train", "-c", str(reference["config"]), *CKPT, *out, "--resume", "auto", "--json")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads(resumed.stdout)["resumed_from"]
+    assert_identical(reference["two"], tmp_path / "run")
+    assert train_log(tmp_path / "run") == train_log(reference["two"])
+
+
+def test_sigkill_from_outside_at_a_random_moment(reference, tmp_path):
+    """A real `kill -9` of the whole process group, at whatever point training has reached."""
+    out = ["--set", f"train.output_dir={tmp_path / 'run'}"]
+    log = tmp_path / "run" / "metrics.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "ftcli", "train", "-c", str(reference["config"]), *CKPT, *out],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    target = random.Random(3).randint(20, 80)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if log.is_file() and len(log.read_text().splitlines()) >= target:
+            break
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    resumed = run_cli("train", "-c", str(reference["config"]), *CKPT, *out, "--resume", "auto")
+    assert resumed.returncode == 0, resumed.stderr
+    assert_identical(reference["one"], tmp_path / "run")
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_finishes_the_step_checkpoints_and_says_how_to_resume(make_config, tmp_path, signum, code):
+    cfg = make_config(epochs=400, checkpoint_every=None, log_every=1)
+    proc = subprocess.Popen([sys.executable, "-m", "ftcli", "train", "-c", str(cfg)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while not (log.is_file() and len(log.read_text().splitlines()) >= 5) and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signum)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == code, stderr[-2000:]
+    assert "interrupted at step" in stderr and f"ftcli train --config {cfg} --resume auto" in stderr
+    ckpts = checkpoint.complete(tmp_path / "run")
+    assert len(ckpts) == 1 and checkpoint.verify(ckpts[0]) is None  # written although checkpoint_every is null
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "interrupted"
+    step = checkpoint.read_state(ckpts[0])["step"]
+    resumed = run_cli("train", "-c", str(cfg), "--resume", "auto", "--set", "train.epochs=400",
+                      "--set", "train.max_steps=" + str(step + 3), "--allow-changes", "--json")
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads(resumed.stdout)["steps"] == step + 3
+
+
+def test_resume_refuses_a_changed_config_naming_the_field(reference, tmp_path):
+    out = ["--set", f"train.output_dir={tmp_path / 'run'}"]
+    run_cli("train", "-c", str(reference["config"]), *CKPT, *out, env={"FTCLI_FAULT": "step:12"})
+    changed = run_cli("train", "-c", str(reference["config"]), *CKPT, *out, "--resume", "auto",
+                      "--set", "train.learning_rate=0.01")
+    assert changed.returncode == 2
+    assert "was written by a different run: train.learning_rate (0.002 -> 0.01)" in changed.stderr
+    assert "--allow-changes" in changed.stderr
+    data_changed = run_cli("train", "-c", str(reference["config"]), *CKPT, *out, "--resume", "auto",
+                           "--set", "data.max_length=16")
+    assert data_changed.returncode == 2 and "data.max_length (48 -> 16)" in data_changed.stderr
+    assert "the prepared data (cache key" in data_changed.stderr
+    forced = run_cli("train", "-c", str(reference["config"]), *CKPT, *out, "--resume", "auto",
+                     "--set", "train.learning_rate=0.01", "--allow-changes")
+    assert forced.returncode == 0, forced.stderr
+
+
+def test_corrupt_newest_checkpoint_falls_back_to_the_previous(reference, tmp_path):
+    out = ["--set", f"train.output_dir={tmp_path / 'run'}"]
+    run_cli("train", "-c", str(reference["config"]), *CKPT, *out, env={"FTCLI_FAULT": "step:22"})
+    ckpts = checkpoint.complete(tmp_path / "run")
+    assert [c.name for c in ckpts] == ["step-0000010", "step-0000015", "step-0000020"]
+    weights_file = ckpts[-1] / "model.safetensors"
+    weights_file.write_bytes(weights_file.read_bytes()[:-10])  # truncated
+    bad = run_cli("train", "-c", str(reference["config"]), *CKPT, *out, "--resume", str(ckpts[-1]))
+    assert bad.returncode == 2
+    assert f"error: --resume {ckpts[-1]}: checkpoint is not usable: model.safetensors is truncated" in bad.stderr
+    auto = run_cli("train", "-c", str(reference["config"]), *CKPT, *out, "--resume", "auto")
+    assert auto.returncode == 0, auto.stderr
+    assert "step-0000020 is damaged (model.safetensors is truncated" in auto.stderr
+    assert "resumed from" in auto.stderr and "step-0000015" in auto.stderr
+    assert_identical(reference["one"], tmp_path / "run")
+
+
+def test_rotation_keeps_the_newest_and_the_best(make_config, tmp_path):
+    # "best" = the highest validation loss: an early evaluation, long before the newest two.
+    cfg = make_config(checkpoint_every=6, eval_every=6, save_total_limit=2, metric_for_best="loss",
+                      greater_is_better=True, final_model="best")
+    result = run_cli("train", "-c", str(cfg), "--json")
+    assert result.returncode == 0, result.stderr
+    result = json.loads(result.stdout)
+    evals = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    evals = [e for e in evals if e["type"] == "eval"]
+    best = max(evals, key=lambda e: e["loss"])
+    assert best["step"] < 90
+    best_name = checkpoint.name_for(best["step"])
+    names = [c.name for c in checkpoint.complete(tmp_path / "run")]
+    assert names == [best_name, "step-0000090", "step-0000096"]
+    assert result["best"]["step"] == best["step"]
+    assert result["exported"] == {"from": "best", "step": best["step"], "checkpoint": best_name}
+    assert result["eval"]["loss"] == best["loss"]
+    import torch
+    from safetensors.torch import load_file
+
+    exported = load_file(tmp_path / "run" / "model" / "model.safetensors")
+    kept = load_file(tmp_path / "run" / "checkpoints" / best_name / "model.safetensors")
+    assert all(torch.equal(exported[k], kept[k]) for k in exported)
+
+
+def test_early_stopping_with_patience(make_config, tmp_path):
+    cfg = make_config(metric_for_best="loss", greater_is_better=True, early_stopping_patience=2)
+    result = run_cli("train", "-c", str(cfg), "--json")
+    assert result.returncode == 0, result.stderr
+    result = json.loads(result.stdout)
+    assert result["stopped"] == "early_stopping"
+    assert result["steps"] < result["planned_steps"]
+    evals = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+             if json.loads(x)["type"] == "eval"]
+    losses = [e["loss"] for e in evals]
+    best_at = max(range(len(losses)), key=lambda i: losses[i])
+    assert len(losses) == best_at + 1 + 2  # stopped after 2 evaluations without a higher loss
+
+
+def test_output_dir_holding_a_run_needs_resume_or_overwrite(make_config, tmp_path):
+    cfg = make_config(epochs=1)
+    assert run_cli("train", "-c", str(cfg)).returncode == 0
+    (tmp_path / "run" / "notes.txt").write_text("mine")
+    again = run_cli("train", "-c", str(cfg))
+    assert again.returncode == 2
+    assert f"error: train.output_dir '{tmp_path / 'run'}' already holds a run" in again.stderr
+    assert "--resume auto" in again.stderr and "--overwrite" in again.stderr
+    replaced = run_cli("train", "-c", str(cfg), "--overwrite")
+    assert replaced.returncode == 0
+    assert (tmp_path / "run" / "notes.txt").read_text() == "mine"  # --overwrite removes only ftcli's files
+
+
+def test_unit_rotate_and_find(tmp_path):
+    out = tmp_path / "run"
+    for step in (5, 10, 15, 20):
+        folder = checkpoint.root(out) / checkpoint.name_for(step)
+        folder.mkdir(parents=True)
+        (folder / "model.safetensors").write_bytes(b"w" * step)
+        (folder / checkpoint.STATE_FILE).write_text(json.dumps(
+            {"step": step, "files": {"model.safetensors": [step, checkpoint._sha256(folder / "model.safetensors")]}}))
+    (checkpoint.root(out) / ".tmp-step-0000025").mkdir()
+    assert checkpoint.find(out, "auto", print).name == "step-0000020"
+    removed = checkpoint.rotate(out, keep=2, protect={"step-0000005"})
+    assert [p.name for p in removed] == ["step-0000010"]  # newest 2 (15, 20) + the best (5) stay
+    assert [p.name for p in checkpoint.complete(out)] == ["step-0000005", "step-0000015", "step-0000020"]
+    assert not (checkpoint.root(out) / ".tmp-step-0000025").exists()
+    (checkpoint.root(out) / "step-0000020" / "model.safetensors").write_bytes(b"x" * 20)
+    logs = []
+    assert checkpoint.find(out, "auto", logs.append).name == "step-0000015"
+    assert "does not match its checksum" in logs[0]
