@@ -65,7 +65,8 @@ def _run(fn: Callable[[], Any]) -> Any:
             typer.echo(f"error: {line}", err=True)
         raise typer.Exit(EXIT_BAD_INPUT) from None
     except TrainingInterrupted as exc:
-        typer.echo(str(exc), err=True)
+        if str(exc):  # empty on processes other than the main one
+            typer.echo(str(exc), err=True)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)

@@ -625,10 +625,11 @@ def train(
             code = EXIT_SIGINT if run.stop.signum == signal.SIGINT else EXIT_SIGTERM
             if acc.is_main_process:
                 _write_run_json(run, "interrupted", step=result["steps"])
-            raise TrainingInterrupted(
+            message = (
                 f"interrupted at step {result['steps']}/{run.plan.total_steps}, checkpoint written to "
                 f"{checkpoint.root(out) / checkpoint.name_for(result['steps'])}; resume with: "
-                f"ftcli train --config {cfg.source_path or '<config>'} --resume auto", code)
+                f"ftcli train --config {cfg.source_path or '<config>'} --resume auto")
+            raise TrainingInterrupted(message if acc.is_main_process else "", code)  # said once
 
         final_eval = state.get("last_eval")
         exported = {"from": "last", "step": result["steps"]}
