@@ -32,6 +32,7 @@ RESUME_INSENSITIVE = {
     "train.output_dir", "train.log_every", "train.checkpoint_every", "train.save_total_limit",
     "train.distributed_timeout_s", "train.eval_batch_size", "train.report_to", "train.final_model",
     "train.early_stopping_patience", "train.batch_size", "eval.split", "eval.metric",
+    "train.dataloader_workers", "train.compile", "train.cpu_heap_reuse",
 }
 
 

@@ -14,7 +14,8 @@ from typing import Annotated, Any, Callable, Optional
 
 import typer
 
-from ftcli.errors import EXIT_BAD_INPUT, EXIT_SIGINT, EXIT_UNEXPECTED, FtcliError, TrainingInterrupted
+from ftcli.errors import (EXIT_BAD_INPUT, EXIT_QUALITY_GATE, EXIT_SIGINT, EXIT_UNEXPECTED, FtcliError,
+                          TrainingInterrupted)
 
 app = typer.Typer(
     name="ftcli",
@@ -165,12 +166,16 @@ def eval_(
                      "(default: the config's train.output_dir).", show_default=False)] = None,
     split: Annotated[Optional[str], typer.Option("--split", help="Split to evaluate (default: eval.split).",
                                                  show_default=False)] = None,
+    require: Annotated[Optional[list[str]], typer.Option(
+        "--require", help="Quality gate, e.g. 'f1>=0.85' or 'loss<=0.5' (repeatable): exit 3 when a metric "
+                          "misses it.", show_default=False)] = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Evaluate a trained model on a split and print its metrics."""
 
     def go():
+        gates = [_parse_gate(g) for g in require or []]
         cfg = _load(config, set_)
         from ftcli.evaluation import evaluate_model
 
@@ -183,21 +188,114 @@ def eval_(
         else:
             shown = {k: v for k, v in result.items() if k not in ("model", "split")}
             reporter.results(f"{result['split']} - {result['model']}", shown)
+        failed = []
+        for name, op, threshold in gates:
+            if name not in result:
+                raise FtcliError(f"--require {name}{op}{threshold}: no metric {name!r} "
+                                 f"(metrics: {', '.join(k for k, v in result.items() if isinstance(v, float))})")
+            value = result[name]
+            if not (value >= threshold if op == ">=" else value <= threshold):
+                failed.append(f"{name} {value:.4f} (required {op} {threshold})")
+        if failed:
+            typer.echo(f"quality gate failed: {'; '.join(failed)}", err=True)
+            raise typer.Exit(EXIT_QUALITY_GATE)
+
+    _run(go)
+
+
+def _parse_gate(text: str) -> tuple[str, str, float]:
+    import re
+
+    match = re.fullmatch(r"\s*([A-Za-z_]+)\s*(>=|<=)\s*([-+0-9.eE]+)\s*", text)
+    if not match:
+        raise FtcliError(f"--require {text!r}: write METRIC>=VALUE or METRIC<=VALUE, e.g. 'f1>=0.85'")
+    try:
+        return match.group(1), match.group(2), float(match.group(3))
+    except ValueError:
+        raise FtcliError(f"--require {text!r}: {match.group(3)!r} is not a number") from None
+
+
+@app.command()
+def predict(
+    config: ConfigOpt,
+    input: Annotated[Path, typer.Option("--input", "-i", help="Rows to label: csv, tsv, json, jsonl or parquet "
+                                        "with the config's text columns.", show_default=False)],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Where to write: .jsonl or .csv "
+                      "(default: <output_dir>/predictions/<input name>.jsonl).", show_default=False)] = None,
+    set_: SetOpt = None,
+    model: Annotated[Optional[Path], typer.Option("--model", "-m", help="Trained model folder "
+                     "(default: the config's train.output_dir).", show_default=False)] = None,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Label every row of a file with a trained model (label, label id, probabilities), in input order."""
+
+    def go():
+        cfg = _load(config, set_)
+        from ftcli.evaluation import predict as predict_fn
+
+        reporter = _reporter(quiet, as_json)
+        result = predict_fn(cfg, input, output, model_dir=model, reporter=reporter)
+        if not reporter.enabled:
+            return
+        if as_json:
+            _print_json(result)
+        else:
+            counts = ", ".join(f"{k} {v}" for k, v in result["labels"].items())
+            typer.echo(f"{result['rows']:,} predictions -> {result['output']} ({counts})")
+
+    _run(go)
+
+
+@app.command()
+def plot(
+    run_dir: Annotated[Path, typer.Argument(help="A train.output_dir (also of a run in progress).")],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="PNG to write "
+                      "(default: RUN_DIR/learning_curves.png).", show_default=False)] = None,
+) -> None:
+    """Draw the learning curves (loss per step, validation metrics) from a run's metrics.jsonl."""
+
+    def go():
+        from ftcli.plot import plot_run
+
+        typer.echo(str(plot_run(run_dir, output)))
 
     _run(go)
 
 
 @config_app.command("show")
 def config_show(config: ConfigOpt, set_: SetOpt = None, as_json: JsonOpt = False) -> None:
-    """Print the fully resolved config (defaults filled in, overrides applied)."""
+    """Print the fully resolved config, each value marked with where it came from (default, file, --set)."""
 
     def go():
-        import yaml
+        from ftcli.config import render_with_origins
 
         cfg = _load(config, set_)
         if as_json:
-            _print_json(cfg.to_dict())
+            from ftcli.config import _leaf_keys
+
+            _print_json({"config": cfg.to_dict(), "origins": {k: cfg.origin(k) for k in _leaf_keys(cfg.to_dict())}})
         else:
-            typer.echo(yaml.safe_dump(cfg.to_dict(), sort_keys=False), nl=False)
+            typer.echo(render_with_origins(cfg), nl=False)
+
+    _run(go)
+
+
+@config_app.command("schema")
+def config_schema(
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="File to write (default: stdout).",
+                                                   show_default=False)] = None,
+) -> None:
+    """Write the JSON Schema of ftcli configs, for editors to complete and check YAML files."""
+
+    def go():
+        from ftcli.config import json_schema
+
+        text = json.dumps(json_schema(), indent=2) + "\n"
+        if output is None:
+            sys.stdout.write(text)
+        else:
+            output.write_text(text)
+            typer.echo(f"wrote {output}", err=True)
 
     _run(go)

@@ -241,8 +241,10 @@ class Prepared:
         return self._splits[split]
 
 
-def prepare(cfg: Config, *, log=print) -> Prepared:
-    """Return the prepared dataset for `cfg`, building it when the cache has no valid copy."""
+def prepare(cfg: Config, *, log=print, labels_optional: bool = False) -> Prepared:
+    """Return the prepared dataset for `cfg`, building it when the cache has no valid copy.
+    `labels_optional`: splits without the label column are unlabelled rather than an error
+    (prediction inputs)."""
     start = time.perf_counter()
     cache_dir = Path(cfg.data.cache_dir)
     memo = _HashMemo(cache_dir)
@@ -273,7 +275,7 @@ def prepare(cfg: Config, *, log=print) -> Prepared:
             why = "the cached copy was damaged"
         else:
             why = _why_missed(cache_dir, parts)
-        manifest = _build(cfg, parts, key, folder, raw)
+        manifest = _build(cfg, parts, key, folder, raw, labels_optional)
     return Prepared(folder, manifest, hit=False, why_missed=why, seconds=time.perf_counter() - start)
 
 
@@ -395,14 +397,15 @@ def _split_label(data: DataConfig, split: str) -> str:
     return data.files[split] if data.files else f"{data.path}{'/' + data.name if data.name else ''} split {split!r}"
 
 
-def _check_columns(data: DataConfig, raw: dict[str, datasets.Dataset]) -> None:
+def _check_columns(data: DataConfig, raw: dict[str, datasets.Dataset], labels_optional: bool = False) -> None:
     problems = []
     for split, ds in raw.items():
         where = _split_label(data, split)
         if ds.num_rows == 0:
             problems.append(f"{where}: split {split!r} has no rows; add data or remove the split")
             continue
-        for col in (*data.text_columns, data.label_column):
+        needed = data.text_columns if labels_optional else (*data.text_columns, data.label_column)
+        for col in needed:
             if col not in ds.column_names:
                 setting = "data.label_column" if col == data.label_column else "data.text_columns"
                 problems.append(
@@ -461,6 +464,15 @@ def _label_names(cfg: Config, raw: dict[str, datasets.Dataset]) -> list[str]:
 
 
 def _label_ids(cfg: Config, ds: datasets.Dataset, split: str, names: list[str]) -> tuple[Any, bool]:
+    import pyarrow as pa
+
+    if cfg.data.label_column not in ds.column_names:  # a prediction input without labels
+        fill = float("nan") if cfg.model.is_regression else UNLABELED
+        return pa.array([fill] * ds.num_rows, type=pa.float32() if cfg.model.is_regression else pa.int64()), False
+    return _label_ids_from_column(cfg, ds, split, names)
+
+
+def _label_ids_from_column(cfg: Config, ds: datasets.Dataset, split: str, names: list[str]) -> tuple[Any, bool]:
     """The label column as ids (an Arrow array), and whether the split is labelled.
 
     A split whose labels are all missing (null or -1, as in GLUE test sets) is unlabelled: fine for
@@ -519,7 +531,7 @@ def _label_ids(cfg: Config, ds: datasets.Dataset, split: str, names: list[str]) 
     return ids, n_missing == 0
 
 
-def _build(cfg: Config, parts: dict[str, Any], key: str, folder: Path, raw) -> dict[str, Any]:
+def _build(cfg: Config, parts: dict[str, Any], key: str, folder: Path, raw, labels_optional: bool) -> dict[str, Any]:
     import datasets as hfds
 
     hfds.disable_progress_bars()
@@ -531,7 +543,7 @@ def _build(cfg: Config, parts: dict[str, Any], key: str, folder: Path, raw) -> d
     tmp.mkdir()
     try:
         raw = raw if raw is not None else load_raw(data, tmp / "raw")
-        _check_columns(data, raw)
+        _check_columns(data, raw, labels_optional)
         names = _label_names(cfg, raw)
         from ftcli.modeling import load_tokenizer
 

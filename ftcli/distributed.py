@@ -91,6 +91,23 @@ def single_process_launch_hint(accelerator) -> str | None:
     )
 
 
+def check_trackers(names: list[str]) -> None:
+    """Refuse unknown or uninstalled trackers up front (train.report_to)."""
+    if not names:
+        return
+    from accelerate.tracking import LOGGER_TYPE_TO_CLASS, get_available_trackers
+
+    available = {str(getattr(t, "value", t)) for t in get_available_trackers()}
+    for name in names:
+        if name not in LOGGER_TYPE_TO_CLASS:
+            raise FtcliError(f"train.report_to: unknown tracker {name!r}; choose from "
+                             f"{', '.join(sorted(LOGGER_TYPE_TO_CLASS))}")
+        if name not in available:
+            package = {"comet_ml": "comet-ml"}.get(name, name)
+            raise FtcliError(f"train.report_to: tracker {name!r} is not installed; pip install {package}, "
+                             "or remove it from train.report_to")
+
+
 def make_accelerator(cfg: Config, *, gradient_accumulation_steps: int = 1, log_with=None, project_dir=None):
     import torch
     from accelerate import Accelerator
@@ -117,6 +134,8 @@ def make_accelerator(cfg: Config, *, gradient_accumulation_steps: int = 1, log_w
         log_with=log_with,
         project_dir=project_dir,
     )
+    if accelerator.device.type == "cpu" and cfg.train.cpu_heap_reuse:
+        reuse_heap_memory()
     if accelerator.device.type == "cuda":
         # TF32 matmuls: fp32 accuracy is not needed for fine-tuning and Ampere+ runs them ~2-8x faster.
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -140,20 +159,41 @@ def accelerator_session(cfg: Config, **kwargs):
         GradientState._reset_state()
 
 
+def reuse_heap_memory() -> bool:
+    """Tell glibc's malloc to serve every allocation from the heap and keep freed memory there
+    (no mmap, no trimming). Without it, each tensor over 32 MB (the 30k x 384 word-embedding
+    gradient) is a fresh mmap whose pages fault in, zero-filled, on every step. Linux/glibc only;
+    a no-op elsewhere. Process-wide and permanent, so only called for CPU training."""
+    import ctypes
+    import ctypes.util
+
+    if os.name != "posix":
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4
+    return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2**31 - 1))
+
+
 def dataloader_kwargs(cfg: Config, accelerator) -> dict:
     """Workers and pinned memory help on GPUs; on CPU the cores are busy with the model, and a
     worker process only competes with it."""
+    setting = cfg.train.dataloader_workers
     if accelerator.device.type != "cuda":
-        return {"num_workers": 0}
+        return {"num_workers": 0 if setting == "auto" else setting}
     workers = max(0, min(4, (os.cpu_count() or 1) // max(1, accelerator.num_processes) - 1))
+    workers = workers if setting == "auto" else setting
     return {"num_workers": workers, "pin_memory": True, "persistent_workers": workers > 0}
 
 
 def pad_multiple(cfg: Config, accelerator) -> int | None:
+    """`auto`: 8. Tensor cores want multiples of 8 on GPUs, and on CPU oneDNN's bf16 matmuls ran
+    ~8% faster per step with lengths rounded to 8 (MiniLM, MRPC: 128 -> 118 ms per batch of 8)."""
     setting = cfg.data.pad_to_multiple_of
-    if setting == "auto":
-        return 8 if accelerator.device.type == "cuda" and accelerator.mixed_precision != "no" else None
-    return setting
+    return 8 if setting == "auto" else setting
 
 
 def padding_mode(cfg: Config, accelerator) -> str:

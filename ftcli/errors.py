@@ -10,6 +10,7 @@ from __future__ import annotations
 EXIT_OK = 0
 EXIT_UNEXPECTED = 1
 EXIT_BAD_INPUT = 2
+EXIT_QUALITY_GATE = 3  # `ftcli eval --require`: a metric missed its threshold
 EXIT_SIGINT = 130
 EXIT_SIGTERM = 143
 

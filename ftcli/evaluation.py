@@ -110,7 +110,7 @@ def run_eval(accelerator, model, dataloader, metric, *, regression: bool, progre
     out: dict[str, Any] = {"samples": int(len(p))}
     # Unlabelled splits (GLUE test sets) carry -1 (classification) or NaN (regression).
     labelled = bool(len(r)) and bool((~np.isnan(r)).all() if regression else (r >= 0).all())
-    if labelled and len(p):
+    if labelled and len(p) and metric is not None:
         out["loss"] = float(torch.cat(losses).double().mean())
         out.update({k: float(v) for k, v in metric.compute(predictions=p, references=r).items()})
     if keep_outputs:
@@ -166,20 +166,86 @@ def evaluate_model(cfg: Config, *, model_dir: str | Path | None = None, split: s
         }
 
 
-def read_predict_input(cfg: Config, input_file: str | Path) -> dict:
-    """A `data.files`-style description of the input, checked: format and columns."""
-    from ftcli.config import DATA_FORMATS
+def trained_labels(folder: Path) -> list[str]:
+    """Label names of a trained model folder, from its config.json ([] for regression)."""
+    from ftcli.modeling import read_json
 
-    path = Path(input_file)
-    if not path.is_file():
-        raise FtcliError(f"--input: file {str(path)!r} not found")
-    if path.suffix.lower() not in DATA_FORMATS:
-        raise FtcliError(f"--input: unsupported extension {path.suffix!r}; use one of {', '.join(sorted(DATA_FORMATS))}")
-    return {"predict": str(path)}
+    config = read_json(folder / "config.json")
+    n = int(config.get("num_labels") or len(config.get("id2label") or {}) or 2)
+    if n == 1 or config.get("problem_type") == "regression":
+        return []
+    id2label = config.get("id2label") or {}
+    return [str(id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))) for i in range(n)]
 
 
-def write_predictions(path: Path, rows: list[dict[str, Any]]) -> None:
-    """JSON Lines or CSV by extension, written atomically."""
+def predict(cfg: Config, input_file: str | Path, output_file: str | Path | None = None, *,
+            model_dir: str | Path | None = None, reporter: Reporter | None = None) -> dict[str, Any]:
+    """`ftcli predict`: label every row of `input_file` (csv/tsv/json/jsonl/parquet with the
+    config's text columns; a label column is not needed) with a trained model, and write the
+    predictions in input order as JSON Lines or CSV (by the output's extension)."""
+    import numpy as np
+    import torch
+
+    from ftcli import data, modeling
+    from ftcli.config import DATA_FORMATS, config_from_dict
+    from ftcli.distributed import accelerator_session
+
+    source = Path(input_file)
+    if not source.is_file():
+        raise FtcliError(f"--input: file {str(source)!r} not found")
+    if source.suffix.lower() not in DATA_FORMATS:
+        raise FtcliError(f"--input {source}: unsupported extension {source.suffix!r}; "
+                         f"use one of {', '.join(sorted(DATA_FORMATS))}")
+    folder = find_model_dir(cfg, model_dir)
+    if not (folder / "config.json").is_file():
+        modeling.load_trained(folder)  # raises the one-line error naming the folder
+    output = Path(output_file) if output_file else Path(cfg.train.output_dir) / "predictions" / f"{source.stem}.jsonl"
+    if output.suffix.lower() not in (".jsonl", ".csv"):
+        raise FtcliError(f"--output {output}: write .jsonl or .csv")
+    labels = trained_labels(folder)
+    raw = cfg.to_dict()
+    raw["data"].update(path=None, name=None, revision=None, files={"predict": str(source)})
+    raw["model"].update(labels=labels or None, num_labels=1 if not labels else len(labels))
+    pcfg = config_from_dict(raw, source=cfg.source_path or "<config>")
+    reporter = reporter or Reporter()
+    with accelerator_session(pcfg) as accelerator:
+        reporter.enabled = reporter.enabled and accelerator.is_main_process
+        prepared = data.prepare(pcfg, log=reporter.info, labels_optional=True)
+        model = modeling.load_trained(folder, labels)
+        ds = data.with_row_ids(prepared.split("predict"))
+        dl = eval_dataloader(pcfg, accelerator, ds, prepared.pad_token_id, prepared.max_length,
+                             prepared.is_regression, with_row_ids=True)
+        model, dl = accelerator.prepare(model, dl)
+        start = time.perf_counter()
+        with reporter.progress(len(dl), "predict", every=1, unit="batches", min_interval=10) as bar:
+            result = run_eval(accelerator, model, dl, None, regression=prepared.is_regression, progress=bar,
+                              keep_outputs=True)
+        seconds = time.perf_counter() - start
+        order = torch.argsort(result["_rows"])
+        logits = result["_logits"][order]
+        rows = result["_rows"][order].tolist()
+        if rows != list(range(len(ds))):
+            raise RuntimeError(f"gathered {len(rows)} predictions for {len(ds)} rows")  # a bug, not bad input
+        if labels:
+            probs = torch.softmax(logits, dim=-1).numpy()
+            ids = probs.argmax(-1)
+            records = [{"row": r, "label": labels[i], "label_id": int(i),
+                        "probabilities": {name: round(float(p), 6) for name, p in zip(labels, pr)}}
+                       for r, i, pr in zip(rows, ids, probs)]
+            counts = {name: int((ids == k).sum()) for k, name in enumerate(labels)}
+        else:
+            values = logits.squeeze(-1).numpy()
+            records = [{"row": r, "prediction": float(v)} for r, v in zip(rows, values)]
+            counts = {"mean": float(np.mean(values)) if len(values) else None}
+        if accelerator.is_main_process:
+            write_predictions(output, records, labels)
+        accelerator.wait_for_everyone()
+        return {"input": str(source), "output": str(output), "model": str(folder), "rows": len(records),
+                "labels": counts, "processes": accelerator.num_processes, "seconds": round(seconds, 3)}
+
+
+def write_predictions(path: Path, records: list[dict[str, Any]], labels: list[str]) -> None:
+    """JSON Lines, or CSV with one probability column per label; written atomically."""
     import csv
     import os
 
@@ -188,14 +254,17 @@ def write_predictions(path: Path, rows: list[dict[str, Any]]) -> None:
     try:
         with open(tmp, "w", newline="", encoding="utf-8") as f:
             if path.suffix.lower() == ".csv":
-                fields = list(rows[0]) if rows else ["row", "label", "label_id"]
-                writer = csv.DictWriter(f, fieldnames=fields)
-                writer.writeheader()
-                for row in rows:
-                    writer.writerow({k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in row.items()})
+                fields = (["row", "label", "label_id"] + [f"p_{n}" for n in labels]) if labels else ["row", "prediction"]
+                writer = csv.writer(f)
+                writer.writerow(fields)
+                for r in records:
+                    if labels:
+                        writer.writerow([r["row"], r["label"], r["label_id"], *r["probabilities"].values()])
+                    else:
+                        writer.writerow([r["row"], r["prediction"]])
             else:
-                for row in rows:
-                    f.write(json.dumps(row) + "\n")
+                for r in records:
+                    f.write(json.dumps(r) + "\n")
         os.replace(tmp, path)
     finally:
         if tmp.exists():

@@ -60,6 +60,11 @@ def load_tokenizer(cfg: Config):
     return tok
 
 
+def attention_for(cfg: Config) -> str | None:
+    """`model.attn_implementation`, with `auto` meaning the transformers default (sdpa)."""
+    return None if cfg.model.attn_implementation == "auto" else cfg.model.attn_implementation
+
+
 def load_model(cfg: Config, label_names: list[str]):
     """The pretrained model with a classification head sized for `label_names` ([] = regression)."""
     from transformers import AutoModelForSequenceClassification
@@ -73,6 +78,7 @@ def load_model(cfg: Config, label_names: list[str]):
     }
     import torch
 
+    attention = attention_for(cfg)
     try:
         with quiet_transformers():
             return AutoModelForSequenceClassification.from_pretrained(
@@ -84,6 +90,7 @@ def load_model(cfg: Config, label_names: list[str]):
                 # bf16 checkpoint as bf16, and AdamW updates of 5e-5 vanish in bf16's 8-bit mantissa.
                 # Mixed precision comes from autocast.
                 dtype=torch.float32,
+                attn_implementation=attention,
                 **kwargs,
             )
     except (OSError, ValueError) as exc:

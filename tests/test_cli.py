@@ -11,7 +11,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from conftest import run_cli
+from conftest import REPO, run_cli
 from ftcli.cli import app
 
 runner = CliRunner()
@@ -61,10 +61,31 @@ def test_config_show_resolves_defaults_and_overrides(make_config):
     cfg = make_config()
     result = invoke("config", "show", "-c", cfg, "--set", "train.epochs=2")
     assert result.exit_code == 0, result.output
-    shown = yaml.safe_load(result.output)
+    shown = yaml.safe_load(result.output)  # YAML with a comment per value saying where it came from
     assert shown["train"]["epochs"] == 2 and shown["train"]["seed"] == 42
+    lines = {line.split(":")[0].strip(): line for line in result.output.splitlines()}
+    assert lines["epochs"].endswith("# --set") and lines["seed"].endswith("# default")
+    assert lines["max_length"].endswith("# file") and lines["files"].endswith("# file")
     as_json = json.loads(invoke("config", "show", "-c", cfg, "--json").output)
-    assert as_json["data"]["max_length"] == 48
+    assert as_json["config"]["data"]["max_length"] == 48
+    assert as_json["origins"]["data.max_length"] == "file" and as_json["origins"]["train.seed"] == "default"
+
+
+def test_config_schema_describes_every_field(tmp_path):
+    out = tmp_path / "schema.json"
+    result = invoke("config", "schema", "--output", out)
+    assert result.exit_code == 0
+    schema = json.loads(out.read_text())
+    train = schema["$defs"]["TrainConfig"]["properties"]
+    assert train["batch_size"]["minimum"] == 1 and "per process" in train["batch_size"]["description"]
+    assert schema["$defs"]["TrainConfig"]["additionalProperties"] is False
+    import jsonschema
+
+    cfg = yaml.safe_load((REPO / "configs" / "quickstart.yaml").read_text())
+    jsonschema.validate(cfg, schema)
+    cfg["train"]["bogus"] = 1
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(cfg, schema)
 
 
 def test_prepare_reports_miss_then_hit(make_config):

@@ -56,6 +56,10 @@ def test_prepare_train_eval(make_config, tmp_path):
     assert metrics["eval"]["accuracy"] >= 0.8, metrics["eval"]
     assert records[0]["loss"] > records[-2]["loss"]
 
+    # Learning curves drawn at the end of training.
+    png = run / "learning_curves.png"
+    assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
     evaluated = run_cli("eval", "-c", str(cfg), "--json")
     assert evaluated.returncode == 0, evaluated.stderr
     ev = json.loads(evaluated.stdout)

@@ -1,0 +1,75 @@
+"""Learning curves from a run's metrics.jsonl: training loss per step, evaluation metrics per
+evaluation. Written at the end of `ftcli train`; `ftcli plot RUN_DIR` redraws it at any time,
+also while the run is in progress."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from ftcli.errors import FtcliError
+
+NOT_PLOTTED = {"type", "time", "step", "epoch", "split", "samples", "seconds", "loss"}
+
+
+def read_log(run_dir: Path) -> tuple[list[dict], list[dict]]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        raise FtcliError(f"{run_dir}: no metrics.jsonl here; give a train.output_dir of a run that has started")
+    train, evals = [], []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # the line a running training is writing right now
+        (train if record.get("type") == "train" else evals if record.get("type") == "eval" else []).append(record)
+    if not train and not evals:
+        raise FtcliError(f"{path}: no training or evaluation records yet")
+    return train, evals
+
+
+def plot_run(run_dir: str | Path, output: str | Path | None = None) -> Path:
+    """Draw `learning_curves.png` (or `output`) for the run in `run_dir`; returns its path."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display needed
+    import matplotlib.pyplot as plt
+
+    run_dir = Path(run_dir)
+    train, evals = read_log(run_dir)
+    output = Path(output) if output else run_dir / "learning_curves.png"
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
+
+    if train:
+        steps = [r["step"] for r in train]
+        left.plot(steps, [r["loss"] for r in train], color="#1f77b4", linewidth=1, alpha=0.5, label="train loss")
+        smooth, value = [], None
+        for r in train:
+            value = r["loss"] if value is None else 0.9 * value + 0.1 * r["loss"]
+            smooth.append(value)
+        left.plot(steps, smooth, color="#1f77b4", linewidth=2, label="train loss (smoothed)")
+    if evals and "loss" in evals[0]:
+        left.plot([e["step"] for e in evals], [e["loss"] for e in evals], "o-", color="#d62728", label="validation loss")
+    left.set_xlabel("optimizer step")
+    left.set_ylabel("loss")
+    left.set_title("loss")
+    left.grid(alpha=0.3)
+    left.legend()
+
+    names = [k for k in (evals[0] if evals else {}) if k not in NOT_PLOTTED and isinstance(evals[0][k], (int, float))]
+    for name in names:
+        right.plot([e["step"] for e in evals], [e[name] for e in evals], "o-", label=name)
+        last = evals[-1]
+        right.annotate(f"{last[name]:.3f}", (last["step"], last[name]), textcoords="offset points", xytext=(4, 4))
+    right.set_xlabel("optimizer step")
+    right.set_title(f"validation ({evals[0].get('split', '')})" if evals else "no evaluation yet")
+    right.grid(alpha=0.3)
+    if names:
+        right.legend()
+    fig.suptitle(str(run_dir))
+    tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, output)
+    return output

