@@ -84,11 +84,15 @@ def install(model: nn.Module) -> int:
                 swapped += 1
     try:
         from transformers import AttentionInterface
-
-        import os
-        if os.environ.get("NOATT"): raise ImportError
-        AttentionInterface.register(ATTENTION_NAME, eager_attention)
+        from transformers.masking_utils import AttentionMaskInterface, eager_mask
+    except ImportError:
+        return swapped  # older transformers: hidden dropouts only
+    AttentionInterface.register(ATTENTION_NAME, eager_attention)
+    # A custom attention also needs its mask builder registered, or it receives no padding mask
+    # at all (and would attend to padding): the eager one, an additive float mask.
+    AttentionMaskInterface.register(ATTENTION_NAME, eager_mask)
+    try:
         model.set_attn_implementation(ATTENTION_NAME)
-    except (ImportError, AttributeError, ValueError):
-        pass  # older transformers or a model without the interface: hidden dropouts only
+    except (AttributeError, ValueError):
+        pass  # a model without the attention interface: hidden dropouts only
     return swapped

@@ -262,7 +262,7 @@ def fit(run: Run, state: dict[str, Any]) -> dict[str, Any]:
     step = state["step"]
     window_loss = torch.zeros((), device=acc.device)
     window_tokens = torch.zeros((), device=acc.device, dtype=torch.long)
-    window_batches, window_rows = 0, 0
+    window_batches, window_rows, window_padded = 0, 0, 0
     window_start = train_start = time.perf_counter()
     steps_at_start, samples_at_start, tokens_at_start = step, state["samples"], state["tokens"]
     smoothed, stopping, paused = None, None, 0.0  # paused: seconds spent evaluating and checkpointing
@@ -296,6 +296,7 @@ def fit(run: Run, state: dict[str, Any]) -> dict[str, Any]:
                     touched.clear()
                 window_loss += loss.detach().float()
                 window_tokens += batch["attention_mask"][:real].sum()
+                window_padded += real * batch["attention_mask"].shape[1]
                 window_batches += 1
                 window_rows += real
                 state["batch_in_epoch"] = index + 1
@@ -310,11 +311,13 @@ def fit(run: Run, state: dict[str, Any]) -> dict[str, Any]:
                     stats = acc.reduce(torch.stack([
                         window_loss / window_batches, window_tokens.float(),
                         torch.tensor(float(window_rows), device=acc.device),
+                        torch.tensor(float(window_padded), device=acc.device),
                     ]), reduction="sum")
                     seconds = max(time.perf_counter() - window_start, 1e-9)
                     mean_loss = float(stats[0]) / acc.num_processes
                     state["samples"] += int(stats[2])
                     state["tokens"] += int(stats[1])
+                    state["padded_tokens"] = state.get("padded_tokens", 0) + int(stats[3])
                     smoothed = mean_loss if smoothed is None else 0.8 * smoothed + 0.2 * mean_loss
                     lr = scheduler.get_last_lr()[0]
                     record = {"loss": mean_loss, "lr": lr, "samples_per_s": float(stats[2]) / seconds,
@@ -325,7 +328,7 @@ def fit(run: Run, state: dict[str, Any]) -> dict[str, Any]:
                     bar.update(step - bar.done, loss=smoothed, lr=lr, samples_s=float(stats[2]) / seconds)
                     window_loss.zero_()
                     window_tokens.zero_()
-                    window_batches, window_rows, window_start = 0, 0, time.perf_counter()
+                    window_batches, window_rows, window_padded, window_start = 0, 0, 0, time.perf_counter()
 
                 last = step >= plan.total_steps
                 due = (lambda every: every == "epoch" and end_of_epoch or isinstance(every, int) and step % every == 0)
@@ -358,6 +361,7 @@ def fit(run: Run, state: dict[str, Any]) -> dict[str, Any]:
         "epochs": round(step / plan.updates_per_epoch, 4),
         "samples": state["samples"],
         "tokens": state["tokens"],
+        "padding": round(1 - state["tokens"] / state["padded_tokens"], 4) if state.get("padded_tokens") else None,
         "seconds": round(state["seconds"], 3),
         # Throughput of this session's optimizer steps, evaluation and checkpoint time excluded.
         "train_seconds": round(training_seconds, 3),

