@@ -95,12 +95,14 @@ class Reporter:
             from rich.console import Console
             from rich.table import Table
 
-            table = Table(title=title, title_justify="left")
+            table = Table()
             table.add_column("metric", style="bold")
             table.add_column("value", justify="right")
             for k, v in rows:
                 table.add_row(k, v)
-            Console(file=stream, highlight=False).print(table)
+            console = Console(file=stream, highlight=False)
+            console.print(title, style="bold", markup=False)  # a table title would wrap to the table's width
+            console.print(table)
         else:
             width = max((len(k) for k, _ in rows), default=6)
             print(title, file=stream)

@@ -15,6 +15,8 @@ cheap (Philox, fused).
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
@@ -87,6 +89,7 @@ def install(model: nn.Module) -> int:
         from transformers.masking_utils import AttentionMaskInterface, eager_mask
     except ImportError:
         return swapped  # older transformers: hidden dropouts only
+    model._ftcli_default_attention = getattr(model.config, "_attn_implementation", None)
     AttentionInterface.register(ATTENTION_NAME, eager_attention)
     # A custom attention also needs its mask builder registered, or it receives no padding mask
     # at all (and would attend to padding): the eager one, an additive float mask.
@@ -96,3 +99,19 @@ def install(model: nn.Module) -> int:
     except (AttributeError, ValueError):
         pass  # a model without the attention interface: hidden dropouts only
     return swapped
+
+
+@contextlib.contextmanager
+def standard_attention(model: nn.Module):
+    """Evaluate with the attention the exported model will be loaded with: in bf16 the eager and
+    sdpa kernels round differently, and evaluation during training must give exactly the numbers
+    `ftcli eval` gives on the saved model."""
+    default = getattr(model, "_ftcli_default_attention", None)
+    if default is None:
+        yield
+        return
+    model.set_attn_implementation(default)
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(ATTENTION_NAME)

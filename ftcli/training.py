@@ -235,7 +235,8 @@ def _report_start(run: Run, eval_split: str | None, n_params: int, threads: int)
         ("labels", ", ".join(labels)),
         ("data", f"{cfg.data.train_split} {prep.split_info(cfg.data.train_split)['rows']:,} rows"
                  + (f", {eval_split} {prep.split_info(eval_split)['rows']:,} rows" if eval_split else "")),
-        ("device", f"{acc.device} x {acc.num_processes} process(es), {acc.distributed_type.value}"
+        ("device", f"{acc.device.type} x {acc.num_processes} process(es)"
+                   + (f" ({acc.distributed_type.value})" if acc.num_processes > 1 else "")
                    + (f", {threads} threads each" if acc.device.type == "cpu" else "")),
         ("precision", acc.mixed_precision),
         ("batch", f"{plan.batch_size} per process x {plan.processes} process(es) x {plan.accumulation} "
@@ -270,7 +271,8 @@ def fit(run: Run, state: dict[str, Any]) -> dict[str, Any]:
     model.train()
 
     with run.reporter.progress(plan.total_steps, "train", every=t.log_every) as bar:
-        bar.update(step)
+        if step:  # resumed: start the display where the run stands
+            bar.update(step)
         while step < plan.total_steps and stopping is None:
             epoch = state["epoch"]
             run.train_dl.set_epoch(epoch)
@@ -447,8 +449,11 @@ def batch_loss(logits, labels, index: int, plan: Plan, process: int, rows: int, 
 def _evaluate(run: Run, state: dict[str, Any], *, epoch: float, step: int, log: MetricsLog) -> dict[str, Any]:
     from ftcli.evaluation import run_eval
 
+    from ftcli.fastops import standard_attention
+
     start = time.perf_counter()
-    result = run_eval(run.accelerator, run.model, run.eval_dl, run.metric, regression=run.prepared.is_regression)
+    with standard_attention(run.accelerator.unwrap_model(run.model)):
+        result = run_eval(run.accelerator, run.model, run.eval_dl, run.metric, regression=run.prepared.is_regression)
     result["seconds"] = round(time.perf_counter() - start, 3)
     record = {"type": "eval", "step": step, "epoch": epoch, "split": run.eval_split, **result}
     log.write(record)
@@ -765,6 +770,6 @@ def train(
                 + f"; model ({exported['from']}, step {exported['step']}) saved to {out / 'model'}"
             )
             if summary["eval"]:
-                run.reporter.results(f"validation ({run.eval_split})",
+                run.reporter.results(f"{run.eval_split} metrics",
                                      {k: v for k, v in summary["eval"].items() if k != "seconds"})
     return summary

@@ -34,7 +34,8 @@ ABLATIONS = {
     "no mixed precision": ["train.mixed_precision=no"],
     "no fused AdamW": ["train.fused_optimizer=false"],
     "no CPU heap reuse": ["train.cpu_heap_reuse=false"],
-    "sdpa attention": ["model.attn_implementation=sdpa"],
+    "no fast dropout": ["train.fast_dropout=false"],
+    "sdpa attention, standard dropout": ["model.attn_implementation=sdpa"],
     "torch.compile": ["train.compile=true"],
 }
 

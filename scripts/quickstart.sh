@@ -7,5 +7,5 @@ bash scripts/setup.sh quickstart
 . .venv/bin/activate
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 ftcli prepare --config configs/quickstart.yaml
-ftcli train --config configs/quickstart.yaml --set train.output_dir=runs/quickstart
+ftcli train --config configs/quickstart.yaml --overwrite
 ftcli eval --config configs/quickstart.yaml

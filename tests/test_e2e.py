@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_prepare_train_eval(make_config, tmp_path):
-    cfg = make_config()
+    cfg = make_config(mixed_precision="auto")  # bf16 where the CPU has it: eval must still match exactly
 
     first = run_cli("prepare", "-c", str(cfg), "--json")
     assert first.returncode == 0, first.stderr
@@ -64,9 +64,8 @@ def test_prepare_train_eval(make_config, tmp_path):
     assert evaluated.returncode == 0, evaluated.stderr
     ev = json.loads(evaluated.stdout)
     assert ev["samples"] == 40 and ev["split"] == "validation"
-    for k in ("accuracy", "f1"):
-        assert ev[k] == pytest.approx(metrics["eval"][k], abs=1e-12)
-    assert ev["loss"] == pytest.approx(metrics["eval"]["loss"], rel=1e-5)
+    for k in ("accuracy", "f1", "loss"):  # the same model, batches and kernels: the same numbers
+        assert ev[k] == metrics["eval"][k]
 
     table = run_cli("eval", "-c", str(cfg))
     assert table.returncode == 0
