@@ -31,9 +31,9 @@ def __getattr__(name: str) -> Any:
 
         return train
     if name == "prepare":
-        from ftcli.data import prepare_dataset
+        from ftcli.data import prepare
 
-        return prepare_dataset
+        return prepare
     if name == "evaluate":
         from ftcli.evaluation import evaluate_model
 

@@ -11,7 +11,6 @@ anything else is an interrupted write, never used and cleaned up later.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -19,6 +18,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
+from ftcli.data import sha256_file
 from ftcli.errors import FtcliError
 
 STATE_FILE = "ftcli_state.json"
@@ -42,14 +42,6 @@ def root(output_dir: Path) -> Path:
 
 def name_for(step: int) -> str:
     return f"step-{step:07d}"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _fsync_dir(path: Path) -> None:
@@ -90,7 +82,7 @@ def save(accelerator, output_dir: Path, step: int, state: dict[str, Any]) -> Pat
     accelerator.wait_for_everyone()
     fault_point("checkpoint-write", step, accelerator.process_index)
     if accelerator.is_main_process:
-        files = {str(p.relative_to(tmp)): [p.stat().st_size, _sha256(p)]
+        files = {str(p.relative_to(tmp)): [p.stat().st_size, sha256_file(p)]
                  for p in sorted(tmp.rglob("*")) if p.is_file()}
         payload = {"format": FORMAT, **state, "files": files}
         state_path = tmp / STATE_FILE
@@ -128,7 +120,7 @@ def verify(ckpt: Path) -> str | None:
             return f"{rel} is missing"
         if path.stat().st_size != size:
             return f"{rel} is truncated or altered (size {path.stat().st_size}, expected {size})"
-        if _sha256(path) != digest:
+        if sha256_file(path) != digest:
             return f"{rel} does not match its checksum"
     return None
 

@@ -100,12 +100,14 @@ def prepare(config: ConfigOpt, set_: SetOpt = None, as_json: JsonOpt = False, qu
 
     def go():
         cfg = _load(config, set_)
-        from ftcli.data import prepare_dataset
+        from ftcli.data import prepare
         from ftcli.distributed import is_main_process
 
         reporter = _reporter(quiet, as_json)
         reporter.enabled = is_main_process()
-        prepared = prepare_dataset(cfg, log=reporter.info)
+        # Several processes (accelerate launch) may call this at once: one builds under the
+        # cache's file lock, the others wait and load the result.
+        prepared = prepare(cfg, log=reporter.info)
         if not reporter.enabled:
             return
         splits = prepared.manifest["splits"]

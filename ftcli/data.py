@@ -125,7 +125,7 @@ class _HashMemo:
         if self.dirty:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                _atomic_write_text(self.path, json.dumps(self.memo))
+                atomic_write_text(self.path, json.dumps(self.memo))
             except OSError:
                 pass
 
@@ -330,9 +330,10 @@ def _why_missed(cache_dir: Path, parts: dict[str, Any]) -> str:
     return "changed: " + ", ".join(best[1]) if best[1] else "rebuilt"
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write `path` through a temporary file and a rename: readers see the old or the new file, never half."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
 
 
@@ -591,7 +592,7 @@ def _build(cfg: Config, parts: dict[str, Any], key: str, folder: Path, raw, labe
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "ftcli": version("ftcli") if _installed("ftcli") else "dev",
         }
-        _atomic_write_text(tmp / "manifest.json", json.dumps(manifest, indent=2))
+        atomic_write_text(tmp / "manifest.json", json.dumps(manifest, indent=2))
         if folder.exists():
             if verify_cache(folder) is None:  # another process finished the same build first
                 return json.loads((folder / "manifest.json").read_text())
@@ -763,9 +764,3 @@ def with_row_ids(ds):
     import numpy as np
 
     return ds.add_column("row_id", np.arange(ds.num_rows, dtype=np.int64))
-
-
-def prepare_dataset(cfg: Config, *, log=print) -> Prepared:
-    """`ftcli prepare`. Safe to run from several processes at once (e.g. under `accelerate
-    launch`): one builds, the others wait on the cache's lock and then load the result."""
-    return prepare(cfg, log=log)

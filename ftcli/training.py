@@ -31,6 +31,7 @@ import yaml
 from ftcli.config import Config, load_config
 from ftcli.console import Reporter, format_duration
 from ftcli import checkpoint
+from ftcli.data import atomic_write_text
 from ftcli.errors import EXIT_SIGINT, EXIT_SIGTERM, FtcliError, TrainingInterrupted
 
 
@@ -574,12 +575,6 @@ class MetricsLog:
 
 # --------------------------------------------------------------------------------------------
 # Outputs
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _write_run_json(run: Run, status: str, **extra: Any) -> None:

@@ -231,7 +231,7 @@ def test_unit_rotate_and_find(tmp_path):
         folder.mkdir(parents=True)
         (folder / "model.safetensors").write_bytes(b"w" * step)
         (folder / checkpoint.STATE_FILE).write_text(json.dumps(
-            {"step": step, "files": {"model.safetensors": [step, checkpoint._sha256(folder / "model.safetensors")]}}))
+            {"step": step, "files": {"model.safetensors": [step, checkpoint.sha256_file(folder / "model.safetensors")]}}))
     (checkpoint.root(out) / ".tmp-step-0000025").mkdir()
     assert checkpoint.find(out, "auto", print).name == "step-0000020"
     removed = checkpoint.rotate(out, keep=2, protect={"step-0000005"})
