@@ -2,7 +2,8 @@
 function each. Heavy libraries (torch, transformers, datasets, evaluate, accelerate) are imported
 inside those functions, never here, so `ftcli --help` and config errors answer at once.
 
-Exit codes: 0 success, 1 unexpected error, 2 bad input, 130/143 interrupted (SIGINT/SIGTERM).
+Exit codes: 0 success, 1 unexpected error, 2 bad input, 3 quality gate failed (`eval --require`),
+130/143 interrupted (SIGINT/SIGTERM).
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ _state = {"debug": False}
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="YAML config file.", show_default=False)]
 SetOpt = Annotated[
     Optional[list[str]],
-    typer.Option("--set", "-s", help="Override a config value: dotted.key=value (YAML scalar). Repeatable.",
-                 show_default=False),
+    typer.Option("--set", "-s", metavar="KEY=VALUE",
+                 help="Override a config value: dotted.key=value (YAML scalar). Repeatable.", show_default=False),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the results as one JSON object on stdout.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display; warnings and results only.")]
@@ -62,8 +63,9 @@ def _run(fn: Callable[[], Any]) -> Any:
     except FtcliError as exc:
         if _state["debug"]:
             raise
-        for line in str(exc).splitlines() or [type(exc).__name__]:
-            typer.echo(f"error: {line}", err=True)
+        if _said_by_this_process(exc):  # under `accelerate launch`: once, from the main process
+            for line in str(exc).splitlines() or [type(exc).__name__]:
+                typer.echo(f"error: {line}", err=True)
         raise typer.Exit(EXIT_BAD_INPUT) from None
     except TrainingInterrupted as exc:
         if str(exc):  # empty on processes other than the main one
@@ -81,6 +83,17 @@ def _run(fn: Callable[[], Any]) -> Any:
         typer.echo(f"error: unexpected {type(exc).__name__}: {text[0] if text else ''} "
                    "(rerun with --debug for the traceback)", err=True)
         raise typer.Exit(EXIT_UNEXPECTED) from None
+
+
+def _said_by_this_process(exc: FtcliError) -> bool:
+    """Every process of a launch meets the same bad input; only the main one reports it. An error
+    raised while an Accelerator was up carries which process raised it; one raised before (a
+    config error) asks Accelerate, which every process of the launch does at this point."""
+    if exc.main_process is not None:
+        return exc.main_process
+    from ftcli.distributed import is_main_process
+
+    return is_main_process()
 
 
 def _load(config: Path, overrides: list[str] | None):
@@ -135,11 +148,15 @@ def prepare(config: ConfigOpt, set_: SetOpt = None, as_json: JsonOpt = False, qu
 
 @app.command()
 def train(
-    config: ConfigOpt,
+    config: Annotated[Optional[Path], typer.Option(
+        "--config", "-c", help="YAML config file (may be left out with --resume RUN_DIR: the run's own config.yaml).",
+        show_default=False)] = None,
     set_: SetOpt = None,
     resume: Annotated[Optional[str], typer.Option(
-        "--resume", help="Continue from a checkpoint: 'auto' (the newest intact one in output_dir) or a "
-                         "checkpoint folder.", show_default=False)] = None,
+        "--resume", metavar="auto|RUN_DIR|CHECKPOINT",
+        help="Continue a run: 'auto' (the newest intact checkpoint in train.output_dir), a run folder (its "
+             "newest intact checkpoint, with the run's saved config unless --config is given) or a "
+             "checkpoint folder.", show_default=False)] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the run already in output_dir.")] = False,
     allow_changes: Annotated[bool, typer.Option(
         "--allow-changes", help="Resume even though training settings or data differ from the checkpoint's.")] = False,
@@ -149,7 +166,14 @@ def train(
     """Fine-tune the model (works unchanged under `accelerate launch -m ftcli train`)."""
 
     def go():
-        cfg = _load(config, set_)
+        from ftcli import run_dir
+
+        if config is None:
+            if resume in (None, "auto"):
+                raise FtcliError("train: give --config FILE, or --resume RUN_DIR to continue a run with its saved config")
+            cfg = run_dir.load_run_config(resume, set_ or [])
+        else:
+            cfg = _load(config, set_)
         from ftcli.training import train as train_fn
 
         reporter = _reporter(quiet, as_json)
@@ -169,52 +193,35 @@ def eval_(
     split: Annotated[Optional[str], typer.Option("--split", help="Split to evaluate (default: eval.split).",
                                                  show_default=False)] = None,
     require: Annotated[Optional[list[str]], typer.Option(
-        "--require", help="Quality gate, e.g. 'f1>=0.85' or 'loss<=0.5' (repeatable): exit 3 when a metric "
-                          "misses it.", show_default=False)] = None,
+        "--require", metavar="METRIC>=VALUE", help="Quality gate, e.g. 'f1>=0.85' or 'loss<0.5' (operators >=, >, "
+                          "<=, <, ==; repeatable): exit 3 when a metric misses it.", show_default=False)] = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Evaluate a trained model on a split and print its metrics."""
 
     def go():
-        gates = [_parse_gate(g) for g in require or []]
+        from ftcli import gate
+
+        requirements = [gate.parse(g) for g in require or []]
         cfg = _load(config, set_)
         from ftcli.evaluation import evaluate_model
 
         reporter = _reporter(quiet, as_json)
-        result = evaluate_model(cfg, model_dir=model, split=split, reporter=reporter)
+        result = evaluate_model(cfg, model_dir=model, split=split, require=requirements, reporter=reporter)
         if not reporter.enabled:  # not the main process
             return
+        failed = result["failed"]
         if as_json:
             _print_json(result)
         else:
-            shown = {k: v for k, v in result.items() if k not in ("model", "split")}
+            shown = {k: v for k, v in result.items() if k not in ("model", "split", "failed")}
             reporter.results(f"{result['split']} - {result['model']}", shown)
-        failed = []
-        for name, op, threshold in gates:
-            if name not in result:
-                raise FtcliError(f"--require {name}{op}{threshold}: no metric {name!r} "
-                                 f"(metrics: {', '.join(k for k, v in result.items() if isinstance(v, float))})")
-            value = result[name]
-            if not (value >= threshold if op == ">=" else value <= threshold):
-                failed.append(f"{name} {value:.4f} (required {op} {threshold})")
         if failed:
             typer.echo(f"quality gate failed: {'; '.join(failed)}", err=True)
             raise typer.Exit(EXIT_QUALITY_GATE)
 
     _run(go)
-
-
-def _parse_gate(text: str) -> tuple[str, str, float]:
-    import re
-
-    match = re.fullmatch(r"\s*([A-Za-z_]+)\s*(>=|<=)\s*([-+0-9.eE]+)\s*", text)
-    if not match:
-        raise FtcliError(f"--require {text!r}: write METRIC>=VALUE or METRIC<=VALUE, e.g. 'f1>=0.85'")
-    try:
-        return match.group(1), match.group(2), float(match.group(3))
-    except ValueError:
-        raise FtcliError(f"--require {text!r}: {match.group(3)!r} is not a number") from None
 
 
 @app.command()
@@ -227,6 +234,9 @@ def predict(
     set_: SetOpt = None,
     model: Annotated[Optional[Path], typer.Option("--model", "-m", help="Trained model folder "
                      "(default: the config's train.output_dir).", show_default=False)] = None,
+    keep: Annotated[Optional[list[str]], typer.Option(
+        "--keep", "-k", metavar="COLUMN", help="Input column to copy into each prediction, e.g. an id column "
+        "(--keep idx) or the text (repeatable).", show_default=False)] = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -237,7 +247,7 @@ def predict(
         from ftcli.evaluation import predict as predict_fn
 
         reporter = _reporter(quiet, as_json)
-        result = predict_fn(cfg, input, output, model_dir=model, reporter=reporter)
+        result = predict_fn(cfg, input, output, model_dir=model, keep_columns=keep or [], reporter=reporter)
         if not reporter.enabled:
             return
         if as_json:

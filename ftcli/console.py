@@ -112,10 +112,12 @@ class Reporter:
 
     # -- progress ---------------------------------------------------------------------------
     def progress(self, total: int, description: str, *, every: int = 10, unit: str = "steps",
-                 min_interval: float = 0.0) -> Progress:
+                 min_interval: float = 0.0, completed: int = 0) -> Progress:
         """Plain mode prints a line every `every` updates, but no more often than once per
-        `min_interval` seconds, and always at the end."""
-        return Progress(self, total, description, every=every, unit=unit, min_interval=min_interval)
+        `min_interval` seconds, and always at the end. `completed`: where a resumed run starts;
+        the rate and ETA count only what this invocation does."""
+        return Progress(self, total, description, every=every, unit=unit, min_interval=min_interval,
+                        completed=completed)
 
 
 class Progress:
@@ -123,7 +125,7 @@ class Progress:
     (quiet / non-main). `fields` (loss, lr, ...) are shown beside it."""
 
     def __init__(self, reporter: Reporter, total: int, description: str, *, every: int, unit: str,
-                 min_interval: float = 0.0):
+                 min_interval: float = 0.0, completed: int = 0):
         self.reporter = reporter
         self.total = total
         self.description = description
@@ -131,7 +133,7 @@ class Progress:
         self.unit = unit
         self.min_interval = min_interval
         self._last_line = 0.0
-        self.done = 0
+        self.done = self.initial = completed
         self.fields: dict[str, Any] = {}
         self.start = time.perf_counter()
         self._bar = None
@@ -181,7 +183,7 @@ class Progress:
 
     def line(self) -> str:
         elapsed = time.perf_counter() - self.start
-        rate = self.done / elapsed if elapsed > 0 else 0.0
+        rate = (self.done - self.initial) / elapsed if elapsed > 0 else 0.0
         eta = (self.total - self.done) / rate if rate > 0 else float("nan")
         info = "  ".join(f"{k} {format_value(v)}" for k, v in self.fields.items())
         return (

@@ -168,19 +168,31 @@ def fingerprint(cfg: Config, memo: _HashMemo | None = None) -> dict[str, Any]:
 
     memo = memo or _HashMemo(Path(cfg.data.cache_dir))
     d = cfg.data
+    folder = _tokenizer_folder(cfg)
     return {
         "format": CACHE_FORMAT,
         "data": _data_fingerprint(d, memo),
-        "tokenizer": tokenizer_fingerprint(_tokenizer_folder(cfg)),
+        "tokenizer": tokenizer_fingerprint(folder),
         "settings": {
             "text_columns": d.text_columns,
             "label_column": d.label_column,
-            "max_length": d.max_length,
+            # Resolved, so that a run's saved config (which spells the value out) keys the same cache.
+            "max_length": d.max_length or tokenizer_max_length(folder),
             "labels": cfg.model.labels,
             "num_labels": cfg.model.num_labels,
             "tokenizers": version("tokenizers"),
         },
     }
+
+
+def tokenizer_max_length(folder: Path) -> int:
+    """The tokenizer's own limit, capped at 512 (BERT's position embeddings): `model_max_length`
+    from tokenizer_config.json, read as a file so a cache hit imports no transformers."""
+    try:
+        limit = json.loads((folder / "tokenizer_config.json").read_text()).get("model_max_length")
+    except (OSError, ValueError):
+        limit = None
+    return min(int(limit), 512) if isinstance(limit, (int, float)) and limit > 0 else 512
 
 
 def _key(parts: dict[str, Any]) -> str:
@@ -368,6 +380,12 @@ def load_raw(data: DataConfig, cache_dir: Path | None = None) -> dict[str, datas
     for split, file in data.files.items():
         suffix = Path(file).suffix.lower()
         kwargs = {"delimiter": "\t"} if suffix == ".tsv" else {}
+        if suffix in (".csv", ".tsv"):
+            # The CSV reader fills a short row with nulls without a word: check every row's
+            # field count first (a cache miss only; ~1 s per 250k rows).
+            located = locate_parse_error(Path(file), suffix)
+            if located:
+                raise FtcliError(f"{file}: {located}")
         try:
             ds = load_dataset(
                 DATA_FORMATS[suffix], data_files=str(file), split="train",
@@ -376,10 +394,54 @@ def load_raw(data: DataConfig, cache_dir: Path | None = None) -> dict[str, datas
         except Exception as exc:  # noqa: BLE001 - parse errors of any kind
             if "corresponds to no data" in str(exc) or (Path(file).is_file() and Path(file).stat().st_size == 0):
                 raise FtcliError(f"{file}: split {split!r} has no rows; add data or remove the split") from None
+            located = locate_parse_error(Path(file), suffix)
+            if located:
+                raise FtcliError(f"{file}: {located}") from None
             detail = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
             raise FtcliError(f"{file}: cannot read it as {suffix[1:]} ({detail[:200]}); fix the file") from None
         out[split] = ds
     return out
+
+
+def locate_parse_error(path: Path, suffix: str) -> str | None:
+    """Where a text data file that failed to load is broken, in words ("line 7: 4 fields, but the
+    header has 3 ..."), or None when this finds nothing: `datasets` only says that generating the
+    dataset failed. Reads the file once more, as the standard library parses it."""
+    import csv
+
+    try:
+        if suffix in (".csv", ".tsv"):
+            delimiter = "\t" if suffix == ".tsv" else ","
+            with open(path, newline="", encoding="utf-8") as f:
+                reader = csv.reader(f, delimiter=delimiter)
+                header = next(reader, None)
+                if header is None:
+                    return None
+                for row in reader:
+                    if row and len(row) != len(header):
+                        name = "tab" if delimiter == "\t" else "comma"
+                        return (f"line {reader.line_num}: {len(row)} fields, but the header has {len(header)} "
+                                f"({', '.join(header)}); quote fields that contain a {name} or a line break, "
+                                "or fix the row")
+        elif suffix == ".jsonl" or suffix == ".json":
+            with open(path, encoding="utf-8") as f:
+                if f.read(64).lstrip().startswith("["):
+                    return None  # one JSON array, not JSON Lines: datasets' own message says more
+                f.seek(0)
+                for number, line in enumerate(f, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        record = json.loads(line)
+                    except ValueError as exc:
+                        return f"line {number}: not valid JSON ({exc.msg}, character {exc.pos + 1}); fix the line"
+                    if not isinstance(record, dict):
+                        return f"line {number}: a JSON Lines row must be an object {{\"column\": value, ...}}"
+    except UnicodeDecodeError as exc:
+        return f"not UTF-8 text (byte {exc.start}); save the file as UTF-8"
+    except (OSError, csv.Error) as exc:
+        return f"cannot read it ({exc})"
+    return None
 
 
 def check_splits(data: DataConfig, *splits: str) -> None:
@@ -418,8 +480,8 @@ def _check_columns(data: DataConfig, raw: dict[str, datasets.Dataset], labels_op
                 if column.null_count:
                     import pyarrow.compute as pc
 
-                    row = pc.index(pc.is_null(column), True).as_py()
-                    problems.append(f"{where}: row {row + 1}: column {col!r} is empty; fill in or drop the row")
+                    problems += _row_lines(pc.is_null(column).combine_chunks(), lambda row: (
+                        f"{where}: row {row + 1}: column {col!r} is empty; fill in or drop the row"))
     if problems:
         raise FtcliError("\n".join(problems))
 
@@ -497,24 +559,16 @@ def _label_ids_from_column(cfg: Config, ds: datasets.Dataset, split: str, names:
         ids = pc.index_in(pc.cast(col, pa.string()), value_set=lookup)
         missing = pc.or_(pc.is_null(col), pc.equal(col, ""))
         bad = pc.and_(pc.is_null(ids), pc.invert(missing))
-        if pc.any(bad).as_py():
-            row = pc.index(bad, True).as_py()
-            raise FtcliError(
-                f"{where}: row {row + 1}: label {col[row].as_py()!r} is not one of the labels "
-                f"{names}; fix the row or the label list in model.labels"
-            )
+        _raise_for_rows(bad, lambda row: f"{where}: row {row + 1}: label {col[row].as_py()!r} is not one of the "
+                                         f"labels {names}; fix the row or the label list in model.labels")
         ids = pc.fill_null(ids, UNLABELED)
     elif pa.types.is_integer(col.type) or pa.types.is_boolean(col.type):
         col = pc.cast(col, pa.int64())
         missing = pc.or_kleene(pc.is_null(col), pc.equal(col, UNLABELED))
         missing = pc.fill_null(missing, True)
         bad = pc.and_(pc.invert(missing), pc.or_(pc.less(col, 0), pc.greater_equal(col, len(names))))
-        if pc.any(bad).as_py():
-            row = pc.index(bad, True).as_py()
-            raise FtcliError(
-                f"{where}: row {row + 1}: label {col[row].as_py()} is not a label id 0..{len(names) - 1} "
-                f"(labels: {names}); fix the row or model.labels"
-            )
+        _raise_for_rows(bad, lambda row: f"{where}: row {row + 1}: label {col[row].as_py()} is not a label id "
+                                         f"0..{len(names) - 1} (labels: {names}); fix the row or model.labels")
         ids = pc.fill_null(col, UNLABELED)
     else:
         raise FtcliError(
@@ -522,14 +576,39 @@ def _label_ids_from_column(cfg: Config, ds: datasets.Dataset, split: str, names:
         )
     n_missing = pc.sum(pc.cast(missing, pa.int64())).as_py() or 0
     if 0 < n_missing < len(col):
-        row = pc.index(missing, True).as_py()
-        raise FtcliError(
-            f"{where}: row {row + 1}: label is missing while other rows have one; label every row or none"
-        )
-    if cfg.model.is_regression and n_missing == 0 and pc.any(pc.is_nan(ids)).as_py():
-        row = pc.index(pc.is_nan(ids), True).as_py()
-        raise FtcliError(f"{where}: row {row + 1}: label is NaN; fix the row")
+        _raise_for_rows(missing, lambda row: f"{where}: row {row + 1}: label is missing while other rows have one; "
+                                             "label every row or none")
+    if cfg.model.is_regression and n_missing == 0:
+        _raise_for_rows(pc.is_nan(ids), lambda row: f"{where}: row {row + 1}: label is NaN; fix the row")
     return ids, n_missing == 0
+
+
+MAX_ROW_ERRORS = 10
+"""Bad rows reported one per line; beyond this many, a count of the rest."""
+
+
+def _bad_rows(mask) -> tuple[list[int], int]:
+    """The first MAX_ROW_ERRORS row indices where the Arrow boolean `mask` is true, and how many in all."""
+    import numpy as np
+
+    flags = np.asarray(mask.to_numpy(zero_copy_only=False), dtype=bool)
+    rows = np.flatnonzero(flags)
+    return rows[:MAX_ROW_ERRORS].tolist(), len(rows)
+
+
+def _raise_for_rows(mask, describe) -> None:
+    """One error line per bad row (up to MAX_ROW_ERRORS, then a count of the others)."""
+    lines = _row_lines(mask, describe)
+    if lines:
+        raise FtcliError("\n".join(lines))
+
+
+def _row_lines(mask, describe) -> list[str]:
+    rows, total = _bad_rows(mask)
+    lines = [describe(row) for row in rows]
+    if total > len(rows):
+        lines.append(f"... and {total - len(rows)} more rows like these")
+    return lines
 
 
 def _build(cfg: Config, parts: dict[str, Any], key: str, folder: Path, raw, labels_optional: bool) -> dict[str, Any]:
@@ -549,7 +628,7 @@ def _build(cfg: Config, parts: dict[str, Any], key: str, folder: Path, raw, labe
         from ftcli.modeling import load_tokenizer
 
         tokenizer = load_tokenizer(cfg)
-        max_length = data.max_length or min(int(tokenizer.model_max_length or 512), 512)
+        max_length = parts["settings"]["max_length"]
         splits = {}
         for split, ds in raw.items():
             ids, labelled = _label_ids(cfg, ds, split, names)

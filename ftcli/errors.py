@@ -24,6 +24,9 @@ class FtcliError(Exception):
     """
 
     exit_code = EXIT_BAD_INPUT
+    main_process: bool | None = None
+    """Set when raised while an Accelerator was up: whether this is the main process (the one
+    that reports it). None: raised before; every process of a launch meets the same error."""
 
 
 class TrainingInterrupted(Exception):

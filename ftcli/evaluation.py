@@ -14,6 +14,7 @@ from typing import Any
 from ftcli.config import Config
 from ftcli.console import Reporter
 from ftcli.errors import FtcliError
+from ftcli.gate import Requirement
 
 METRIC_SCRIPT = Path(__file__).parent / "metrics" / "ftcli_glue.py"
 
@@ -127,12 +128,19 @@ def find_model_dir(cfg: Config, model_dir: str | Path | None) -> Path:
     return folder
 
 
-def evaluate_model(cfg: Config, *, model_dir: str | Path | None = None, split: str | None = None,
-                   reporter: Reporter | None = None) -> dict[str, Any]:
-    """`ftcli eval`: evaluate a trained model on a split of the prepared data."""
-    from ftcli import data, modeling
+def evaluate_model(config: Config | str | Path, *, model_dir: str | Path | None = None, split: str | None = None,
+                   require: list[Requirement] = (), reporter: Reporter | None = None) -> dict[str, Any]:
+    """`ftcli eval`: evaluate a trained model on a split of the prepared data.
+
+    Returns the metrics (`loss` and those of `eval.metric`, e.g. `accuracy`, `f1`) with `split`,
+    `model`, `samples` and `seconds`. `require` (quality-gate requirements, see ftcli.gate) are
+    checked against the metric names before the model runs; `result["failed"]` lists those the
+    model missed (empty when it passed)."""
+    from ftcli import data, gate, modeling
+    from ftcli.config import as_config
     from ftcli.distributed import accelerator_session
 
+    cfg = as_config(config)
     folder = find_model_dir(cfg, model_dir)
     if not (folder / "config.json").is_file():
         modeling.load_trained(folder)  # raises the one-line error naming the folder
@@ -149,6 +157,7 @@ def evaluate_model(cfg: Config, *, model_dir: str | Path | None = None, split: s
             )
         model = modeling.load_trained(folder, prepared.label_names)
         name = metric_name(cfg, prepared.label_names)
+        gate.check_names(list(require), ["loss", *metric_keys(name)])
         metric = load_metric(name)
         dl = eval_dataloader(cfg, accelerator, prepared.split(split), prepared.pad_token_id, prepared.max_length,
                              prepared.is_regression)
@@ -163,6 +172,7 @@ def evaluate_model(cfg: Config, *, model_dir: str | Path | None = None, split: s
             "processes": accelerator.num_processes,
             "seconds": round(time.perf_counter() - start, 3),
             **result,
+            "failed": gate.failures(list(require), result),
         }
 
 
@@ -178,18 +188,23 @@ def trained_labels(folder: Path) -> list[str]:
     return [str(id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))) for i in range(n)]
 
 
-def predict(cfg: Config, input_file: str | Path, output_file: str | Path | None = None, *,
-            model_dir: str | Path | None = None, reporter: Reporter | None = None) -> dict[str, Any]:
+def predict(config: Config | str | Path, input_file: str | Path, output_file: str | Path | None = None, *,
+            model_dir: str | Path | None = None, keep_columns: list[str] | tuple[str, ...] = (),
+            reporter: Reporter | None = None) -> dict[str, Any]:
     """`ftcli predict`: label every row of `input_file` (csv/tsv/json/jsonl/parquet with the
     config's text columns; a label column is not needed) with a trained model, and write the
-    predictions in input order as JSON Lines or CSV (by the output's extension)."""
+    predictions in input order as JSON Lines or CSV (by the output's extension).
+
+    `keep_columns`: input columns copied into each prediction, e.g. an id column (`idx`, as GLUE
+    submissions need) or the text itself. Returns a summary: `output`, `rows`, label counts."""
     import numpy as np
     import torch
 
     from ftcli import data, modeling
-    from ftcli.config import DATA_FORMATS, config_from_dict
+    from ftcli.config import DATA_FORMATS, as_config, config_from_dict
     from ftcli.distributed import accelerator_session
 
+    cfg = as_config(config)
     source = Path(input_file)
     if not source.is_file():
         raise FtcliError(f"--input: file {str(source)!r} not found")
@@ -210,6 +225,7 @@ def predict(cfg: Config, input_file: str | Path, output_file: str | Path | None 
     reporter = reporter or Reporter()
     with accelerator_session(pcfg) as accelerator:
         reporter.enabled = reporter.enabled and accelerator.is_main_process
+        kept = _kept_columns(pcfg, source, keep_columns) if keep_columns else {}
         prepared = data.prepare(pcfg, log=reporter.info, labels_optional=True)
         model = modeling.load_trained(folder, labels)
         ds = data.with_row_ids(prepared.split("predict"))
@@ -229,23 +245,40 @@ def predict(cfg: Config, input_file: str | Path, output_file: str | Path | None 
         if labels:
             probs = torch.softmax(logits, dim=-1).numpy()
             ids = probs.argmax(-1)
-            records = [{"row": r, "label": labels[i], "label_id": int(i),
+            records = [{"row": r, **{c: v[r] for c, v in kept.items()}, "label": labels[i], "label_id": int(i),
                         "probabilities": {name: round(float(p), 6) for name, p in zip(labels, pr)}}
                        for r, i, pr in zip(rows, ids, probs)]
             counts = {name: int((ids == k).sum()) for k, name in enumerate(labels)}
         else:
             values = logits.squeeze(-1).numpy()
-            records = [{"row": r, "prediction": float(v)} for r, v in zip(rows, values)]
+            records = [{"row": r, **{c: v[r] for c, v in kept.items()}, "prediction": float(p)}
+                       for r, p in zip(rows, values)]
             counts = {"mean": float(np.mean(values)) if len(values) else None}
         if accelerator.is_main_process:
-            write_predictions(output, records, labels)
+            write_predictions(output, records, labels, list(kept))
         accelerator.wait_for_everyone()
         return {"input": str(source), "output": str(output), "model": str(folder), "rows": len(records),
                 "labels": counts, "processes": accelerator.num_processes, "seconds": round(seconds, 3)}
 
 
-def write_predictions(path: Path, records: list[dict[str, Any]], labels: list[str]) -> None:
-    """JSON Lines, or CSV with one probability column per label; written atomically."""
+def _kept_columns(cfg: Config, source: Path, names: list[str] | tuple[str, ...]) -> dict[str, list]:
+    """The input columns `predict --keep` carries into its output, read from the raw file."""
+    import tempfile
+
+    from ftcli.data import load_raw
+
+    with tempfile.TemporaryDirectory(prefix="ftcli-predict-") as tmp:
+        raw = load_raw(cfg.data, Path(tmp))["predict"]
+        missing = [n for n in names if n not in raw.column_names]
+        if missing:
+            raise FtcliError(f"--keep {', '.join(missing)}: no such column in {source} "
+                             f"(columns: {', '.join(raw.column_names)})")
+        return {n: raw.data.column(n).to_pylist() for n in dict.fromkeys(names)}
+
+
+def write_predictions(path: Path, records: list[dict[str, Any]], labels: list[str], kept: list[str] = ()) -> None:
+    """JSON Lines, or CSV with the kept input columns and one probability column per label;
+    written atomically."""
     import csv
     import os
 
@@ -254,14 +287,17 @@ def write_predictions(path: Path, records: list[dict[str, Any]], labels: list[st
     try:
         with open(tmp, "w", newline="", encoding="utf-8") as f:
             if path.suffix.lower() == ".csv":
-                fields = (["row", "label", "label_id"] + [f"p_{n}" for n in labels]) if labels else ["row", "prediction"]
+                kept = list(kept)
+                fields = (["row", *kept, "label", "label_id"] + [f"p_{n}" for n in labels]) if labels \
+                    else ["row", *kept, "prediction"]
                 writer = csv.writer(f)
                 writer.writerow(fields)
                 for r in records:
+                    head = [r["row"], *(r[c] for c in kept)]
                     if labels:
-                        writer.writerow([r["row"], r["label"], r["label_id"], *r["probabilities"].values()])
+                        writer.writerow([*head, r["label"], r["label_id"], *r["probabilities"].values()])
                     else:
-                        writer.writerow([r["row"], r["prediction"]])
+                        writer.writerow([*head, r["prediction"]])
             else:
                 for r in records:
                     f.write(json.dumps(r) + "\n")

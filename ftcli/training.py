@@ -164,6 +164,9 @@ def setup(cfg: Config, accelerator, reporter: Reporter) -> Run:
     prepared = data.prepare(cfg, log=reporter.info)
     if accelerator.is_main_process:
         _report_cache(reporter, prepared)
+    # From here on the config holds the values ftcli resolved: the run's config.yaml and the
+    # checkpoints' fingerprint say what was used, not `null`.
+    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"max_length": prepared.max_length})})
     train_info = prepared.split_info(cfg.data.train_split)
     if not train_info["labeled"]:
         raise FtcliError(f"{train_info['source']}: the training split has no labels")
@@ -229,6 +232,8 @@ def _report_cache(reporter: Reporter, prepared) -> None:
 
 
 def _report_start(run: Run, eval_split: str | None, n_params: int, threads: int) -> None:
+    from ftcli.distributed import precision_label
+
     cfg, acc, plan, prep = run.cfg, run.accelerator, run.plan, run.prepared
     labels = prep.label_names or ["(regression)"]
     run.reporter.summary("ftcli train", [
@@ -239,7 +244,7 @@ def _report_start(run: Run, eval_split: str | None, n_params: int, threads: int)
         ("device", f"{acc.device.type} x {acc.num_processes} process(es)"
                    + (f" ({acc.distributed_type.value})" if acc.num_processes > 1 else "")
                    + (f", {threads} threads each" if acc.device.type == "cpu" else "")),
-        ("precision", acc.mixed_precision),
+        ("precision", precision_label(acc, cfg)),
         ("batch", f"{plan.batch_size} per process x {plan.processes} process(es) x {plan.accumulation} "
                   f"accumulation = {plan.global_batch} global"),
         ("steps", f"{plan.updates_per_epoch} per epoch x {plan.epochs} epoch(s) = {plan.total_steps} optimizer steps"),
@@ -271,9 +276,7 @@ def fit(run: Run, state: dict[str, Any]) -> dict[str, Any]:
     touched: list = []  # input ids of the micro-batches since the last optimizer step
     model.train()
 
-    with run.reporter.progress(plan.total_steps, "train", every=t.log_every) as bar:
-        if step:  # resumed: start the display where the run stands
-            bar.update(step)
+    with run.reporter.progress(plan.total_steps, "train", every=t.log_every, completed=step) as bar:
         while step < plan.total_steps and stopping is None:
             epoch = state["epoch"]
             run.train_dl.set_epoch(epoch)
@@ -361,6 +364,8 @@ def fit(run: Run, state: dict[str, Any]) -> dict[str, Any]:
     done_samples, done_tokens = state["samples"] - samples_at_start, state["tokens"] - tokens_at_start
     return {
         "steps": step,
+        "steps_this_run": step - steps_at_start,  # after a resume: what this invocation did
+        "seconds_this_run": round(seconds, 3),
         "epochs": round(step / plan.updates_per_epoch, 4),
         "samples": state["samples"],
         "tokens": state["tokens"],
@@ -622,8 +627,11 @@ OWN_ENTRIES = ("model", "checkpoints", "config.yaml", "run.json", "metrics.jsonl
 
 
 def _claim_output_dir(out: Path, resume: str | None, overwrite: bool) -> None:
-    """Refuse to mix two runs in one output_dir. Called on every process before anything is
-    written; only the main process deletes."""
+    """Refuse to mix two runs in one output_dir, or to write into a path that is not a folder.
+    Only reads: `train()` deletes ftcli's own entries later, for --overwrite, once every input
+    check has passed."""
+    if out.exists() and not out.is_dir():
+        raise FtcliError(f"train.output_dir {str(out)!r} is a file, not a folder; choose another output_dir")
     existing = [name for name in OWN_ENTRIES if (out / name).exists()]
     if not existing or resume:
         return
@@ -632,6 +640,16 @@ def _claim_output_dir(out: Path, resume: str | None, overwrite: bool) -> None:
             f"train.output_dir {str(out)!r} already holds a run ({', '.join(existing)}); "
             "pass --resume auto to continue it, --overwrite to replace it, or choose another output_dir"
         )
+
+
+def resume_command(out: Path, processes: int) -> str:
+    """The command that resumes the run in `out`: its saved config.yaml holds every --set override."""
+    import shlex
+
+    command = f"ftcli train --resume {shlex.quote(str(out))}"
+    if processes > 1:
+        return f"accelerate launch <the same launch options> -m {command}"
+    return command
 
 
 def train(
@@ -658,23 +676,25 @@ def train(
     out = Path(cfg.train.output_dir)
     if resume and overwrite:
         raise FtcliError("--resume and --overwrite exclude each other: continue the run, or replace it")
-    if resume not in (None, "auto") and not Path(resume).is_dir():
-        raise FtcliError(f"--resume {resume}: no such checkpoint folder; use --resume auto or a folder under "
-                         f"{checkpoint.root(out)}")
+    spec = "auto"
+    if resume not in (None, "auto"):
+        from ftcli.run_dir import check_resume_target
+
+        spec = str(check_resume_target(cfg, resume) or "auto")
     from ftcli.data import check_splits
 
     check_splits(cfg.data, cfg.data.train_split)
     from ftcli.distributed import check_trackers
 
     check_trackers(cfg.train.report_to)
+    _claim_output_dir(out, resume, overwrite)  # before the start-up summary: a refusal comes first
     with accelerator_session(cfg, gradient_accumulation_steps=cfg.train.gradient_accumulation_steps,
                              log_with=cfg.train.report_to or None, project_dir=str(out / "tracking")) as acc:
         run = setup(cfg, acc, reporter)  # every bad-input check happens here, before any write
-        _claim_output_dir(out, resume, overwrite)
         state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "samples": 0, "tokens": 0, "bad_evals": 0}
         ckpt = None
         if resume:
-            found = [checkpoint.find(out, resume, reporter.info) if acc.is_main_process else None]
+            found = [checkpoint.find(out, spec, reporter.info) if acc.is_main_process else None]
             broadcast_object_list(found)  # one process verifies checksums; all resume the same one
             ckpt = found[0]
             if ckpt is None:
@@ -700,7 +720,7 @@ def train(
                     elif target.exists():
                         target.unlink()
             out.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+            atomic_write_text(out / "config.yaml", yaml.safe_dump(run.cfg.to_dict(), sort_keys=False))
             log = MetricsLog(out / "metrics.jsonl", True)
             if ckpt is not None:
                 log.truncate_after(state["step"])
@@ -723,7 +743,7 @@ def train(
             message = (
                 f"interrupted at step {result['steps']}/{run.plan.total_steps}, checkpoint written to "
                 f"{checkpoint.root(out) / checkpoint.name_for(result['steps'])}; resume with: "
-                f"ftcli train --config {cfg.source_path or '<config>'} --resume auto")
+                f"{resume_command(out, acc.num_processes)}")
             raise TrainingInterrupted(message if acc.is_main_process else "", code)  # said once
 
         final_eval = state.get("last_eval")
@@ -758,8 +778,10 @@ def train(
                 plot_run(out)
             except Exception as exc:  # noqa: BLE001 - a missing picture must not fail a finished run
                 run.reporter.warn(f"could not draw learning curves ({exc}); try: ftcli plot {out}")
+            resumed = f" (resumed at step {summary['steps'] - summary['steps_this_run']}, now {summary['steps']})" \
+                if ckpt is not None else ""
             run.reporter.info(
-                f"done: {summary['steps']} steps in {format_duration(summary['seconds'])}"
+                f"done: {summary['steps_this_run']} steps{resumed} in {format_duration(summary['seconds_this_run'])}"
                 + (f" ({summary['samples_per_s']} samples/s)" if summary["samples_per_s"] else "")
                 + (" - stopped early: no improvement" if result["stopped"] == "early_stopping" else "")
                 + f"; model ({exported['from']}, step {exported['step']}) saved to {out / 'model'}"

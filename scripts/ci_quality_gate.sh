@@ -13,6 +13,16 @@ shift || true
 requirements=("$@")
 [ ${#requirements[@]} -gt 0 ] || requirements=("f1>=0.85")
 results="${RESULTS:-ci-results}"
+if ! command -v ftcli >/dev/null 2>&1; then
+    # A fresh shell in this repository: use the .venv that scripts/setup.sh made.
+    venv="$(cd "$(dirname "$0")/.." && pwd)/.venv"
+    if [ -x "$venv/bin/ftcli" ]; then
+        . "$venv/bin/activate"
+    else
+        echo "error: ftcli is not installed here; run 'bash scripts/setup.sh' (or pip install ftcli) first" >&2
+        exit 1
+    fi
+fi
 mkdir -p "$results"
 
 ftcli prepare --config "$config" --quiet

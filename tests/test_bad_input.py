@@ -60,7 +60,14 @@ CASES = [
     ("metric-for-best-unknown", {"set": {"train.metric_for_best": "bleu"}}, ["train"],
      "train.metric_for_best: 'bleu' is not computed by metric 'mrpc'; choose one of accuracy, f1, loss"),
     ("best-without-metric", {"set": {"train.final_model": "best"}}, ["train"], "final_model: best needs metric_for_best"),
-    ("resume-missing-path", {}, ["train", "--resume", "no/such/checkpoint"], "--resume no/such/checkpoint: no such checkpoint folder"),
+    ("resume-missing-path", {}, ["train", "--resume", "no/such/checkpoint"], "--resume no/such/checkpoint: no such run or checkpoint folder"),
+    ("output-dir-is-a-file", {"output_file": True}, ["train"], "is a file, not a folder; choose another output_dir"),
+    ("ragged-csv", {"train_text": "sentence1,sentence2,label\na,b,1\nc,d,0,x\n", "suffix": ".csv"}, ["prepare"],
+     "line 3: 4 fields, but the header has 3 (sentence1, sentence2, label); quote fields that contain a comma"),
+    ("ragged-tsv", {"train_text": "sentence1\tsentence2\tlabel\na\tb\t1\nc\td\n", "suffix": ".tsv"}, ["prepare"],
+     "line 3: 2 fields, but the header has 3"),
+    ("broken-jsonl", {"train_text": '{"sentence1": "a", "sentence2": "b", "label": 1}\n{"sentence1": "c",\n',
+                      "suffix": ".jsonl"}, ["prepare"], "line 2: not valid JSON"),
     ("resume-and-overwrite", {}, ["train", "--resume", "auto", "--overwrite"], "--resume and --overwrite exclude each other"),
     ("eval-model-missing", {}, ["eval", "--model", "no/such/model"], "model folder 'no/such/model' does not exist"),
     ("eval-unknown-split", {"trained": True}, ["eval", "--split", "dev"], "split 'dev' is not in data.files (available: "),
@@ -89,6 +96,12 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(
     if setup.get("corrupt_parquet"):
         (tmp_path / "broken.parquet").write_bytes(b"PAR1 this is not parquet")
         cfg["data"]["files"]["train"] = str(tmp_path / "broken.parquet")
+    if "train_text" in setup:
+        (tmp_path / f"train{setup['suffix']}").write_text(setup["train_text"])
+        cfg["data"]["files"]["train"] = str(tmp_path / f"train{setup['suffix']}")
+    if setup.get("output_file"):
+        (tmp_path / "a-file").write_text("not a folder")
+        cfg["train"]["output_dir"] = str(tmp_path / "a-file")
     if setup.get("empty_model"):
         (tmp_path / "empty-model").mkdir()
         cfg["model"]["name_or_path"] = str(tmp_path / "empty-model")
@@ -125,3 +138,27 @@ def test_bad_input_messages_stay_one_line_per_problem(tmp_path):
     assert result.exit_code == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 3 and all(line.startswith(f"error: {cfg}:") for line in lines)
+
+
+def test_every_bad_row_is_reported_up_to_a_cap(tmp_path, tiny_model, task_files):
+    """Bad labels in rows 40 and 120 are both named; past ten, the rest are counted."""
+    from conftest import config_dict
+
+    rows = make_rows(150, seed=3)
+    for index in (39, 119):
+        rows[index]["label"] = 7
+    cfg = config_dict(tiny_model, {**task_files, "train": write_jsonl(tmp_path / "two.jsonl", rows)}, tmp_path)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    result = runner.invoke(app, ["prepare", "-c", str(tmp_path / "c.yaml")])
+    assert result.exit_code == 2
+    assert [line.split(": ")[2] for line in result.stderr.splitlines()] == ["row 40", "row 120"]
+
+    for index in range(20, 35):
+        rows[index]["label"] = 9
+    cfg["data"]["files"]["train"] = str(write_jsonl(tmp_path / "many.jsonl", rows))
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    result = runner.invoke(app, ["prepare", "-c", str(tmp_path / "c.yaml")])
+    lines = result.stderr.splitlines()
+    assert result.exit_code == 2 and len(lines) == 11
+    assert lines[0].endswith("row 21: label 9 is not a label id 0..1 (labels: ['no', 'yes']); fix the row or model.labels")
+    assert lines[-1] == "error: ... and 7 more rows like these"

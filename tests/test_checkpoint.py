@@ -115,27 +115,61 @@ def test_sigkill_from_outside_at_a_random_moment(reference, tmp_path):
     assert_identical(reference["one"], tmp_path / "run")
 
 
-@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_signal_finishes_the_step_checkpoints_and_says_how_to_resume(make_config, tmp_path, signum, code):
-    cfg = make_config(epochs=400, checkpoint_every=None, log_every=1)
-    proc = subprocess.Popen([sys.executable, "-m", "ftcli", "train", "-c", str(cfg)], stdout=subprocess.PIPE,
+def _start_and_signal(args: list[str], log: Path, signum: int, after_lines: int) -> tuple[int, str]:
+    """Start `ftcli train ARGS`, wait until metrics.jsonl has `after_lines` lines, send `signum`."""
+    proc = subprocess.Popen([sys.executable, "-m", "ftcli", "train", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    log = tmp_path / "run" / "metrics.jsonl"
     deadline = time.time() + 120
-    while not (log.is_file() and len(log.read_text().splitlines()) >= 5) and time.time() < deadline:
+    while not (log.is_file() and len(log.read_text().splitlines()) >= after_lines) and time.time() < deadline:
         time.sleep(0.05)
     proc.send_signal(signum)
-    stdout, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == code, stderr[-2000:]
-    assert "interrupted at step" in stderr and f"ftcli train --config {cfg} --resume auto" in stderr
-    ckpts = checkpoint.complete(tmp_path / "run")
+    _, stderr = proc.communicate(timeout=120)
+    return proc.returncode, stderr
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_finishes_the_step_checkpoints_and_says_how_to_resume(make_config, tmp_path, signum, code):
+    """The printed command, followed verbatim, resumes *this* run: one started with --set overrides
+    (here its output_dir) that the command does not repeat."""
+    cfg = make_config(epochs=400, checkpoint_every=None, log_every=1)
+    run = tmp_path / "elsewhere"
+    log = run / "metrics.jsonl"
+    returncode, stderr = _start_and_signal(["-c", str(cfg), "--set", f"train.output_dir={run}"], log, signum, 5)
+    assert returncode == code, stderr[-2000:]
+    assert "interrupted at step" in stderr
+    hint = stderr.split("resume with: ", 1)[1].splitlines()[0]
+    assert hint == f"ftcli train --resume {run}"
+    ckpts = checkpoint.complete(run)
     assert len(ckpts) == 1 and checkpoint.verify(ckpts[0]) is None  # written although checkpoint_every is null
-    assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "interrupted"
+    assert json.loads((run / "run.json").read_text())["status"] == "interrupted"
     step = checkpoint.read_state(ckpts[0])["step"]
-    resumed = run_cli("train", "-c", str(cfg), "--resume", "auto", "--set", "train.epochs=400",
-                      "--set", "train.max_steps=" + str(step + 3), "--allow-changes", "--json")
-    assert resumed.returncode == 0, resumed.stderr
-    assert json.loads(resumed.stdout)["steps"] == step + 3
+    assert not (tmp_path / "run").exists()  # the config's own output_dir was never touched
+
+    # Verbatim (argv of the hint), interrupted again a few steps later: it continued this run.
+    returncode, again = _start_and_signal(hint.split()[2:], log, signal.SIGTERM, step + 3)
+    assert returncode == 143, again[-2000:]
+    assert f"resumed from {ckpts[0]}: step {step}/4800" in again
+    assert not (tmp_path / "run").exists()
+    later = checkpoint.read_state(checkpoint.complete(run)[-1])["step"]
+    assert later > step
+
+    # What a resumed run reports is what this invocation did.
+    done = run_cli("train", "--resume", str(run), "--set", f"train.max_steps={later + 4}", "--allow-changes", "--json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["steps"] == later + 4 and result["steps_this_run"] == 4
+    assert f"done: 4 steps (resumed at step {later}, now {later + 4}) in " in done.stderr
+
+
+def test_resume_run_dir_with_another_config_is_refused(make_config, tmp_path):
+    (tmp_path / "other" / "checkpoints").mkdir(parents=True)
+    result = run_cli("train", "-c", str(make_config()), "--resume", str(tmp_path / "other"))
+    assert result.returncode == 2
+    assert result.stderr == (f"error: --resume {tmp_path / 'other'}: belongs to the run in {str(tmp_path / 'other')!r}, "
+                             f"but train.output_dir is {str(tmp_path / 'run')!r}; leave out --config to resume that "
+                             f"run with its saved config, or --set train.output_dir={tmp_path / 'other'}\n")
+    missing = run_cli("train", "--resume", "auto")
+    assert missing.returncode == 2 and "give --config FILE, or --resume RUN_DIR" in missing.stderr
 
 
 def test_resume_refuses_a_changed_config_naming_the_field(reference, tmp_path):

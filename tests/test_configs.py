@@ -33,7 +33,14 @@ def test_mrpc_is_the_course_recipe():
     assert (cfg.data.path, cfg.data.name) == ("glue", "mrpc")
     t = cfg.train
     assert (t.batch_size, t.learning_rate, t.epochs, t.scheduler, t.warmup_steps) == (8, 5e-5, 3, "linear", 0)
-    assert cfg.data.padding == "dynamic"
+    assert cfg.data.padding == "dynamic" and cfg.data.pad_to_multiple_of is None
+    # transformers.AdamW(model.parameters(), lr=5e-5): weight decay 0, fp32, no clipping.
+    assert t.weight_decay == 0.0 and t.max_grad_norm is None
+    assert (t.mixed_precision, t.tf32) == ("no", False)  # real fp32, also on Ampere+ GPUs
+    # ftcli's speed-ups that change the arithmetic are off (fused AdamW, the fast dropout mask).
+    assert (t.fused_optimizer, t.fast_dropout, t.group_by_length) == (False, False, False)
+    assert "exactly" not in (REPO / "configs" / "mrpc.yaml").read_text().split("model:")[0].replace(
+        "What still differs", "")  # no claim of exactness; the file says what differs
 
 
 def test_quickstart_runs_offline_from_the_repo():

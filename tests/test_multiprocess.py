@@ -121,3 +121,20 @@ def test_notebook_launcher_runs_the_library_on_two_processes(make_config, tmp_pa
     assert out.returncode == 0, out.stderr[-3000:]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["processes"] == 2 and metrics["steps"] == metrics["planned_steps"] == 6
+
+
+def test_bad_input_is_reported_once_before_the_summary(make_config, tmp_path):
+    """Every process meets the same bad input; the user reads it once. A refusal to overwrite a run
+    comes before the start-up summary, not after it."""
+    bad = accelerate_launch("train", "-c", str(make_config()), "--set", "train.epochs=0")
+    assert bad.returncode != 0
+    assert bad.stderr.count("error: ") == 1, bad.stderr[-3000:]
+    assert "train.epochs: Input should be greater than or equal to 1" in bad.stderr
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "run.json").write_text("{}")
+    held = accelerate_launch("train", "-c", str(make_config()))
+    assert held.returncode != 0
+    assert held.stderr.count("error: ") == 1, held.stderr[-3000:]
+    assert "already holds a run" in held.stderr and "ftcli train\n" not in held.stderr
+    unlabeled = accelerate_launch("eval", "-c", str(make_config()), "--split", "test", "--model", str(tmp_path))
+    assert unlabeled.returncode != 0 and unlabeled.stderr.count("error: ") == 1, unlabeled.stderr[-3000:]

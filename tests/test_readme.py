@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -23,3 +24,31 @@ def test_the_two_commands_exist_and_ci_runs_the_test_one():
     assert "bash scripts/quickstart.sh" in README and "bash scripts/test.sh" in README
     assert (REPO / "scripts" / "quickstart.sh").is_file() and (REPO / "scripts" / "test.sh").is_file()
     assert "bash scripts/test.sh" in (REPO / ".ci" / "run").read_text()
+
+
+def test_python_api_section_matches_the_functions():
+    """The README's API table names each function with its real parameters."""
+    import inspect
+    import re
+
+    import ftcli
+
+    section = README.split("## Python API", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| `(\w+)\((.*?)\)` \|", section, flags=re.M)
+    assert [name for name, _ in rows] == ["load_config", "train", "evaluate", "predict"]
+    for name, args in rows:
+        documented = [a.strip().split("=")[0] for a in re.sub(r"\(\)", "", args).split(",") if a.strip() not in ("", "*")]
+        actual = [p for p in inspect.signature(getattr(ftcli, name)).parameters if p != "overrides" or name == "load_config"]
+        assert documented == actual, name
+
+
+def test_readme_snippets_after_the_quickstart_do_not_reuse_its_output_dir():
+    """Run in the README's order, a snippet that trains into runs/quickstart (which the quickstart
+    filled) would be refused: each names its own output_dir or says --overwrite."""
+    after = README.split("## Two commands", 1)[1].split("ftcli eval    --config configs/quickstart.yaml", 1)[1]
+    after = after.replace("\\\n", " ")  # join continued shell lines
+    for command in re.findall(r"ftcli train[^\n]*", after):
+        if "configs/quickstart.yaml" in command:
+            assert "train.output_dir=" in command or "--overwrite" in command, command
+    for call in re.findall(r'load_config\("configs/quickstart.yaml"[^)]*\)', after):
+        assert "train.output_dir=" in call, call

@@ -55,6 +55,27 @@ def test_predict_writes_every_row_in_input_order(make_config, tiny_classifier, t
     assert [int(r["row"]) for r in table] == list(range(9)) and set(table[0]) == {"row", "label", "label_id", "p_no", "p_yes"}
 
 
+def test_predict_keeps_chosen_input_columns(make_config, tiny_classifier, tmp_path):
+    """GLUE submissions need the id column; people reading predictions want the text beside them."""
+    cfg = make_config()
+    rows = make_rows(5, seed=22)
+    source = write_jsonl(tmp_path / "new.jsonl", rows)
+    for out in (tmp_path / "kept.jsonl", tmp_path / "kept.csv"):
+        result = invoke("predict", "-c", cfg, "--model", tiny_classifier, "--input", source, "-o", out,
+                        "--keep", "idx", "--keep", "sentence1")
+        assert result.exit_code == 0, result.output
+    preds = [json.loads(x) for x in (tmp_path / "kept.jsonl").read_text().splitlines()]
+    assert [(p["idx"], p["sentence1"]) for p in preds] == [(r["idx"], r["sentence1"]) for r in rows]
+    assert list(preds[0])[:4] == ["row", "idx", "sentence1", "label"]
+    table = list(csv.DictReader((tmp_path / "kept.csv").open()))
+    assert list(table[0])[:5] == ["row", "idx", "sentence1", "label", "label_id"]
+    assert [(int(t["idx"]), t["sentence1"]) for t in table] == [(r["idx"], r["sentence1"]) for r in rows]
+    unknown = invoke("predict", "-c", cfg, "--model", tiny_classifier, "--input", source, "--keep", "index")
+    assert unknown.exit_code == 2
+    assert unknown.stderr.strip() == (f"error: --keep index: no such column in {source} "
+                                      "(columns: sentence1, sentence2, label, idx)")
+
+
 @pytest.mark.slow
 @pytest.mark.multiprocess
 def test_predict_mrpc_test_same_with_one_or_two_processes(make_config, tiny_classifier, tmp_path):
@@ -169,5 +190,5 @@ def test_ci_quality_gate_script(make_config, tmp_path):
 
 
 def test_require_syntax_is_checked(make_config, tiny_classifier):
-    result = invoke("eval", "-c", make_config(), "--model", tiny_classifier, "--require", "f1 > 0.5")
-    assert result.exit_code == 2 and "write METRIC>=VALUE" in result.stderr
+    result = invoke("eval", "-c", make_config(), "--model", tiny_classifier, "--require", "f1 ~ 0.5")
+    assert result.exit_code == 2 and "write METRIC OP VALUE" in result.stderr

@@ -1,0 +1,58 @@
+"""The quality gate of `ftcli eval --require 'f1>=0.85'`: parse requirements, check them.
+
+Pure Python and cheap to import: a malformed requirement is reported before any model loads,
+and a metric name is checked against the metrics the evaluation will report before it runs.
+"""
+
+from __future__ import annotations
+
+import operator
+import re
+from dataclasses import dataclass
+
+from ftcli.errors import FtcliError
+
+OPERATORS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt, "==": operator.eq}
+
+# Metric names as evaluation reports them: f1, f1_macro, spearmanr, matthews_correlation, ...
+_REQUIREMENT = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*(>=|<=|==|>|<)\s*(\S+)\s*")
+
+
+@dataclass(frozen=True)
+class Requirement:
+    metric: str
+    op: str
+    threshold: float
+
+    def __str__(self) -> str:
+        return f"{self.metric}{self.op}{self.threshold:g}"
+
+    def holds(self, value: float) -> bool:
+        return OPERATORS[self.op](value, self.threshold)
+
+
+def parse(text: str) -> Requirement:
+    """`'f1>=0.85'` -> Requirement('f1', '>=', 0.85); FtcliError naming the mistake otherwise."""
+    match = _REQUIREMENT.fullmatch(text)
+    if not match:
+        raise FtcliError(f"--require {text!r}: write METRIC OP VALUE with OP one of "
+                         f"{', '.join(OPERATORS)}, e.g. 'f1>=0.85' or 'loss<0.5'")
+    name, op, number = match.groups()
+    try:
+        return Requirement(name, op, float(number))
+    except ValueError:
+        raise FtcliError(f"--require {text!r}: {number!r} is not a number") from None
+
+
+def check_names(requirements: list[Requirement], available: list[str]) -> None:
+    """Every requirement names a metric the evaluation reports; the error lists the names."""
+    unknown = [r for r in requirements if r.metric not in available]
+    if unknown:
+        raise FtcliError("\n".join(f"--require {r}: no metric {r.metric!r} (available: {', '.join(available)})"
+                                   for r in unknown))
+
+
+def failures(requirements: list[Requirement], result: dict[str, float]) -> list[str]:
+    """Human-readable lines for the requirements `result` misses (empty: the gate passes)."""
+    return [f"{r.metric} {result[r.metric]:.4f} (required {r.op} {r.threshold:g})"
+            for r in requirements if not r.holds(float(result[r.metric]))]
