@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["Config", "load_config", "prepare", "train", "evaluate", "predict"]
+__all__ = ["Config", "load_config", "prepare", "train", "evaluate", "predict", "sweep"]
 
 if TYPE_CHECKING:  # pragma: no cover
     from ftcli.config import Config, load_config
@@ -31,13 +31,17 @@ def __getattr__(name: str) -> Any:
 
         return train
     if name == "prepare":
-        from ftcli.data import prepare
+        from ftcli.cache import prepare
 
         return prepare
     if name == "evaluate":
         from ftcli.evaluation import evaluate_model
 
         return evaluate_model
+    if name == "sweep":
+        from ftcli.sweep import sweep
+
+        return sweep
     if name == "predict":
         from ftcli.evaluation import predict
 

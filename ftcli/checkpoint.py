@@ -2,8 +2,8 @@
 
 A checkpoint is `output_dir/checkpoints/step-0000123/`: what `accelerator.save_state` writes
 (model as safetensors, optimizer, scheduler, every process's RNG states, grad scaler) plus
-`ftcli_state.json` (where the loop stands, the best metric so far, the fingerprints of config and
-data, and a size + sha256 for every file). Every process writes its part into
+`ftcli_state.json` (a `CheckpointRecord`, ftcli.state: where the loop stands, the best metric so
+far, the run's fingerprint, and a size + sha256 for every file). Every process writes its part into
 `.tmp-step-0000123/`; the main process then checksums it, writes `ftcli_state.json` last and
 renames the folder into place. A folder named `step-*` with a state file is therefore complete;
 anything else is an interrupted write, never used and cleaned up later.
@@ -18,12 +18,12 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from ftcli.data import sha256_file
 from ftcli.errors import FtcliError
+from ftcli.files import checksums, fsync_dir, verify_checksums
+from ftcli.state import CheckpointRecord, Fingerprint, TrainState
 
 STATE_FILE = "ftcli_state.json"
 CHECKPOINTS = "checkpoints"
-FORMAT = 1
 
 # Training-relevant settings: a checkpoint resumes only a run whose values agree (or with
 # --allow-changes). Everything else (logging, checkpoint cadence, output paths) may change.
@@ -44,19 +44,6 @@ def name_for(step: int) -> str:
     return f"step-{step:07d}"
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def fault_point(name: str, step: int, process_index: int) -> None:
     """Fault injection for the kill-and-resume tests: FTCLI_FAULT=<name>:<step>[@<process>]
     kills this process with SIGKILL at that point, as a crash or `kill -9` would."""
@@ -68,9 +55,10 @@ def fault_point(name: str, step: int, process_index: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def save(accelerator, output_dir: Path, step: int, state: dict[str, Any]) -> Path:
+def save(accelerator, output_dir: Path, state: TrainState, fingerprint: Fingerprint) -> Path:
     """Write checkpoint `step` atomically. Every process must call it (save_state is collective
     under FSDP/DeepSpeed, and each process writes its own RNG state)."""
+    step = state.step
     base = root(output_dir)
     tmp = base / f".tmp-{name_for(step)}"
     final = base / name_for(step)
@@ -82,26 +70,24 @@ def save(accelerator, output_dir: Path, step: int, state: dict[str, Any]) -> Pat
     accelerator.wait_for_everyone()
     fault_point("checkpoint-write", step, accelerator.process_index)
     if accelerator.is_main_process:
-        files = {str(p.relative_to(tmp)): [p.stat().st_size, sha256_file(p)]
-                 for p in sorted(tmp.rglob("*")) if p.is_file()}
-        payload = {"format": FORMAT, **state, "files": files}
-        state_path = tmp / STATE_FILE
-        with open(state_path, "w", encoding="utf-8") as f:
-            json.dump(payload, f, indent=2)
+        record = CheckpointRecord(state, fingerprint, checksums(tmp))
+        with open(tmp / STATE_FILE, "w", encoding="utf-8") as f:
+            json.dump(record.to_json(), f, indent=2)
             f.flush()
             os.fsync(f.fileno())
         if final.exists():  # re-saving a step after a resume: replace the old copy
             shutil.rmtree(final)
         os.replace(tmp, final)
-        _fsync_dir(base)
+        fsync_dir(base)
     accelerator.wait_for_everyone()
     return final
 
 
-def read_state(ckpt: Path) -> dict[str, Any]:
+def read_state(ckpt: Path) -> CheckpointRecord:
     try:
-        return json.loads((ckpt / STATE_FILE).read_text())
-    except (OSError, ValueError) as exc:
+        data = json.loads((ckpt / STATE_FILE).read_text())
+        return CheckpointRecord.from_json(data, f"checkpoint {ckpt}")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
         raise FtcliError(f"checkpoint {ckpt}: {STATE_FILE} is unreadable ({exc}); pick another checkpoint") from None
 
 
@@ -110,19 +96,10 @@ def verify(ckpt: Path) -> str | None:
     if not (ckpt / STATE_FILE).is_file():
         return f"no {STATE_FILE} (an interrupted write)"
     try:
-        state = json.loads((ckpt / STATE_FILE).read_text())
-        files = state["files"]
+        files = json.loads((ckpt / STATE_FILE).read_text())["files"]
     except (OSError, ValueError, KeyError):
         return f"{STATE_FILE} is unreadable"
-    for rel, (size, digest) in files.items():
-        path = ckpt / rel
-        if not path.is_file():
-            return f"{rel} is missing"
-        if path.stat().st_size != size:
-            return f"{rel} is truncated or altered (size {path.stat().st_size}, expected {size})"
-        if sha256_file(path) != digest:
-            return f"{rel} does not match its checksum"
-    return None
+    return verify_checksums(ckpt, files)
 
 
 def complete(output_dir: Path) -> list[Path]:
@@ -155,19 +132,20 @@ def find(output_dir: Path, spec: str, log) -> Path | None:
     return None
 
 
-def check_compatible(saved: dict[str, Any], current: dict[str, Any], ckpt: Path) -> None:
-    """Refuse to resume a run whose training-relevant settings or data differ, naming them."""
+def check_compatible(saved: Fingerprint, current: Fingerprint, ckpt: Path) -> None:
+    """Refuse to resume a run whose training-relevant settings or data differ, naming them.
+    Settings newer than the checkpoint (absent from its config) are taken as agreeing."""
     diffs = []
-    old_cfg, new_cfg = _flat(saved["config"]), _flat(current["config"])
-    for key in sorted(set(old_cfg) | set(new_cfg)):
-        if key in RESUME_INSENSITIVE:
+    old_cfg, new_cfg = _flat(saved.config), _flat(current.config)
+    for key in sorted(old_cfg):
+        if key in RESUME_INSENSITIVE or key.startswith("sweep."):
             continue
-        if old_cfg.get(key) != new_cfg.get(key):
-            diffs.append(f"{key} ({old_cfg.get(key)!r} -> {new_cfg.get(key)!r})")
-    if saved["data_key"] != current["data_key"]:
-        diffs.append(f"the prepared data (cache key {saved['data_key']} -> {current['data_key']})")
-    if saved["global_batch"] != current["global_batch"]:
-        diffs.append(f"the global batch ({saved['global_batch']} -> {current['global_batch']}; "
+        if old_cfg[key] != new_cfg.get(key):
+            diffs.append(f"{key} ({old_cfg[key]!r} -> {new_cfg.get(key)!r})")
+    if saved.data_key != current.data_key:
+        diffs.append(f"the prepared data (cache key {saved.data_key} -> {current.data_key})")
+    if saved.step_batch != current.step_batch:
+        diffs.append(f"the global batch ({saved.step_batch} -> {current.step_batch}; "
                      "batch_size x processes x gradient_accumulation_steps)")
     if diffs:
         raise FtcliError(f"checkpoint {ckpt} was written by a different run: " + "; ".join(diffs)

@@ -91,7 +91,7 @@ def _said_by_this_process(exc: FtcliError) -> bool:
     config error) asks Accelerate, which every process of the launch does at this point."""
     if exc.main_process is not None:
         return exc.main_process
-    from ftcli.distributed import is_main_process
+    from ftcli.runtime import is_main_process
 
     return is_main_process()
 
@@ -113,16 +113,15 @@ def prepare(config: ConfigOpt, set_: SetOpt = None, as_json: JsonOpt = False, qu
 
     def go():
         cfg = _load(config, set_)
-        from ftcli.data import prepare
-        from ftcli.distributed import is_main_process
+        from ftcli.cache import prepare
+        from ftcli.runtime import is_main_process
 
+        if not is_main_process():
+            return  # under accelerate launch the main process builds; the others have nothing to do
         reporter = _reporter(quiet, as_json)
-        reporter.enabled = is_main_process()
-        # Several processes (accelerate launch) may call this at once: one builds under the
-        # cache's file lock, the others wait and load the result.
+        # Separate commands may prepare at once: one builds under the cache's file lock, the
+        # others wait and load the result.
         prepared = prepare(cfg, log=reporter.info)
-        if not reporter.enabled:
-            return
         splits = prepared.manifest["splits"]
         result = {
             "cache": "hit" if prepared.hit else "miss",
@@ -174,8 +173,10 @@ def train(
             cfg = run_dir.load_run_config(resume, set_ or [])
         else:
             cfg = _load(config, set_)
+        from ftcli.runtime import tune_process_for_training
         from ftcli.training import train as train_fn
 
+        tune_process_for_training(cfg.train)  # this process is ftcli's own: settings a library call must not make
         reporter = _reporter(quiet, as_json)
         result = train_fn(cfg, resume=resume, overwrite=overwrite, allow_changes=allow_changes, reporter=reporter)
         if as_json and reporter.enabled:  # enabled: this is the main process
@@ -260,6 +261,37 @@ def predict(
 
 
 @app.command()
+def sweep(
+    config: ConfigOpt,
+    set_: SetOpt = None,
+    trials: Annotated[Optional[int], typer.Option("--trials", "-n", min=1, help="Finished trials the study should "
+                      "have (default: sweep.trials).", show_default=False)] = None,
+    timeout: Annotated[Optional[int], typer.Option("--timeout", min=1, help="Start no new trial after this many "
+                       "seconds (default: sweep.timeout_s).", show_default=False)] = None,
+    storage: Annotated[Optional[str], typer.Option("--storage", help="Study storage: an SQLAlchemy URL or "
+                       "journal:PATH (default: sweep.storage, else sqlite in output_dir).", show_default=False)] = None,
+    study: Annotated[Optional[str], typer.Option("--study", help="Study name (default: sweep.study, else the "
+                     "output_dir's name).", show_default=False)] = None,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Search hyperparameters (Optuna): trials are ordinary runs in output_dir/trials/; run it again to continue."""
+
+    def go():
+        cfg = _load(config, set_)
+        from ftcli.runtime import tune_process_for_training
+        from ftcli.sweep import sweep as sweep_fn
+
+        tune_process_for_training(cfg.train)
+        reporter = _reporter(quiet, as_json)
+        result = sweep_fn(cfg, trials=trials, timeout_s=timeout, storage=storage, study_name=study, reporter=reporter)
+        if as_json:
+            _print_json(result)
+
+    _run(go)
+
+
+@app.command()
 def plot(
     run_dir: Annotated[Path, typer.Argument(help="A train.output_dir (also of a run in progress).")],
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="PNG to write "
@@ -284,9 +316,9 @@ def config_show(config: ConfigOpt, set_: SetOpt = None, as_json: JsonOpt = False
 
         cfg = _load(config, set_)
         if as_json:
-            from ftcli.config import _leaf_keys
+            from ftcli.config import leaf_keys
 
-            _print_json({"config": cfg.to_dict(), "origins": {k: cfg.origin(k) for k in _leaf_keys(cfg.to_dict())}})
+            _print_json({"config": cfg.to_dict(), "origins": {k: cfg.origin(k) for k in leaf_keys(cfg.to_dict())}})
         else:
             typer.echo(render_with_origins(cfg), nl=False)
 

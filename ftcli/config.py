@@ -32,9 +32,6 @@ DATA_FORMATS = {
 }
 """Local data file extensions and the `datasets` builder that reads each."""
 
-PACKAGE_PREFIX = "package:"
-
-
 class _Section(BaseModel):
     # extra="forbid": a misspelt key is an error, never silently ignored.
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
@@ -230,6 +227,12 @@ class TrainConfig(_Section):
     """Use torch's fused AdamW kernel (CUDA, and CPU since torch 2.4): one pass over all
     parameters instead of many small kernels."""
 
+    fused_clipping: bool = True
+    """Fold gradient clipping into fused AdamW (the clip coefficient becomes the kernel's
+    `grad_scale`) instead of a separate pass over all gradients. Used where the optimizer is
+    fused and gradients are whole on each process (one device, DDP); elsewhere clipping takes the
+    separate pass and the start-up summary says why."""
+
     fast_dropout: bool = True
     """On CPU, build dropout masks from 16 random bits per element instead of a 32-bit float
     (same distribution up to p's quantization to 1/65536): dropout was ~20% of a MiniLM training
@@ -340,6 +343,93 @@ class EvalConfig(_Section):
     accuracy and macro F1 for more, Pearson/Spearman for regression."""
 
 
+class ParamRange(_Section):
+    """One searched setting: a range (`low`, `high`, optionally `log` or `step`) or `choices`."""
+
+    low: float | None = None
+    """Lowest value (inclusive)."""
+
+    high: float | None = None
+    """Highest value (inclusive)."""
+
+    log: bool = False
+    """Sample on a log scale (learning rates); needs low > 0."""
+
+    step: float | None = None
+    """Sample only multiples of this above `low`."""
+
+    choices: list[Any] | None = None
+    """Sample one of these values (numbers, strings, booleans) instead of a range."""
+
+    @model_validator(mode="after")
+    def _range_or_choices(self) -> ParamRange:
+        has_range = self.low is not None or self.high is not None
+        if self.choices is not None:
+            if has_range or self.log or self.step is not None:
+                raise ValueError("give either choices or low/high, not both")
+            if not self.choices:
+                raise ValueError("choices: give at least one value")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError("give low and high (or choices: [...])")
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low:g}) is above high ({self.high:g})")
+        if self.log and self.low <= 0:
+            raise ValueError("log: needs low > 0")
+        if self.log and self.step is not None:
+            raise ValueError("step: cannot be combined with log")
+        return self
+
+
+SWEEP_FORBIDDEN = {"train.output_dir", "data.cache_dir", "model.name_or_path", "data.files", "data.path"}
+"""Settings a sweep may not search: where runs and data live, and what model and data they are."""
+
+
+class SweepConfig(_Section):
+    metric: str | None = None
+    """Validation metric to optimize, e.g. `f1`, `accuracy` or `loss`. `loss` is minimized, every
+    other metric maximized. Left out: the last metric of `eval.metric` (f1 for two labels, f1_macro
+    for more, spearmanr for regression)."""
+
+    trials: int = Field(default=20, ge=1)
+    """Finished trials (completed or pruned) the study should have, over every run of the sweep
+    command and every worker sharing its storage."""
+
+    timeout_s: int | None = Field(default=None, ge=1)
+    """Stop starting new trials after this many seconds (this command)."""
+
+    sampler: Literal["tpe", "random", "grid"] = "tpe"
+    """Optuna sampler, seeded by `train.seed`. `grid` tries every combination of `choices` (every
+    searched setting must then give choices)."""
+
+    pruner: Literal["median", "hyperband", "none"] = "median"
+    """Stops a trial early when its intermediate validation metric (each evaluation, see
+    `train.eval_every`) is worse than other trials' at the same step."""
+
+    pruner_startup_trials: int = Field(default=2, ge=0)
+    """Trials that always run to the end before `median` pruning starts."""
+
+    space: dict[str, ParamRange] = Field(min_length=1)
+    """Searched settings by dotted key, e.g. `train.learning_rate: {low: 1e-5, high: 1e-4, log: true}`
+    or `train.batch_size: {choices: [8, 16]}`. Integer settings are sampled as integers."""
+
+    keep_models: Literal["best", "all"] = "best"
+    """Which trials keep their model and checkpoints on disk: the best trial's only, or all.
+    Every trial keeps its metrics, config and learning curves."""
+
+    storage: str | None = None
+    """Where the study lives: an SQLAlchemy URL (`sqlite:///sweep.db`, `postgresql://...`,
+    `mysql://...`) or `journal:PATH` (Optuna's journal file). Left out:
+    `sqlite:///<output_dir>/sweep.db`. `--storage` overrides it."""
+
+    study: str | None = None
+    """Study name in the storage. Left out: the last part of `train.output_dir`."""
+
+    heartbeat_s: int = Field(default=60, ge=1)
+    """A running trial records a heartbeat this often (database storages); a trial silent for
+    twice as long died with its process: it is marked failed and retried once."""
+
+
 class Config(_Section):
     """A whole ftcli run: model, data, training and evaluation."""
 
@@ -354,6 +444,42 @@ class Config(_Section):
 
     eval: EvalConfig = Field(default_factory=EvalConfig)
     """What `ftcli eval` measures."""
+
+    sweep: SweepConfig | None = None
+    """What `ftcli sweep` searches (ignored by the other commands)."""
+
+    @model_validator(mode="after")
+    def _sweep_keys_exist(self) -> Config:
+        if self.sweep is None:
+            return self
+        sections = {"model": self.model, "data": self.data, "train": self.train, "eval": self.eval}
+        problems = []
+        for key, spec in self.sweep.space.items():
+            section, _, name = key.partition(".")
+            model = sections.get(section)
+            if model is None or name not in type(model).model_fields:
+                valid = [f"{s}.{f}" for s, m in sections.items() for f in type(m).model_fields]
+                close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+                problems.append(f"sweep.space.{key}: not a setting" + (f" (did you mean {close[0]!r}?)" if close else
+                                "; give a dotted key such as train.learning_rate"))
+                continue
+            if key in SWEEP_FORBIDDEN:
+                problems.append(f"sweep.space.{key}: cannot be searched (it says where runs and data live)")
+                continue
+            values = spec.choices if spec.choices is not None else [spec.low, spec.high]
+            for value in values:
+                if isinstance(getattr(model, name), int) and not isinstance(getattr(model, name), bool) \
+                        and isinstance(value, float) and value.is_integer():
+                    value = int(value)  # YAML 1.0e2 for an integer setting
+                try:
+                    type(model).model_validate({**model.model_dump(), name: value})
+                except ValidationError as exc:
+                    problems.append(f"sweep.space.{key}: {value!r} is not a valid {key} "
+                                    f"({exc.errors()[0]['msg'].removeprefix('Value error, ')})")
+                    break
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
 
     _source_path: str | None = PrivateAttr(default=None)
     _origins: dict[str, str] = PrivateAttr(default_factory=dict)
@@ -420,7 +546,7 @@ def config_from_dict(
 ) -> Config:
     """Validate a config given as a dict (what the YAML holds), with overrides applied."""
     data = _deep_copy(raw)
-    file_keys = set(_leaf_keys(data))
+    file_keys = set(leaf_keys(data))
     set_keys: set[str] = set()
     problems = []
     for item in overrides:
@@ -436,11 +562,13 @@ def config_from_dict(
         cfg = Config.model_validate(data)
     except ValidationError as exc:
         lines = _line_index(yaml_text) if yaml_text else {}
-        msgs = [_format_error(err, source, lines, set_keys) for err in exc.errors()]
+        # A cross-field check may find several problems: one message line each.
+        errors = [{**err, "msg": line} for err in exc.errors() for line in err["msg"].splitlines()]
+        msgs = [_format_error(err, source, lines, set_keys) for err in errors]
         raise FtcliError("\n".join(dict.fromkeys(msgs))) from None
     cfg._source_path = source
     origins = {}
-    for key in _leaf_keys(cfg.to_dict()):
+    for key in leaf_keys(cfg.to_dict()):
         if key in set_keys or any(key.startswith(k + ".") for k in set_keys):
             origins[key] = "--set"
         elif key in file_keys or any(key.startswith(k + ".") for k in file_keys):
@@ -457,10 +585,10 @@ def _deep_copy(obj: Any) -> Any:
     return obj
 
 
-def _leaf_keys(obj: Any, prefix: str = ""):
+def leaf_keys(obj: Any, prefix: str = ""):
     if isinstance(obj, dict) and obj:
         for k, v in obj.items():
-            yield from _leaf_keys(v, f"{prefix}.{k}" if prefix else str(k))
+            yield from leaf_keys(v, f"{prefix}.{k}" if prefix else str(k))
     elif prefix:
         yield prefix
 
@@ -532,7 +660,7 @@ def _format_error(err: dict, source: str, lines: dict[str, int], set_keys: set[s
         # Cross-field checks raise on their section with a message that starts with the field
         # ("labels: ..."): point at that field.
         head, sep, rest = msg.partition(": ")
-        if sep and re.fullmatch(r"[a-z_]+(\.[A-Za-z0-9_-]+)?", head):
+        if sep and re.fullmatch(r"[a-z_]+(\.[A-Za-z0-9_-]+)*", head):
             loc, msg = loc + tuple(head.split(".")), rest
     dotted = ".".join(loc)
     if dotted in set_keys:
@@ -560,6 +688,9 @@ def render_with_origins(cfg: Config) -> str:
     """The resolved config as YAML, each value followed by where it came from."""
     lines = []
     for section, values in cfg.to_dict().items():
+        if values is None:  # an optional section left out (sweep)
+            lines.append(f"{section}: null{'':<{max(0, 48 - len(section))}} # {cfg.origin(section)}")
+            continue
         lines.append(f"{section}:")
         width = max(len(k) for k in values) + 2
         for key, value in values.items():
@@ -576,31 +707,3 @@ def json_schema() -> dict[str, Any]:
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "ftcli config"
     return schema
-
-
-# --------------------------------------------------------------------------------------------
-# Paths
-
-
-def resolve_model_path(name: str) -> str:
-    """Turn `package:<pkg>/<folder>` into the folder inside the installed package; other names
-    (Hub ids, local folders) are returned unchanged. The package is located without importing it."""
-    if not name.startswith(PACKAGE_PREFIX):
-        return name
-    spec_text = name[len(PACKAGE_PREFIX):].strip("/")
-    package, _, sub = spec_text.partition("/")
-    import importlib.util
-
-    try:
-        spec = importlib.util.find_spec(package) if package else None
-    except (ImportError, ValueError):
-        spec = None
-    if spec is None or not spec.submodule_search_locations:
-        raise FtcliError(
-            f"model {name!r}: Python package {package!r} is not installed; "
-            f"install it (pip install {package.replace('_', '-')}) or point name_or_path at a model folder"
-        )
-    folder = Path(list(spec.submodule_search_locations)[0]) / sub
-    if not folder.is_dir():
-        raise FtcliError(f"model {name!r}: package {package!r} has no folder {sub!r} ({folder})")
-    return str(folder)

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ftcli.config import Config
+from ftcli.config import Config, EvalConfig
 from ftcli.console import Reporter
 from ftcli.errors import FtcliError
 from ftcli.gate import Requirement
@@ -19,9 +19,9 @@ from ftcli.gate import Requirement
 METRIC_SCRIPT = Path(__file__).parent / "metrics" / "ftcli_glue.py"
 
 
-def metric_name(cfg: Config, label_names: list[str]) -> str:
-    if cfg.eval.metric != "auto":
-        return cfg.eval.metric
+def metric_name(ev: EvalConfig, label_names: list[str]) -> str:
+    if ev.metric != "auto":
+        return ev.metric
     if not label_names:
         return "regression"
     return "accuracy_f1" if len(label_names) == 2 else "multiclass"
@@ -43,32 +43,6 @@ def load_metric(name: str):
     import evaluate
 
     return evaluate.load(str(METRIC_SCRIPT), name, keep_in_memory=True)
-
-
-def eval_dataloader(cfg: Config, accelerator, ds, pad_token_id: int, max_length: int, regression: bool,
-                    *, with_row_ids: bool = False, batch_size: int | None = None):
-    """Rows sorted by length, in global batches of eval_batch_size x processes (split by Accelerate)."""
-    import torch
-    from torch.utils.data import DataLoader
-
-    from ftcli.data import Collator, SortedSampler
-    from ftcli.distributed import dataloader_kwargs, pad_multiple, padding_mode
-
-    collator = Collator(
-        pad_token_id=pad_token_id, padding=padding_mode(cfg, accelerator), max_length=max_length,
-        buckets=tuple(cfg.data.pad_buckets), multiple_of=pad_multiple(cfg, accelerator),
-        with_row_ids=with_row_ids, regression=regression,
-    )
-    return DataLoader(
-        ds,
-        batch_size=(batch_size or cfg.train.eval_batch_size) * accelerator.num_processes,
-        sampler=SortedSampler(ds["length"]),
-        collate_fn=collator,
-        # A private generator: creating this loader's iterator must not draw from the global RNG
-        # (that would change dropout masks in training and break exact resume).
-        generator=torch.Generator(),
-        **dataloader_kwargs(cfg, accelerator),
-    )
 
 
 def run_eval(accelerator, model, dataloader, metric, *, regression: bool, progress=None,
@@ -136,31 +110,31 @@ def evaluate_model(config: Config | str | Path, *, model_dir: str | Path | None 
     `model`, `samples` and `seconds`. `require` (quality-gate requirements, see ftcli.gate) are
     checked against the metric names before the model runs; `result["failed"]` lists those the
     model missed (empty when it passed)."""
-    from ftcli import data, gate, modeling
+    from ftcli import batching, build, cache, gate, modeling
     from ftcli.config import as_config
-    from ftcli.distributed import accelerator_session
+    from ftcli.runtime import accelerator_session
 
     cfg = as_config(config)
     folder = find_model_dir(cfg, model_dir)
     if not (folder / "config.json").is_file():
         modeling.load_trained(folder)  # raises the one-line error naming the folder
     split = split or cfg.eval.split
-    data.check_splits(cfg.data, split)
+    build.check_splits(cfg.data, split)
     reporter = reporter or Reporter()
-    with accelerator_session(cfg) as accelerator:
+    with accelerator_session(cfg.train) as accelerator:
         reporter.enabled = reporter.enabled and accelerator.is_main_process
-        prepared = data.prepare(cfg, log=reporter.info)  # one builder per cache key (file lock)
+        prepared = cache.prepare(cfg, log=reporter.info)  # one builder per cache key (file lock)
         info = prepared.split_info(split)
         if not info["labeled"]:
             raise FtcliError(
                 f"split {split!r} ({info['source']}) has no labels to evaluate against; use `ftcli predict`"
             )
         model = modeling.load_trained(folder, prepared.label_names)
-        name = metric_name(cfg, prepared.label_names)
+        name = metric_name(cfg.eval, prepared.label_names)
         gate.check_names(list(require), ["loss", *metric_keys(name)])
         metric = load_metric(name)
-        dl = eval_dataloader(cfg, accelerator, prepared.split(split), prepared.pad_token_id, prepared.max_length,
-                             prepared.is_regression)
+        dl = batching.eval_dataloader(cfg.data, accelerator, prepared.split(split), prepared,
+                                      batch_size=cfg.train.eval_batch_size, workers=cfg.train.dataloader_workers)
         model, dl = accelerator.prepare(model, dl)
         start = time.perf_counter()
         with reporter.progress(len(dl), f"eval {split}", every=1, unit="batches", min_interval=10) as bar:
@@ -200,9 +174,9 @@ def predict(config: Config | str | Path, input_file: str | Path, output_file: st
     import numpy as np
     import torch
 
-    from ftcli import data, modeling
+    from ftcli import batching, cache, modeling
     from ftcli.config import DATA_FORMATS, as_config, config_from_dict
-    from ftcli.distributed import accelerator_session
+    from ftcli.runtime import accelerator_session
 
     cfg = as_config(config)
     source = Path(input_file)
@@ -223,14 +197,14 @@ def predict(config: Config | str | Path, input_file: str | Path, output_file: st
     raw["model"].update(labels=labels or None, num_labels=1 if not labels else len(labels))
     pcfg = config_from_dict(raw, source=cfg.source_path or "<config>")
     reporter = reporter or Reporter()
-    with accelerator_session(pcfg) as accelerator:
+    with accelerator_session(pcfg.train) as accelerator:
         reporter.enabled = reporter.enabled and accelerator.is_main_process
         kept = _kept_columns(pcfg, source, keep_columns) if keep_columns else {}
-        prepared = data.prepare(pcfg, log=reporter.info, labels_optional=True)
+        prepared = cache.prepare(pcfg, log=reporter.info, labels_optional=True)
         model = modeling.load_trained(folder, labels)
-        ds = data.with_row_ids(prepared.split("predict"))
-        dl = eval_dataloader(pcfg, accelerator, ds, prepared.pad_token_id, prepared.max_length,
-                             prepared.is_regression, with_row_ids=True)
+        ds = batching.with_row_ids(prepared.split("predict"))
+        dl = batching.eval_dataloader(pcfg.data, accelerator, ds, prepared, batch_size=pcfg.train.eval_batch_size,
+                                      workers=pcfg.train.dataloader_workers, with_row_ids=True)
         model, dl = accelerator.prepare(model, dl)
         start = time.perf_counter()
         with reporter.progress(len(dl), "predict", every=1, unit="batches", min_interval=10) as bar:
@@ -265,7 +239,7 @@ def _kept_columns(cfg: Config, source: Path, names: list[str] | tuple[str, ...])
     """The input columns `predict --keep` carries into its output, read from the raw file."""
     import tempfile
 
-    from ftcli.data import load_raw
+    from ftcli.build import load_raw
 
     with tempfile.TemporaryDirectory(prefix="ftcli-predict-") as tmp:
         raw = load_raw(cfg.data, Path(tmp))["predict"]

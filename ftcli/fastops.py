@@ -89,7 +89,9 @@ def install(model: nn.Module) -> int:
         from transformers.masking_utils import AttentionMaskInterface, eager_mask
     except ImportError:
         return swapped  # older transformers: hidden dropouts only
-    model._ftcli_default_attention = getattr(model.config, "_attn_implementation", None)
+    default = getattr(model.config, "_attn_implementation", None)
+    # Registered under ftcli's own name: transformers' registries are process-wide, and adding a
+    # name changes nothing for models that do not ask for it.
     AttentionInterface.register(ATTENTION_NAME, eager_attention)
     # A custom attention also needs its mask builder registered, or it receives no padding mask
     # at all (and would attend to padding): the eager one, an additive float mask.
@@ -97,7 +99,8 @@ def install(model: nn.Module) -> int:
     try:
         model.set_attn_implementation(ATTENTION_NAME)
     except (AttributeError, ValueError):
-        pass  # a model without the attention interface: hidden dropouts only
+        return swapped  # a model without the attention interface: hidden dropouts only
+    model._ftcli_default_attention = default  # only now: standard_attention() swaps back to it
     return swapped
 
 

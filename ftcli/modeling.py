@@ -6,23 +6,9 @@ import contextlib
 import json
 from pathlib import Path
 
-from ftcli.config import Config, resolve_model_path
+from ftcli.config import ModelConfig
 from ftcli.errors import FtcliError
-
-
-def _source(name: str, field: str) -> str:
-    """A local folder or a Hub id; a path-looking name that does not exist is an error."""
-    resolved = resolve_model_path(name)
-    local = Path(resolved).expanduser()
-    if local.exists():
-        if not local.is_dir():
-            raise FtcliError(f"{field}: {resolved!r} is a file; give the model's folder")
-        return str(local)
-    from ftcli.data import _looks_like_path
-
-    if _looks_like_path(resolved):
-        raise FtcliError(f"{field}: model folder {resolved!r} does not exist; fix the path or give a Hub model id")
-    return resolved
+from ftcli.sources import locate, tokenizer_field
 
 
 @contextlib.contextmanager
@@ -43,15 +29,15 @@ def quiet_transformers():
             logging.enable_progress_bar()
 
 
-def load_tokenizer(cfg: Config):
+def load_tokenizer(model: ModelConfig):
     from transformers import AutoTokenizer
 
-    field = "model.tokenizer" if cfg.model.tokenizer else "model.name_or_path"
-    source = _source(cfg.model.tokenizer_name, field)
+    field = tokenizer_field(model)
+    source = locate(model.tokenizer_name, field)
     try:
         with quiet_transformers():
             tok = AutoTokenizer.from_pretrained(
-                source, revision=cfg.model.revision, trust_remote_code=cfg.model.trust_remote_code, use_fast=True
+                source, revision=model.revision, trust_remote_code=model.trust_remote_code, use_fast=True
             )
     except (OSError, ValueError) as exc:
         raise FtcliError(f"{field}: cannot load a tokenizer from {source!r} ({_first_line(exc)})") from None
@@ -60,16 +46,16 @@ def load_tokenizer(cfg: Config):
     return tok
 
 
-def attention_for(cfg: Config) -> str | None:
+def attention_for(model: ModelConfig) -> str | None:
     """`model.attn_implementation`, with `auto` meaning the transformers default (sdpa)."""
-    return None if cfg.model.attn_implementation == "auto" else cfg.model.attn_implementation
+    return None if model.attn_implementation == "auto" else model.attn_implementation
 
 
-def load_model(cfg: Config, label_names: list[str]):
+def load_model(model: ModelConfig, label_names: list[str]):
     """The pretrained model with a classification head sized for `label_names` ([] = regression)."""
     from transformers import AutoModelForSequenceClassification
 
-    source = _source(cfg.model.name_or_path, "model.name_or_path")
+    source = locate(model.name_or_path, "model.name_or_path")
     kwargs = {"num_labels": 1, "problem_type": "regression"} if not label_names else {
         "num_labels": len(label_names),
         "id2label": dict(enumerate(label_names)),
@@ -78,13 +64,13 @@ def load_model(cfg: Config, label_names: list[str]):
     }
     import torch
 
-    attention = attention_for(cfg)
+    attention = attention_for(model)
     try:
         with quiet_transformers():
             return AutoModelForSequenceClassification.from_pretrained(
                 source,
-                revision=cfg.model.revision,
-                trust_remote_code=cfg.model.trust_remote_code,
+                revision=model.revision,
+                trust_remote_code=model.trust_remote_code,
                 ignore_mismatched_sizes=True,  # a fine-tuned model may carry a head of another size
                 # fp32 master weights whatever the checkpoint's dtype: transformers 5 would load a
                 # bf16 checkpoint as bf16, and AdamW updates of 5e-5 vanish in bf16's 8-bit mantissa.

@@ -31,15 +31,17 @@ def read_log(run_dir: Path) -> tuple[list[dict], list[dict]]:
 
 def plot_run(run_dir: str | Path, output: str | Path | None = None) -> Path:
     """Draw `learning_curves.png` (or `output`) for the run in `run_dir`; returns its path."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, no display needed
-    import matplotlib.pyplot as plt
+    # A Figure with the Agg canvas, not pyplot: no backend switch, no global figure registry, so a
+    # notebook's inline plots are left as they were.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     run_dir = Path(run_dir)
     train, evals = read_log(run_dir)
     output = Path(output) if output else run_dir / "learning_curves.png"
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
+    fig = Figure(figsize=(11, 4.2), layout="constrained")
+    FigureCanvasAgg(fig)
+    left, right = fig.subplots(1, 2)
 
     if train:
         steps = [r["step"] for r in train]
@@ -70,6 +72,5 @@ def plot_run(run_dir: str | Path, output: str | Path | None = None) -> Path:
     fig.suptitle(str(run_dir))
     tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp.png")
     fig.savefig(tmp, dpi=110)
-    plt.close(fig)
     os.replace(tmp, output)
     return output

@@ -1,4 +1,12 @@
-"""A run folder (`train.output_dir`) as a whole: which run it holds, and resuming it by its path.
+"""A run folder (`train.output_dir`): what ftcli owns in it, its status, its logs, the exported
+model, and resuming it by its path.
+
+    model/          the final model and tokenizer (safetensors; `from_pretrained` loads it)
+    checkpoints/    resumable checkpoints, see ftcli.checkpoint
+    config.yaml     the resolved config of the run
+    run.json        status: running / interrupted / completed, and where to resume from
+    metrics.jsonl   one JSON object per log step and per evaluation
+    metrics.json    the final evaluation and training totals
 
 `ftcli train --resume RUN_DIR` continues the run in RUN_DIR with the config it saved
 (`RUN_DIR/config.yaml`, the resolved config), so the command ftcli prints when a run is
@@ -7,11 +15,17 @@ interrupted resumes *that* run, whatever `--set` overrides started it.
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import time
 from pathlib import Path
+from typing import Any
 
 from ftcli.checkpoint import CHECKPOINTS, STATE_FILE
 from ftcli.config import Config, load_config
 from ftcli.errors import FtcliError
+from ftcli.files import atomic_write_text
 
 CONFIG_FILE = "config.yaml"
 
@@ -50,3 +64,105 @@ def check_resume_target(cfg: Config, resume: str) -> Path | None:
                          f"{str(out)!r}; leave out --config to resume that run with its saved config, or "
                          f"--set train.output_dir={run}")
     return ckpt
+
+
+class MetricsLog:
+    """metrics.jsonl, appended by the main process; each line flushed as written."""
+
+    def __init__(self, path: Path, enabled: bool):
+        self.path = path
+        self.enabled = enabled
+
+    def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
+
+    def truncate_after(self, step: int) -> None:
+        """On resume: drop lines the interrupted run logged after its checkpoint."""
+        if not self.enabled or not self.path.is_file():
+            return
+        kept = [line for line in self.path.read_text().splitlines() if json.loads(line).get("step", 0) <= step]
+        atomic_write_text(self.path, "".join(line + "\n" for line in kept))
+
+
+def write_run_json(out: Path, status: str, **extra: Any) -> None:
+    """run.json: `running`, `interrupted` or `completed`, and where the run stands (main process)."""
+    path = out / "run.json"
+    try:
+        current = json.loads(path.read_text())
+    except (OSError, ValueError):
+        current = {}
+    current.update(status=status, updated=time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra)
+    atomic_write_text(path, json.dumps(current, indent=2))
+
+
+def export_model(acc, model, tokenizer, folder: Path) -> None:
+    """Write the final model and tokenizer to `folder` atomically (a temporary folder renamed
+    when complete). The full state dict is gathered through the Accelerator, so this also works
+    when FSDP or DeepSpeed shard the weights; every process must call it."""
+    acc.wait_for_everyone()
+    state_dict = acc.get_state_dict(model)
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    if acc.is_main_process:
+        from ftcli.modeling import quiet_transformers
+
+        shutil.rmtree(tmp, ignore_errors=True)
+        unwrapped = acc.unwrap_model(model)
+        with quiet_transformers():
+            unwrapped.save_pretrained(tmp, state_dict=state_dict, save_function=acc.save)
+            tokenizer.save_pretrained(tmp)
+        for f in tmp.iterdir():
+            f.chmod(0o644)  # safetensors writes 0600 temp files; a model folder is meant to be shared
+        if folder.exists():
+            old = folder.with_name(f".{folder.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(folder, old)
+            os.replace(tmp, folder)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, folder)
+    acc.wait_for_everyone()
+
+
+OWN_ENTRIES = ("model", "checkpoints", "config.yaml", "run.json", "metrics.jsonl", "metrics.json",
+               "learning_curves.png", "tracking", "predictions", ".model.tmp", ".model.old")
+"""What ftcli writes into output_dir (and `--overwrite` removes; nothing else is touched)."""
+
+
+def claim_output_dir(out: Path, resume: str | None, overwrite: bool) -> None:
+    """Refuse to mix two runs in one output_dir, or to write into a path that is not a folder.
+    Only reads: `clear()` deletes ftcli's own entries later, for --overwrite, once every input
+    check has passed."""
+    if out.exists() and not out.is_dir():
+        raise FtcliError(f"train.output_dir {str(out)!r} is a file, not a folder; choose another output_dir")
+    existing = [name for name in OWN_ENTRIES if (out / name).exists()]
+    if not existing or resume:
+        return
+    if not overwrite:
+        raise FtcliError(
+            f"train.output_dir {str(out)!r} already holds a run ({', '.join(existing)}); "
+            "pass --resume auto to continue it, --overwrite to replace it, or choose another output_dir"
+        )
+
+
+def resume_command(out: Path, processes: int) -> str:
+    """The command that resumes the run in `out`: its saved config.yaml holds every --set override."""
+    import shlex
+
+    command = f"ftcli train --resume {shlex.quote(str(out))}"
+    if processes > 1:
+        return f"accelerate launch <the same launch options> -m {command}"
+    return command
+
+
+def clear(out: Path) -> None:
+    """`--overwrite`: remove ftcli's own entries from `out` (main process; nothing else is touched)."""
+    for name in OWN_ENTRIES:
+        target = out / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()

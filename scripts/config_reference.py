@@ -26,10 +26,18 @@ def _type(annotation) -> str:
 
 
 def reference() -> str:
+    import typing
+
+    from ftcli.config import ParamRange
+
     lines = []
-    for section, field in Config.model_fields.items():
-        model: type[BaseModel] = field.annotation
-        lines.append(f"### `{section}`: {field.description}\n")
+    sections = [(section, field.description, field.annotation) for section, field in Config.model_fields.items()]
+    sections.append(("sweep.space.<key>", ParamRange.__doc__, ParamRange))
+    for section, description, annotation in sections:
+        # An optional section (sweep: SweepConfig | None) documents the section's own fields.
+        model: type[BaseModel] = next((a for a in typing.get_args(annotation) if isinstance(a, type)
+                                       and issubclass(a, BaseModel)), annotation)
+        lines.append(f"### `{section}`: {description}\n")
         lines.append("| key | default | meaning |")
         lines.append("| --- | --- | --- |")
         for name, f in model.model_fields.items():

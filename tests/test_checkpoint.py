@@ -17,6 +17,7 @@ import pytest
 
 from conftest import accelerate_launch, run_cli
 from ftcli import checkpoint
+from ftcli.files import sha256_file
 
 pytestmark = pytest.mark.slow
 
@@ -142,7 +143,7 @@ def test_signal_finishes_the_step_checkpoints_and_says_how_to_resume(make_config
     ckpts = checkpoint.complete(run)
     assert len(ckpts) == 1 and checkpoint.verify(ckpts[0]) is None  # written although checkpoint_every is null
     assert json.loads((run / "run.json").read_text())["status"] == "interrupted"
-    step = checkpoint.read_state(ckpts[0])["step"]
+    step = checkpoint.read_state(ckpts[0]).state.step
     assert not (tmp_path / "run").exists()  # the config's own output_dir was never touched
 
     # Verbatim (argv of the hint), interrupted again a few steps later: it continued this run.
@@ -150,7 +151,7 @@ def test_signal_finishes_the_step_checkpoints_and_says_how_to_resume(make_config
     assert returncode == 143, again[-2000:]
     assert f"resumed from {ckpts[0]}: step {step}/4800" in again
     assert not (tmp_path / "run").exists()
-    later = checkpoint.read_state(checkpoint.complete(run)[-1])["step"]
+    later = checkpoint.read_state(checkpoint.complete(run)[-1]).state.step
     assert later > step
 
     # What a resumed run reports is what this invocation did.
@@ -265,7 +266,7 @@ def test_unit_rotate_and_find(tmp_path):
         folder.mkdir(parents=True)
         (folder / "model.safetensors").write_bytes(b"w" * step)
         (folder / checkpoint.STATE_FILE).write_text(json.dumps(
-            {"step": step, "files": {"model.safetensors": [step, checkpoint.sha256_file(folder / "model.safetensors")]}}))
+            {"step": step, "files": {"model.safetensors": [step, sha256_file(folder / "model.safetensors")]}}))
     (checkpoint.root(out) / ".tmp-step-0000025").mkdir()
     assert checkpoint.find(out, "auto", print).name == "step-0000020"
     removed = checkpoint.rotate(out, keep=2, protect={"step-0000005"})

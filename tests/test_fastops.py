@@ -46,3 +46,48 @@ def test_installed_model_gives_the_same_outputs_with_padding(tiny_classifier):
     a = model(**batch).logits
     torch.manual_seed(3)
     assert torch.equal(model(**batch).logits, a) and not torch.allclose(a, reference)
+
+
+def _classifier(folder):
+    from transformers import AutoModelForSequenceClassification
+
+    return AutoModelForSequenceClassification.from_pretrained(folder).eval()
+
+
+def _logits(model, ids, mask):
+    with torch.no_grad():
+        return model(input_ids=ids, attention_mask=mask).logits
+
+
+def test_standard_attention_is_the_exported_models_attention(tiny_classifier):
+    """Evaluation during training runs the attention the saved model is loaded with (sdpa), then
+    training goes back to ftcli's eager attention with the fast dropout."""
+    model, reference = _classifier(tiny_classifier), _classifier(tiny_classifier)
+    default = model.config._attn_implementation
+    fastops.install(model)
+    assert model.config._attn_implementation == fastops.ATTENTION_NAME
+    ids = torch.tensor([[2, 7, 9, 11, 3, 0, 0], [2, 8, 3, 12, 13, 14, 3]])
+    mask = (ids != 0).long()
+    with fastops.standard_attention(model):
+        assert model.config._attn_implementation == default
+        assert torch.equal(_logits(model, ids, mask), _logits(reference, ids, mask))
+    assert model.config._attn_implementation == fastops.ATTENTION_NAME
+
+
+def test_a_model_refusing_the_attention_keeps_its_own(tiny_classifier, monkeypatch):
+    """When set_attn_implementation fails, only the hidden dropouts are swapped, and evaluation's
+    standard_attention() leaves the model's attention alone instead of failing."""
+    model, reference = _classifier(tiny_classifier), _classifier(tiny_classifier)
+    default = model.config._attn_implementation
+
+    def refuse(name):
+        raise ValueError(f"{name} is not supported")
+
+    monkeypatch.setattr(model, "set_attn_implementation", refuse)
+    swapped = fastops.install(model)
+    assert swapped > 0 and all(type(m) is not torch.nn.Dropout for m in model.modules())
+    assert model.config._attn_implementation == default
+    ids = torch.tensor([[2, 7, 9, 11, 3, 0]])
+    with fastops.standard_attention(model):
+        out = _logits(model, ids, (ids != 0).long())
+    assert torch.equal(out, _logits(reference, ids, (ids != 0).long()))  # eval: dropout off, same attention

@@ -18,14 +18,14 @@ def test_fresh_head_with_labels_and_fp32_master_weights_from_a_bf16_checkpoint(t
     AutoModel.from_pretrained(tiny_model).to(torch.bfloat16).save_pretrained(bf16)
     AutoTokenizer.from_pretrained(tiny_model).save_pretrained(bf16)
     cfg = config_from_dict(config_dict(bf16, {"train": tmp_path / "t.jsonl"}, tmp_path))
-    model = modeling.load_model(cfg, ["no", "yes"])
+    model = modeling.load_model(cfg.model, ["no", "yes"])
     assert {p.dtype for p in model.parameters()} == {torch.float32}
     assert model.config.id2label == {0: "no", 1: "yes"} and model.num_labels == 2
 
 
 def test_regression_head(tiny_model, tmp_path):
     cfg = config_from_dict(config_dict(tiny_model, {"train": tmp_path / "t.jsonl"}, tmp_path))
-    model = modeling.load_model(cfg, [])
+    model = modeling.load_model(cfg.model, [])
     assert model.num_labels == 1 and model.config.problem_type == "regression"
 
 
@@ -47,10 +47,10 @@ def test_remote_code_is_off_unless_asked(tiny_model, tmp_path, monkeypatch):
     monkeypatch.setattr(AutoModelForSequenceClassification, "from_pretrained", fake)
     cfg = config_from_dict(config_dict(tiny_model, {"train": tmp_path / "t.jsonl"}, tmp_path))
     with pytest.raises(FtcliError, match="cannot load a model"):
-        modeling.load_model(cfg, ["no", "yes"])
+        modeling.load_model(cfg.model, ["no", "yes"])
     assert seen["trust_remote_code"] is False
     cfg = config_from_dict(config_dict(tiny_model, {"train": tmp_path / "t.jsonl"}, tmp_path),
                            ["model.trust_remote_code=true"])
     with pytest.raises(FtcliError):
-        modeling.load_model(cfg, ["no", "yes"])
+        modeling.load_model(cfg.model, ["no", "yes"])
     assert seen["trust_remote_code"] is True

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, accelerate_launch, make_rows, run_cli, write_jsonl
+from conftest import REPO, _free_port, accelerate_launch, make_rows, run_cli, write_jsonl
 
 pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
 
@@ -138,3 +138,15 @@ def test_bad_input_is_reported_once_before_the_summary(make_config, tmp_path):
     assert "already holds a run" in held.stderr and "ftcli train\n" not in held.stderr
     unlabeled = accelerate_launch("eval", "-c", str(make_config()), "--split", "test", "--model", str(tmp_path))
     assert unlabeled.returncode != 0 and unlabeled.stderr.count("error: ") == 1, unlabeled.stderr[-3000:]
+
+
+def test_fsdp_launch_config_on_the_cpu_is_refused_once(make_config, tmp_path):
+    """configs/accelerate/fsdp.yaml on a machine without GPUs: one line, not silent DDP on the CPU."""
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           str(REPO / "configs" / "accelerate" / "fsdp.yaml"), "--num_processes", "2",
+           "--main_process_port", str(_free_port()), "-m", "ftcli", "train", "-c", str(make_config())]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode != 0
+    assert out.stderr.count("error: ") == 1, out.stderr[-3000:]
+    assert "asks for FSDP, which shards over GPUs, but this run is on the CPU" in out.stderr
+    assert not (tmp_path / "run").exists()

@@ -1,10 +1,15 @@
-"""The Accelerator, built the same way for train, eval and predict.
+"""Runtime policy: the Accelerator (built the same way for train, eval and predict), precision,
+TF32, CPU features, heap reuse, and which process speaks.
 
-Everything about processes and devices goes through it: ftcli never reads rank variables.
-Batches are *split* (`split_batches=True`): ftcli's samplers produce global batches of
+Everything about processes and devices goes through the Accelerator: ftcli never reads rank
+variables. Batches are *split* (`split_batches=True`): ftcli's samplers produce micro batches of
 `batch_size x processes` rows and the Accelerator hands each process its `batch_size` share.
 That keeps the order of rows, and therefore the training trajectory, independent of how many
 processes share the work (2 x 4 rows trains like 1 x 8), including the last, short batch.
+
+Process-wide settings are made for one run and restored (`accelerator_session`), or, where they
+cannot be undone (glibc's malloc tuning), only by the `ftcli` command itself, never by a library
+call.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import os
 from datetime import timedelta
 from pathlib import Path
 
-from ftcli.config import Config
+from ftcli.config import TrainConfig
 from ftcli.errors import FtcliError
 
 
@@ -27,12 +32,12 @@ def cpu_supports_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def resolve_precision(cfg: Config, on_cuda: bool, on_cpu: bool) -> str | None:
+def resolve_precision(train: TrainConfig, on_cuda: bool, on_cpu: bool) -> str | None:
     """The precision to give the Accelerator, or None to let `accelerate launch
     --mixed_precision` (which reaches us as ACCELERATE_MIXED_PRECISION) decide."""
     if os.environ.get("ACCELERATE_MIXED_PRECISION", "no") not in ("", "no"):
         return None
-    want = cfg.train.mixed_precision
+    want = train.mixed_precision
     if want == "auto":
         # Measured (scripts/bench.py, batch 8, MRPC): on CPUs with native bf16, autocast is ~2x
         # faster than fp32. On an H100, fp32 with TF32 matmuls beat bf16 autocast by 2.2x (MiniLM)
@@ -44,19 +49,19 @@ def resolve_precision(cfg: Config, on_cuda: bool, on_cpu: bool) -> str | None:
     return want
 
 
-def tf32_enabled(cfg: Config) -> bool:
+def tf32_enabled(train: TrainConfig) -> bool:
     """Whether CUDA matmuls run in TF32: as asked, or with `mixed_precision: auto`, where fp32 +
     TF32 measured fastest on an H100 at batch 8. `no` means real fp32."""
-    if cfg.train.tf32 is not None:
-        return cfg.train.tf32
-    return cfg.train.mixed_precision == "auto"
+    if train.tf32 is not None:
+        return train.tf32
+    return train.mixed_precision == "auto"
 
 
-def precision_label(accelerator, cfg: Config) -> str:
+def precision_label(accelerator, train: TrainConfig) -> str:
     """The precision as the start-up summary states it (fp32 + TF32 is not plain fp32)."""
     if accelerator.mixed_precision != "no":
         return accelerator.mixed_precision
-    return "fp32 + TF32" if accelerator.device.type == "cuda" and tf32_enabled(cfg) else "fp32"
+    return "fp32 + TF32" if accelerator.device.type == "cuda" and tf32_enabled(train) else "fp32"
 
 
 def launched_by_accelerate() -> bool:
@@ -81,6 +86,18 @@ def use_cpu() -> bool:
     started then run on the CPU with gloo instead of each being alone in a "distributed" run of one."""
     force = os.environ.get("ACCELERATE_USE_CPU", "false").lower() in ("1", "true", "yes")
     return force or not has_accelerator_device()
+
+
+def sharded_launch() -> str | None:
+    """`FSDP` or `DeepSpeed` when `accelerate launch` was given such a config (Accelerate passes it
+    to the processes as ACCELERATE_USE_FSDP / ACCELERATE_USE_DEEPSPEED), else None."""
+    from accelerate.utils import parse_flag_from_env
+
+    if parse_flag_from_env("ACCELERATE_USE_FSDP"):
+        return "FSDP"
+    if parse_flag_from_env("ACCELERATE_USE_DEEPSPEED"):
+        return "DeepSpeed"
+    return None
 
 
 def has_accelerator_device() -> bool:
@@ -133,42 +150,47 @@ def check_trackers(names: list[str]) -> None:
                              "or remove it from train.report_to")
 
 
-def make_accelerator(cfg: Config, *, gradient_accumulation_steps: int = 1, log_with=None, project_dir=None):
+def make_accelerator(train: TrainConfig, *, gradient_accumulation_steps: int = 1, log_with=None, project_dir=None):
     import torch
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs
 
     cpu = use_cpu()
-    precision = resolve_precision(cfg, on_cuda=torch.cuda.is_available() and not cpu, on_cpu=cpu)
+    if cpu and (sharded := sharded_launch()):
+        raise FtcliError(
+            f"the accelerate launch config asks for {sharded}, which shards over GPUs, but this run is on the CPU "
+            f"({'ACCELERATE_USE_CPU is set' if has_accelerator_device() else 'no GPU here'}): Accelerate would "
+            "quietly run plain multi-process CPU training instead. For CPU processes use "
+            "--config_file configs/accelerate/multi-cpu.yaml")
+    precision = resolve_precision(train, on_cuda=torch.cuda.is_available() and not cpu, on_cpu=cpu)
     accelerator = Accelerator(
         cpu=cpu,
         mixed_precision=precision,
         gradient_accumulation_steps=gradient_accumulation_steps,
         dataloader_config=DataLoaderConfiguration(split_batches=True, even_batches=True),
-        # The learning-rate schedule is defined in optimizer steps; ftcli steps it once per
-        # optimizer step itself (Accelerate would otherwise step it once per process).
+        # The learning-rate schedule is defined in optimizer steps and ftcli steps it itself, once
+        # per optimizer step that was not skipped. (With split_batches Accelerate would also step
+        # it once per step; stepping it in the loop keeps the rule visible there.)
         step_scheduler_with_optimizer=False,
-        kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.train.distributed_timeout_s))],
+        kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=train.distributed_timeout_s))],
         log_with=log_with,
         project_dir=project_dir,
     )
-    if accelerator.device.type == "cpu" and cfg.train.cpu_heap_reuse:
-        reuse_heap_memory()
     return accelerator
 
 
 @contextlib.contextmanager
-def accelerator_session(cfg: Config, **kwargs):
+def accelerator_session(train: TrainConfig, **kwargs):
     """An Accelerator for one command. On exit, trackers are closed, the process group is
     destroyed and Accelerate's process-wide state is cleared, so that one Python session (a
     notebook, the tests) can run `train` and then `evaluate` with other settings."""
     import torch
     from accelerate.state import AcceleratorState, GradientState
 
-    accelerator = make_accelerator(cfg, **kwargs)
+    accelerator = make_accelerator(train, **kwargs)
     tf32_before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     if accelerator.device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32_enabled(cfg)
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32_enabled(train)
     try:
         yield accelerator
     except FtcliError as exc:
@@ -181,11 +203,19 @@ def accelerator_session(cfg: Config, **kwargs):
         GradientState._reset_state()
 
 
+def tune_process_for_training(train: TrainConfig) -> None:
+    """What `ftcli train` does to its own process before training, and a library call does not:
+    glibc heap reuse for CPU training (`train.cpu_heap_reuse`), which cannot be undone."""
+    if train.cpu_heap_reuse and use_cpu():
+        reuse_heap_memory()
+
+
 def reuse_heap_memory() -> bool:
     """Tell glibc's malloc to serve every allocation from the heap and keep freed memory there
     (no mmap, no trimming). Without it, each tensor over 32 MB (the 30k x 384 word-embedding
     gradient) is a fresh mmap whose pages fault in, zero-filled, on every step. Linux/glibc only;
-    a no-op elsewhere. Process-wide and permanent, so only called for CPU training."""
+    a no-op elsewhere. Process-wide and permanent (glibc has no undo), so only the `ftcli train`
+    command calls it, for CPU training: a library call leaves the caller's process alone."""
     import ctypes
     import ctypes.util
 
@@ -198,29 +228,3 @@ def reuse_heap_memory() -> bool:
         return False
     m_trim_threshold, m_mmap_max = -1, -4
     return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2**31 - 1))
-
-
-def dataloader_kwargs(cfg: Config, accelerator) -> dict:
-    """Workers and pinned memory help on GPUs; on CPU the cores are busy with the model, and a
-    worker process only competes with it."""
-    setting = cfg.train.dataloader_workers
-    if accelerator.device.type != "cuda":
-        return {"num_workers": 0 if setting == "auto" else setting}
-    workers = max(0, min(4, (os.cpu_count() or 1) // max(1, accelerator.num_processes) - 1))
-    workers = workers if setting == "auto" else setting
-    return {"num_workers": workers, "pin_memory": True, "persistent_workers": workers > 0}
-
-
-def pad_multiple(cfg: Config, accelerator) -> int | None:
-    """`auto`: 8. Tensor cores want multiples of 8 on GPUs, and on CPU oneDNN's bf16 matmuls ran
-    ~8% faster per step with lengths rounded to 8 (MiniLM, MRPC: 128 -> 118 ms per batch of 8)."""
-    setting = cfg.data.pad_to_multiple_of
-    return 8 if setting == "auto" else setting
-
-
-def padding_mode(cfg: Config, accelerator) -> str:
-    from accelerate.utils import DistributedType
-
-    if cfg.data.padding == "dynamic" and accelerator.distributed_type == DistributedType.XLA:
-        return "buckets"  # every new shape recompiles the XLA graph
-    return cfg.data.padding

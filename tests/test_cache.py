@@ -1,4 +1,4 @@
-"""Data: local formats, columns, labels, the fingerprinted cache, samplers and the collator."""
+"""The prepared-data cache: local formats, columns, labels, the fingerprint, hits and misses."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import config_dict, make_rows, write_jsonl
-from ftcli import data
+from ftcli import build, cache
 from ftcli.config import config_from_dict
 from ftcli.errors import FtcliError
 
@@ -29,7 +29,7 @@ def cfg_for(tiny_model, files, tmp_path, overrides=(), **model):
 
 
 def prep(cfg, logs=None):
-    return data.prepare(cfg, log=(logs.append if logs is not None else lambda *_: None))
+    return cache.prepare(cfg, log=(logs.append if logs is not None else lambda *_: None))
 
 
 def error_of(fn, *args, **kwargs) -> str:
@@ -112,19 +112,19 @@ def test_a_corrupt_cache_is_detected_and_rebuilt(tiny_model, files, tmp_path):
     blob = bytearray(arrow.read_bytes())
     blob[-100] ^= 0xFF
     arrow.write_bytes(bytes(blob))
-    assert "does not match its checksum" in data.verify_cache(first.path)
+    assert "does not match its checksum" in cache.verify_cache(first.path)
     logs = []
     again = prep(cfg, logs)
     assert not again.hit and again.why_missed == "the cached copy was damaged"
     assert any("is damaged" in line for line in logs)
-    assert data.verify_cache(again.path) is None and again.path == first.path
+    assert cache.verify_cache(again.path) is None and again.path == first.path
 
 
 def test_a_truncated_manifest_is_a_miss(tiny_model, files, tmp_path):
     cfg = cfg_for(tiny_model, files, tmp_path)
     first = prep(cfg)
     (first.path / "manifest.json").write_text("{")
-    assert data.verify_cache(first.path) == "manifest.json is unreadable"
+    assert cache.verify_cache(first.path) == "manifest.json is unreadable"
     assert not prep(cfg).hit and prep(cfg).hit
 
 
@@ -227,8 +227,8 @@ def test_hub_dataset_through_the_seams(tiny_model, tmp_path, monkeypatch):
         "validation": datasets.Dataset.from_list(make_rows(8, seed=2), features=features),
     })
     calls = []
-    monkeypatch.setattr(data, "load_hub_dataset", lambda *a: calls.append(a) or hub)
-    monkeypatch.setattr(data, "hub_dataset_revision", lambda d: "a" * 40)
+    monkeypatch.setattr(build, "load_hub_dataset", lambda *a: calls.append(a) or hub)
+    monkeypatch.setattr(cache, "hub_dataset_revision", lambda d: "a" * 40)
     raw = config_dict(tiny_model, {}, tmp_path)
     raw["model"].pop("labels")
     raw["data"].pop("files")
@@ -238,69 +238,9 @@ def test_hub_dataset_through_the_seams(tiny_model, tmp_path, monkeypatch):
     assert p.label_names == ["not_equivalent", "equivalent"]
     assert p.manifest["parts"]["data"] == {"hub": {"path": "glue", "name": "mrpc", "revision": "a" * 40}}
     assert prep(config_from_dict(raw)).hit and len(calls) == 1  # a hit loads nothing
-    monkeypatch.setattr(data, "hub_dataset_revision", lambda d: "b" * 40)
+    monkeypatch.setattr(cache, "hub_dataset_revision", lambda d: "b" * 40)
     assert prep(config_from_dict(raw)).why_missed == "changed: data"
 
 
 # ---------------------------------------------------------------------------------------------
 # Batching
-
-
-def test_length_grouped_sampler_is_seeded_per_epoch_and_groups_lengths():
-    rng = np.random.default_rng(0)
-    lengths = rng.integers(5, 100, size=1000)
-    s = data.LengthGroupedSampler(lengths, global_batch=8, seed=3)
-    e0, e0_again, e1 = s.order(0), s.order(0), s.order(1)
-    assert sorted(e0.tolist()) == list(range(1000))
-    assert (e0 == e0_again).all() and not (e0 == e1).all()
-    s.set_epoch(1)
-    assert list(s) == e1.tolist()
-    # Each megabatch (8 x 50 rows) is sorted longest first.
-    for start in range(0, 1000, 400):
-        chunk = lengths[e0[start:start + 400]]
-        assert (np.diff(chunk) <= 0).all()
-
-    def padding(order):
-        batches = [lengths[order[i:i + 8]] for i in range(0, len(order), 8)]
-        return sum(b.max() * len(b) - b.sum() for b in batches)
-
-    plain = data.LengthGroupedSampler(lengths, global_batch=8, seed=3, group=False).order(0)
-    assert padding(e0) < 0.1 * padding(plain)
-
-
-def test_sorted_sampler_is_longest_first():
-    assert list(data.SortedSampler([3, 9, 1, 9])) == [1, 3, 0, 2]
-
-
-def rows_of(lengths):
-    return [{"input_ids": list(range(1, n + 1)), "attention_mask": [1] * n, "token_type_ids": [0] * n,
-             "length": n, "labels": i % 2, "row_id": i} for i, n in enumerate(lengths)]
-
-
-@pytest.mark.parametrize("kwargs, width", [
-    ({}, 13),
-    ({"multiple_of": 8}, 16),
-    ({"padding": "max_length", "max_length": 40}, 40),
-    ({"padding": "buckets", "buckets": (8, 16, 32), "max_length": 64}, 16),
-    ({"padding": "buckets", "buckets": (8,), "max_length": 20}, 20),
-])
-def test_collator_shapes(kwargs, width):
-    batch = data.Collator(pad_token_id=0, **kwargs)(rows_of([5, 13, 2]))
-    assert batch["input_ids"].shape == (3, width)
-    assert batch["attention_mask"].sum(1).tolist() == [5, 13, 2]
-    assert batch["input_ids"][0, 5:].eq(0).all() and batch["input_ids"][0, :5].tolist() == [1, 2, 3, 4, 5]
-    assert batch["labels"].tolist() == [0, 1, 0] and "row_ids" not in batch
-
-
-def test_collator_static_shapes_for_xla():
-    """Under XLA every distinct shape recompiles: buckets give a handful of shapes only."""
-    collate = data.Collator(pad_token_id=0, padding="buckets", buckets=(32, 64, 128), max_length=128)
-    rng = np.random.default_rng(1)
-    shapes = {tuple(collate(rows_of(rng.integers(1, 128, size=4).tolist()))["input_ids"].shape) for _ in range(50)}
-    assert shapes <= {(4, 32), (4, 64), (4, 128)}
-
-
-def test_collator_row_ids_and_regression_labels():
-    batch = data.Collator(pad_token_id=0, with_row_ids=True, regression=True)(rows_of([2, 3]))
-    assert batch["row_ids"].tolist() == [0, 1]
-    assert batch["labels"].dtype.is_floating_point

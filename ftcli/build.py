@@ -1,0 +1,265 @@
+"""Building a prepared dataset: read the raw files, check columns and labels, tokenize.
+
+`build()` writes into a temporary folder that ftcli.cache owns and publishes; reading a file that
+does not parse names the file and line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ftcli import labels
+from ftcli.config import DATA_FORMATS, Config, DataConfig
+from ftcli.errors import FtcliError
+from ftcli.files import atomic_write_text, checksums
+
+if TYPE_CHECKING:  # pragma: no cover
+    import datasets
+
+
+@contextlib.contextmanager
+def quiet_datasets():
+    """No `datasets` progress bars or log lines while ftcli reports progress itself; the caller's
+    settings are restored afterwards."""
+    import datasets as hfds
+    from datasets.utils import logging as ds_logging
+
+    verbosity, bars = ds_logging.get_verbosity(), hfds.is_progress_bar_enabled()
+    ds_logging.set_verbosity(ds_logging.CRITICAL)
+    hfds.disable_progress_bars()
+    try:
+        yield
+    finally:
+        ds_logging.set_verbosity(verbosity)
+        if bars:
+            hfds.enable_progress_bars()
+
+
+MODEL_COLUMNS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def load_hub_dataset(path: str, name: str | None, revision: str | None):
+    """`datasets.load_dataset` for a Hub dataset (a seam: tests patch it)."""
+    from datasets import load_dataset
+
+    try:
+        return load_dataset(path, name, revision=revision)
+    except Exception as exc:  # noqa: BLE001 - every Hub failure gets the same advice
+        raise FtcliError(
+            f"data.path: cannot load Hub dataset {path!r}{f' ({name})' if name else ''}: "
+            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}; check the name and your network, "
+            "or use data.files with local files"
+        ) from None
+
+
+def load_raw(data: DataConfig, cache_dir: Path | None = None) -> dict[str, datasets.Dataset]:
+    """The raw splits, as Arrow-backed datasets."""
+    if data.path is not None:
+        return dict(load_hub_dataset(data.path, data.name, data.revision))
+    out = {}
+    for split, file in data.files.items():
+        suffix = Path(file).suffix.lower()
+        kwargs = {"delimiter": "\t"} if suffix == ".tsv" else {}
+        if suffix in (".csv", ".tsv"):
+            # The CSV reader fills a short row with nulls without a word: check every row's
+            # field count first (a cache miss only; ~1 s per 250k rows).
+            located = locate_parse_error(Path(file), suffix)
+            if located:
+                raise FtcliError(f"{file}: {located}")
+        try:
+            with quiet_datasets():  # it logs a full traceback when a file fails to parse; ftcli says it in one line
+                from datasets import load_dataset
+
+                ds = load_dataset(
+                    DATA_FORMATS[suffix], data_files=str(file), split="train",
+                    cache_dir=str(cache_dir) if cache_dir else None, **kwargs,
+                )
+        except Exception as exc:  # noqa: BLE001 - parse errors of any kind
+            if "corresponds to no data" in str(exc) or (Path(file).is_file() and Path(file).stat().st_size == 0):
+                raise FtcliError(f"{file}: split {split!r} has no rows; add data or remove the split") from None
+            located = locate_parse_error(Path(file), suffix)
+            if located:
+                raise FtcliError(f"{file}: {located}") from None
+            detail = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            raise FtcliError(f"{file}: cannot read it as {suffix[1:]} ({detail[:200]}); fix the file") from None
+        out[split] = ds
+    return out
+
+
+def locate_parse_error(path: Path, suffix: str) -> str | None:
+    """Where a text data file that failed to load is broken, in words ("line 7: 4 fields, but the
+    header has 3 ..."), or None when this finds nothing: `datasets` only says that generating the
+    dataset failed. Reads the file once more, as the standard library parses it."""
+    import csv
+
+    try:
+        if suffix in (".csv", ".tsv"):
+            delimiter = "\t" if suffix == ".tsv" else ","
+            with open(path, newline="", encoding="utf-8") as f:
+                reader = csv.reader(f, delimiter=delimiter)
+                header = next(reader, None)
+                if header is None:
+                    return None
+                for row in reader:
+                    if row and len(row) != len(header):
+                        name = "tab" if delimiter == "\t" else "comma"
+                        return (f"line {reader.line_num}: {len(row)} fields, but the header has {len(header)} "
+                                f"({', '.join(header)}); quote fields that contain a {name} or a line break, "
+                                "or fix the row")
+        elif suffix == ".jsonl" or suffix == ".json":
+            with open(path, encoding="utf-8") as f:
+                if f.read(64).lstrip().startswith("["):
+                    return None  # one JSON array, not JSON Lines: datasets' own message says more
+                f.seek(0)
+                for number, line in enumerate(f, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        record = json.loads(line)
+                    except ValueError as exc:
+                        return f"line {number}: not valid JSON ({exc.msg}, character {exc.pos + 1}); fix the line"
+                    if not isinstance(record, dict):
+                        return f"line {number}: a JSON Lines row must be an object {{\"column\": value, ...}}"
+    except UnicodeDecodeError as exc:
+        return f"not UTF-8 text (byte {exc.start}); save the file as UTF-8"
+    except (OSError, csv.Error) as exc:
+        return f"cannot read it ({exc})"
+    return None
+
+
+def check_splits(data: DataConfig, *splits: str) -> None:
+    """Fail early, before any tokenization, when a needed split is not among local data files."""
+    if data.files is None:
+        return  # a Hub dataset's splits are known once it is loaded
+    for split in splits:
+        if split not in data.files:
+            raise FtcliError(
+                f"split {split!r} is not in data.files (available: {', '.join(data.files)}); "
+                f"add it to data.files or fix the split name"
+            )
+
+
+def _check_columns(data: DataConfig, raw: dict[str, datasets.Dataset], labels_optional: bool = False) -> None:
+    problems = []
+    for split, ds in raw.items():
+        where = labels.split_source(data, split)
+        if ds.num_rows == 0:
+            problems.append(f"{where}: split {split!r} has no rows; add data or remove the split")
+            continue
+        needed = data.text_columns if labels_optional else (*data.text_columns, data.label_column)
+        for col in needed:
+            if col not in ds.column_names:
+                setting = "data.label_column" if col == data.label_column else "data.text_columns"
+                problems.append(
+                    f"{where}: column {col!r} not found (columns: {', '.join(ds.column_names)}); fix {setting}"
+                )
+        for col in data.text_columns:
+            if col in ds.column_names:
+                column = ds.data.column(col)
+                if column.null_count:
+                    import pyarrow.compute as pc
+
+                    problems += labels.row_lines(pc.is_null(column).combine_chunks(), lambda row: (
+                        f"{where}: row {row + 1}: column {col!r} is empty; fill in or drop the row"))
+    if problems:
+        raise FtcliError("\n".join(problems))
+
+
+def build(cfg: Config, parts: dict[str, Any], key: str, tmp: Path, raw, labels_optional: bool) -> dict[str, Any]:
+    """Tokenize every split of the raw data into `tmp/dataset/<split>` and write `tmp/manifest.json`;
+    return the manifest. The caller (ftcli.cache) owns `tmp` and publishes it."""
+    import datasets as hfds
+    import pyarrow.compute as pc
+
+    from ftcli.modeling import load_tokenizer
+
+    data, model = cfg.data, cfg.model
+    raw = raw if raw is not None else load_raw(data, tmp / "raw")
+    _check_columns(data, raw, labels_optional)
+    names = labels.label_names(model, data, raw)
+    tokenizer = load_tokenizer(model)
+    max_length = parts["settings"]["max_length"]
+    splits = {}
+    for split, ds in raw.items():
+        ids, labelled = labels.label_ids(model, data, ds, split, names)
+        with quiet_datasets():
+            tokenized = _tokenize(ds, tokenizer, data, max_length, tmp / f"map-{split}.arrow")
+            tokenized = tokenized.add_column(
+                "labels", ids.to_numpy(zero_copy_only=False),
+                feature=hfds.Value("float32" if model.is_regression else "int64"),
+            )
+            tokenized.save_to_disk(str(tmp / "dataset" / split))
+        lengths = tokenized.data.column("length")
+        splits[split] = {
+            "rows": tokenized.num_rows,
+            "labeled": labelled,
+            "tokens": int(pc.sum(lengths).as_py()),
+            "max_tokens": int(pc.max(lengths).as_py()),
+            "truncated": int(pc.sum(pc.cast(pc.greater_equal(lengths, max_length), "int64")).as_py()),
+            "source": labels.split_source(data, split),
+        }
+        del tokenized
+    shutil.rmtree(tmp / "raw", ignore_errors=True)
+    for f in tmp.glob("map-*"):
+        f.unlink()
+    from importlib.metadata import version
+
+    manifest = {
+        "key": key,
+        "parts": parts,
+        "label_names": names,
+        "pad_token_id": int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0),
+        "max_length": max_length,
+        "model_input_names": [c for c in MODEL_COLUMNS if c in tokenizer.model_input_names],
+        "splits": splits,
+        "checksums": checksums(tmp, "dataset"),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "ftcli": version("ftcli") if _installed("ftcli") else "dev",
+    }
+    atomic_write_text(tmp / "manifest.json", json.dumps(manifest, indent=2))
+    return manifest
+
+
+def _installed(dist: str) -> bool:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        version(dist)
+        return True
+    except PackageNotFoundError:
+        return False
+
+
+def _tokenize(ds, tokenizer, data: DataConfig, max_length: int, cache_file: Path):
+    cols = data.text_columns
+    keep = [c for c in MODEL_COLUMNS if c in tokenizer.model_input_names]
+
+    def encode(batch):
+        texts = [batch[c] for c in cols]
+        enc = tokenizer(*texts, truncation=True, max_length=max_length)
+        out = {c: enc[c] for c in keep}
+        out["length"] = [len(x) for x in enc["input_ids"]]
+        return out
+
+    import datasets as hfds
+
+    features = hfds.Features(
+        {**{c: hfds.List(hfds.Value("int32" if c == "input_ids" else "int8")) for c in keep},
+         "length": hfds.Value("int32")}
+    )
+    return ds.map(
+        encode,
+        batched=True,
+        batch_size=1000,
+        remove_columns=ds.column_names,
+        features=features,
+        num_proc=data.num_proc,
+        cache_file_name=str(cache_file),
+        new_fingerprint=cache_file.stem,
+        load_from_cache_file=False,
+    )

@@ -1,0 +1,286 @@
+"""The prepared-data cache: a content fingerprint, a hit or a miss, and publishing a build.
+
+The prepared dataset lives in `<data.cache_dir>/<name>-<key>/`, where `key` hashes everything
+that decides its bytes: the data (file contents, or the Hub dataset revision), the tokenizer's
+files, every preprocessing setting and `CACHE_FORMAT`. `manifest.json` beside it records those
+parts, the label names and a checksum of every file, so a later run can tell a hit from a miss,
+say why it missed, and notice a corrupt cache.
+
+A cache hit costs no import of datasets or transformers: the fingerprint is computed from files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ftcli.build import build, load_raw
+from ftcli.config import Config, DataConfig
+from ftcli.errors import FtcliError
+from ftcli.files import atomic_write_text, sha256_file, verify_checksums
+from ftcli.sources import TOKENIZER_FILES, tokenizer_folder
+
+if TYPE_CHECKING:  # pragma: no cover
+    import datasets
+
+
+CACHE_FORMAT = 1
+"""Bump when the layout or contents of a prepared dataset change: every old cache then misses."""
+
+
+def tokenizer_fingerprint(folder: Path) -> dict[str, str]:
+    files = {n: sha256_file(folder / n) for n in TOKENIZER_FILES if (folder / n).is_file()}
+    if not files:
+        raise FtcliError(f"model folder {str(folder)!r} holds no tokenizer files (tokenizer.json, vocab.txt, ...)")
+    return files
+
+
+class _HashMemo:
+    """Remembers file hashes by (size, mtime, inode), as git's index does, so a cache hit on a large
+    data file does not re-read it. Stored in the cache folder; a missing or stale memo only costs
+    a re-hash."""
+
+    def __init__(self, cache_dir: Path):
+        self.path = cache_dir / "file-hashes.json"
+        try:
+            self.memo = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            self.memo = {}
+        self.dirty = False
+
+    def sha256(self, file: Path) -> str:
+        st = file.stat()
+        stamp = f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
+        key = str(file.resolve())
+        hit = self.memo.get(key)
+        if hit and hit[0] == stamp:
+            return hit[1]
+        digest = sha256_file(file)
+        self.memo[key] = [stamp, digest]
+        self.dirty = True
+        return digest
+
+    def save(self) -> None:
+        if self.dirty:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write_text(self.path, json.dumps(self.memo))
+            except OSError:
+                pass
+
+
+def _data_fingerprint(data: DataConfig, memo: _HashMemo) -> dict[str, Any]:
+    if data.files is not None:
+        out = {}
+        for split, file in data.files.items():
+            path = Path(file)
+            if not path.is_file():
+                raise FtcliError(
+                    f"data.files.{split}: file {file!r} not found (paths are relative to {os.getcwd()}); fix the path"
+                )
+            try:
+                out[split] = {"file": file, "sha256": memo.sha256(path)}
+            except OSError as exc:
+                raise FtcliError(f"data.files.{split}: cannot read {file!r} ({exc.strerror})") from None
+        return {"files": out}
+    return {"hub": {"path": data.path, "name": data.name, "revision": hub_dataset_revision(data)}}
+
+
+def hub_dataset_revision(data: DataConfig) -> str:
+    """The commit a Hub dataset reference resolves to (a seam: tests patch it). Offline, a pinned
+    40-character revision is trusted as is; otherwise the revision name stands in for it and the
+    cache key also carries the loaded data's own fingerprint."""
+    rev = data.revision or "main"
+    if len(rev) == 40 and all(c in "0123456789abcdef" for c in rev):
+        return rev
+    try:
+        from huggingface_hub import HfApi
+
+        return HfApi().dataset_info(data.path, revision=data.revision).sha or rev
+    except Exception:  # noqa: BLE001 - offline or unreachable: fall back to the name
+        return f"unresolved:{rev}"
+
+
+def fingerprint(cfg: Config, memo: _HashMemo | None = None) -> dict[str, Any]:
+    """Every input that decides the prepared dataset's bytes."""
+    from importlib.metadata import version
+
+    memo = memo or _HashMemo(Path(cfg.data.cache_dir))
+    d = cfg.data
+    folder = tokenizer_folder(cfg.model)
+    return {
+        "format": CACHE_FORMAT,
+        "data": _data_fingerprint(d, memo),
+        "tokenizer": tokenizer_fingerprint(folder),
+        "settings": {
+            "text_columns": d.text_columns,
+            "label_column": d.label_column,
+            # Resolved, so that a run's saved config (which spells the value out) keys the same cache.
+            "max_length": d.max_length or tokenizer_max_length(folder),
+            "labels": cfg.model.labels,
+            "num_labels": cfg.model.num_labels,
+            "tokenizers": version("tokenizers"),
+        },
+    }
+
+
+def tokenizer_max_length(folder: Path) -> int:
+    """The tokenizer's own limit, capped at 512 (BERT's position embeddings): `model_max_length`
+    from tokenizer_config.json, read as a file so a cache hit imports no transformers."""
+    try:
+        limit = json.loads((folder / "tokenizer_config.json").read_text()).get("model_max_length")
+    except (OSError, ValueError):
+        limit = None
+    return min(int(limit), 512) if isinstance(limit, (int, float)) and limit > 0 else 512
+
+
+def _key(parts: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
+class Prepared:
+    """A tokenized dataset on disk, described by its manifest."""
+
+    path: Path
+    manifest: dict[str, Any]
+    hit: bool = False
+    why_missed: str | None = None
+    seconds: float = 0.0
+    _splits: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def label_names(self) -> list[str]:
+        return self.manifest["label_names"]
+
+    @property
+    def is_regression(self) -> bool:
+        return self.manifest["label_names"] == []
+
+    @property
+    def num_labels(self) -> int:
+        return 1 if self.is_regression else len(self.label_names)
+
+    @property
+    def pad_token_id(self) -> int:
+        return self.manifest["pad_token_id"]
+
+    @property
+    def max_length(self) -> int:
+        return self.manifest["max_length"]
+
+    def split_info(self, split: str) -> dict[str, Any]:
+        splits = self.manifest["splits"]
+        if split not in splits:
+            raise FtcliError(
+                f"split {split!r} is not in the data (available: {', '.join(splits)}); "
+                "fix data.train_split / data.validation_split / eval.split, or add it to data.files"
+            )
+        return splits[split]
+
+    def split(self, split: str) -> datasets.Dataset:
+        """The tokenized rows of a split (memory-mapped Arrow, not Python objects)."""
+        self.split_info(split)
+        if split not in self._splits:
+            from datasets import load_from_disk
+
+            self._splits[split] = load_from_disk(str(self.path / "dataset" / split))
+        return self._splits[split]
+
+
+def prepare(cfg: Config, *, log=print, labels_optional: bool = False) -> Prepared:
+    """Return the prepared dataset for `cfg`, building it when the cache has no valid copy.
+    `labels_optional`: splits without the label column are unlabelled rather than an error
+    (prediction inputs)."""
+    start = time.perf_counter()
+    cache_dir = Path(cfg.data.cache_dir)
+    memo = _HashMemo(cache_dir)
+    parts = fingerprint(cfg, memo)
+    memo.save()
+    raw = None
+    if parts["data"].get("hub", {}).get("revision", "").startswith("unresolved:"):
+        # Offline with a branch name: the loaded data's own fingerprint stands in for the commit.
+        raw = load_raw(cfg.data)
+        parts["data"]["hub"]["loaded"] = {s: ds._fingerprint for s, ds in raw.items()}
+    key = _key(parts)
+    folder = cache_dir / f"{_slug(cfg.data)}-{key}"
+    if verify_cache(folder) is None:  # a hit needs no lock: a published cache is never modified
+        manifest = json.loads((folder / "manifest.json").read_text())
+        return Prepared(folder, manifest, hit=True, seconds=time.perf_counter() - start)
+    from filelock import FileLock
+
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    # One builder per key, whether the others are processes of one `accelerate launch` or
+    # separate commands: they wait here, then find the finished cache.
+    with FileLock(str(cache_dir / f".{key}.lock")):
+        problem = verify_cache(folder)
+        if problem is None:
+            manifest = json.loads((folder / "manifest.json").read_text())
+            return Prepared(folder, manifest, hit=True, seconds=time.perf_counter() - start)
+        if problem != "missing":
+            log(f"cache {folder} is damaged ({problem}); rebuilding it")
+            why = "the cached copy was damaged"
+        else:
+            why = _why_missed(cache_dir, parts)
+        tmp = cache_dir / f".tmp-{key}-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        try:
+            manifest = build(cfg, parts, key, tmp, raw, labels_optional)
+            if folder.exists():  # damaged (we hold the lock, so no other builder is publishing)
+                stale = folder.with_name(folder.name + f".stale-{os.getpid()}")
+                os.replace(folder, stale)
+                shutil.rmtree(stale, ignore_errors=True)
+            os.replace(tmp, folder)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return Prepared(folder, manifest, hit=False, why_missed=why, seconds=time.perf_counter() - start)
+
+
+def _slug(d: DataConfig) -> str:
+    if d.path:
+        base = "-".join(p for p in (d.path.split("/")[-1], d.name) if p)
+    else:
+        first = next(iter(d.files.values()))
+        base = Path(first).parent.name or Path(first).stem
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in base)[:40] or "data"
+
+
+def verify_cache(folder: Path) -> str | None:
+    """None when `folder` holds a complete, intact prepared dataset; otherwise what is wrong."""
+    manifest_path = folder / "manifest.json"
+    if not manifest_path.is_file():
+        return "missing"
+    try:
+        expected = json.loads(manifest_path.read_text())["checksums"]
+    except (OSError, ValueError, KeyError):
+        return "manifest.json is unreadable"
+    return verify_checksums(folder, expected)
+
+
+def _why_missed(cache_dir: Path, parts: dict[str, Any]) -> str:
+    """Name what changed against the closest earlier prepared dataset, for the user."""
+    best: tuple[int, list[str]] | None = None
+    for manifest_path in cache_dir.glob("*/manifest.json"):
+        try:
+            old = json.loads(manifest_path.read_text())["parts"]
+        except (OSError, ValueError, KeyError):
+            continue
+        changed = []
+        for section in ("format", "data", "tokenizer"):
+            if old.get(section) != parts[section]:
+                changed.append({"format": "cache format", "data": "data", "tokenizer": "tokenizer"}[section])
+        for name, value in parts["settings"].items():
+            if old.get("settings", {}).get(name) != value:
+                changed.append(name)
+        if best is None or len(changed) < best[0]:
+            best = (len(changed), changed)
+    if best is None:
+        return "first build"
+    return "changed: " + ", ".join(best[1]) if best[1] else "rebuilt"

@@ -1,0 +1,60 @@
+"""Writing and checking files: atomic writes, sha256, folder checksums.
+
+Shared by the data cache and checkpoints, which both publish a folder only when complete and
+verify it, file by file, before they trust it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write `path` through a temporary file and a rename: readers see the old or the new file, never half."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def checksums(folder: Path, under: str | None = None) -> dict[str, list]:
+    """`{relative path: [size, sha256]}` for every file below `folder` (or its subfolder `under`)."""
+    root = folder / under if under else folder
+    return {str(p.relative_to(folder)): [p.stat().st_size, sha256_file(p)]
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def verify_checksums(folder: Path, expected: dict[str, list]) -> str | None:
+    """None when every listed file is present with its size and sha256; otherwise what is wrong."""
+    for rel, (size, digest) in expected.items():
+        path = folder / rel
+        if not path.is_file():
+            return f"{rel} is missing"
+        if path.stat().st_size != size:
+            return f"{rel} is truncated or altered (size {path.stat().st_size}, expected {size})"
+        if sha256_file(path) != digest:
+            return f"{rel} does not match its checksum"
+    return None
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename inside `path` durable (best effort: not every filesystem supports it)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # e.g. a filesystem without directory fsync: the rename is still atomic
+    finally:
+        os.close(fd)

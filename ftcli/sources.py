@@ -1,0 +1,92 @@
+"""Where a model or tokenizer comes from: a folder inside an installed Python package
+(`package:<pkg>/<folder>`), a local folder, or a Hugging Face Hub id.
+
+One resolution, one set of error messages, for the data cache (which hashes the tokenizer's
+files) and for loading (ftcli.modeling). No heavy imports.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ftcli.config import ModelConfig
+from ftcli.errors import FtcliError
+
+PACKAGE_PREFIX = "package:"
+
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+    "vocab.txt", "vocab.json", "merges.txt", "spiece.model", "sentencepiece.bpe.model",
+    "tokenizer.model", "chat_template.jinja",
+)
+"""Files that decide how text is tokenized (hashed into the cache key)."""
+
+
+def resolve_package_path(name: str) -> str:
+    """Turn `package:<pkg>/<folder>` into the folder inside the installed package; other names
+    (Hub ids, local folders) are returned unchanged. The package is located without importing it."""
+    if not name.startswith(PACKAGE_PREFIX):
+        return name
+    spec_text = name[len(PACKAGE_PREFIX):].strip("/")
+    package, _, sub = spec_text.partition("/")
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec(package) if package else None
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise FtcliError(
+            f"model {name!r}: Python package {package!r} is not installed; "
+            f"install it (pip install {package.replace('_', '-')}) or point name_or_path at a model folder"
+        )
+    folder = Path(list(spec.submodule_search_locations)[0]) / sub
+    if not folder.is_dir():
+        raise FtcliError(f"model {name!r}: package {package!r} has no folder {sub!r} ({folder})")
+    return str(folder)
+
+
+def looks_like_path(name: str) -> bool:
+    """A name meant as a folder (`./m`, `/abs`, `~/m`, `a/b/c`), never a Hub id (`org/name`)."""
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
+
+
+def locate(name: str, field: str) -> str:
+    """A local folder (as a path string) or a Hub id. A path-looking name that does not exist,
+    or a file where a folder is expected, is an error naming `field`."""
+    resolved = resolve_package_path(name)
+    local = Path(resolved).expanduser()
+    if local.exists():
+        if not local.is_dir():
+            raise FtcliError(f"{field}: {resolved!r} is a file; give the model's folder")
+        return str(local)
+    if looks_like_path(resolved):
+        raise FtcliError(f"{field}: folder {resolved!r} does not exist; fix the path or give a Hub model id")
+    return resolved
+
+
+def tokenizer_field(model: ModelConfig) -> str:
+    return "model.tokenizer" if model.tokenizer else "model.name_or_path"
+
+
+def tokenizer_folder(model: ModelConfig) -> Path:
+    """A local folder holding the tokenizer's files (downloaded from the Hub when needed)."""
+    source = locate(model.tokenizer_name, tokenizer_field(model))
+    return Path(source) if Path(source).is_dir() else hub_tokenizer_snapshot(source, model.revision)
+
+
+def hub_tokenizer_snapshot(repo_id: str, revision: str | None) -> Path:
+    """Download (or find in the local Hub cache) the tokenizer files of a Hub model. A seam: tests
+    patch it."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(
+            snapshot_download(repo_id, revision=revision, allow_patterns=list(TOKENIZER_FILES) + ["config.json"])
+        )
+    except Exception as exc:  # noqa: BLE001 - any Hub failure is reported the same way
+        raise FtcliError(
+            f"model {repo_id!r}: cannot fetch its tokenizer from the Hugging Face Hub "
+            f"({type(exc).__name__}); check the id and your network, or point model.name_or_path at a local folder"
+        ) from None

@@ -1,0 +1,75 @@
+"""`from ftcli import train` in a notebook leaves the process as it found it: torch flags,
+matplotlib's backend, datasets' and transformers' logging and progress bars, signal handlers,
+Accelerate's state, and glibc's malloc (heap reuse is the `ftcli train` command's alone)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import make_rows, write_jsonl
+
+pytestmark = pytest.mark.slow
+
+SCRIPT = r'''
+import json, signal, sys
+import matplotlib
+matplotlib.use("svg")  # stands in for a notebook's inline backend
+import datasets, torch
+from datasets.utils import logging as ds_logging
+from transformers.utils import logging as tf_logging
+from accelerate.state import AcceleratorState, PartialState
+
+import ftcli.runtime
+heap = []
+ftcli.runtime.reuse_heap_memory = lambda: heap.append(1) or True
+
+def snapshot():
+    return {
+        "tf32": [torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32],
+        "threads": torch.get_num_threads(), "grad": torch.is_grad_enabled(),
+        "dtype": str(torch.get_default_dtype()), "backend": matplotlib.get_backend(),
+        "datasets": [ds_logging.get_verbosity(), datasets.is_progress_bar_enabled()],
+        "transformers": [tf_logging.get_verbosity(), tf_logging.is_progress_bar_enabled()],
+        "signals": [repr(signal.getsignal(signal.SIGINT)), repr(signal.getsignal(signal.SIGTERM))],
+        "accelerate": [len(PartialState._shared_state), len(AcceleratorState._shared_state)],
+    }
+
+torch.backends.cuda.matmul.allow_tf32 = True  # the caller's own choice: it must survive
+ds_logging.set_verbosity_info()
+before = snapshot()
+from ftcli import evaluate, load_config, predict, train
+from ftcli.console import Reporter
+
+cfg = load_config(sys.argv[1])
+train(cfg, reporter=Reporter(mode="quiet"))
+predict(cfg, sys.argv[2], sys.argv[3], reporter=Reporter(mode="quiet"))
+evaluate(cfg, reporter=Reporter(mode="quiet"))
+print(json.dumps({"before": before, "after": snapshot(), "heap": len(heap)}))
+'''
+
+
+def test_train_predict_evaluate_leave_the_process_as_they_found_it(make_config, tmp_path):
+    cfg = make_config(epochs=1, data={"cache_dir": str(tmp_path / "fresh-cache")})  # a cache miss builds
+    source = write_jsonl(tmp_path / "new.jsonl", make_rows(5, seed=9))
+    out = subprocess.run([sys.executable, "-c", SCRIPT, str(cfg), str(source), str(tmp_path / "p.jsonl")],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["after"] == result["before"]
+    assert result["heap"] == 0  # glibc's malloc tuning cannot be undone: only `ftcli train` makes it
+    assert (tmp_path / "run" / "learning_curves.png").stat().st_size > 10_000  # drawn without pyplot's backend
+
+
+def test_the_train_command_reuses_the_heap_for_cpu_training(monkeypatch):
+    from ftcli import runtime
+    from ftcli.config import TrainConfig
+
+    calls = []
+    monkeypatch.setattr(runtime, "reuse_heap_memory", lambda: calls.append(1))
+    runtime.tune_process_for_training(TrainConfig())
+    runtime.tune_process_for_training(TrainConfig(cpu_heap_reuse=False))
+    assert calls == [1]
