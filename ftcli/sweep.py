@@ -1,0 +1,436 @@
+"""`ftcli sweep`: hyperparameter search with Optuna, over ordinary ftcli runs.
+
+Each trial is a normal run folder, `<output_dir>/trials/NNNN/`, trained by `ftcli.training.train`
+from the sweep's config with the trial's values set. The prepared data is shared through the
+cache (trials that change no preprocessing setting hit it). The study lives in a database, so:
+
+- the same command run again continues the study, keeping finished trials;
+- a trial that died with its process (kill -9, a lost machine) is found by its stopped heartbeat,
+  marked failed and retried once with the same values; so is one stopped by SIGINT/SIGTERM;
+- several `ftcli sweep` processes pointed at one storage share the study: Optuna hands each
+  trial to one worker, and the study stops when `sweep.trials` trials have finished.
+
+Outputs in `output_dir`: `sweep.db` (the default storage), `sweep.json` (every trial),
+`best.yaml` (the best trial's full config, which `ftcli train --config` runs as is),
+`sweep.png` (optimization history and parameter importances), `trials/`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shlex
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ftcli.config import Config, SweepConfig, config_from_dict
+from ftcli.console import Reporter, format_duration
+from ftcli.errors import FtcliError, TrainingInterrupted
+from ftcli.files import atomic_write_text
+
+TRIALS = "trials"
+RETRY_OF = "ftcli_retry_of"  # user attribute of a trial that re-runs a failed one
+
+
+def metric_of(cfg: Config) -> str:
+    """`sweep.metric`, or the last metric `eval.metric` computes (f1 for two labels, ...)."""
+    if cfg.sweep.metric:
+        return cfg.sweep.metric
+    from ftcli.evaluation import metric_keys, metric_name
+
+    labels = cfg.model.labels or (["a", "b"] if not cfg.model.is_regression else [])
+    return metric_keys(metric_name(cfg.eval, labels))[-1]
+
+
+def storage_url(sweep: SweepConfig, out: Path, override: str | None) -> str:
+    url = override or sweep.storage or f"sqlite:///{out / 'sweep.db'}"
+    if not url.startswith(("sqlite://", "postgresql", "mysql", "oracle", "mssql", "journal:")):
+        raise FtcliError(f"sweep storage {url!r}: give an SQLAlchemy URL (sqlite:///sweep.db, postgresql://..., "
+                         "mysql://...) or journal:PATH")
+    return url
+
+
+def open_storage(url: str, heartbeat_s: int):
+    """The study's storage; database storages record heartbeats, so a dead worker's trial is found."""
+    import optuna
+    from optuna.storages import JournalStorage, RDBStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    if url.startswith("journal:"):
+        path = Path(url.removeprefix("journal:"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(path)))
+    try:
+        return RDBStorage(url, heartbeat_interval=heartbeat_s, grace_period=2 * heartbeat_s)
+    except (ImportError, optuna.exceptions.StorageInternalError, Exception) as exc:  # noqa: BLE001 - driver, URL, server
+        raise FtcliError(f"sweep storage {url!r}: cannot open it ({str(exc).splitlines()[0][:200]})") from None
+
+
+def _sampler(sweep: SweepConfig, seed: int):
+    import optuna
+
+    if sweep.sampler == "grid":
+        missing = [k for k, spec in sweep.space.items() if spec.choices is None]
+        if missing:
+            raise FtcliError(f"sweep.sampler: grid needs choices for every searched setting; give choices for "
+                             f"{', '.join(missing)}")
+        return optuna.samplers.GridSampler({k: spec.choices for k, spec in sweep.space.items()}, seed=seed)
+    if sweep.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed)
+
+
+def _pruner(sweep: SweepConfig):
+    import optuna
+
+    if sweep.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=sweep.pruner_startup_trials)
+    if sweep.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner()
+    return optuna.pruners.NopPruner()
+
+
+def suggest(trial, cfg: Config) -> dict[str, Any]:
+    """The trial's values, typed like the settings they replace (integers stay integers)."""
+    values = {}
+    for key, spec in cfg.sweep.space.items():
+        section, _, name = key.partition(".")
+        current = getattr(getattr(cfg, section), name)
+        if spec.choices is not None:
+            values[key] = trial.suggest_categorical(key, spec.choices)
+        elif isinstance(current, int) and not isinstance(current, bool):
+            values[key] = trial.suggest_int(key, int(spec.low), int(spec.high), log=spec.log,
+                                            step=int(spec.step) if spec.step else 1)
+        else:
+            values[key] = trial.suggest_float(key, spec.low, spec.high, log=spec.log, step=spec.step)
+    return values
+
+
+def trial_config(cfg: Config, values: dict[str, Any], run: Path) -> Config:
+    """The sweep's config with the trial's values and its own run folder, without the sweep section."""
+    raw = cfg.to_dict()
+    raw.pop("sweep")
+    for key, value in values.items():
+        section, _, name = key.partition(".")
+        raw[section][name] = value
+    raw["train"]["output_dir"] = str(run)
+    return config_from_dict(raw, source=cfg.source_path or "<config>")
+
+
+def sweep(
+    config: Config | str | Path,
+    *,
+    trials: int | None = None,
+    timeout_s: int | None = None,
+    storage: str | None = None,
+    study_name: str | None = None,
+    reporter: Reporter | None = None,
+) -> dict[str, Any]:
+    """Run (or continue) the study that `config`'s `sweep:` section describes until it has
+    `trials` finished trials; return the summary also written to `output_dir/sweep.json`."""
+    import optuna
+
+    from ftcli.config import as_config
+
+    from ftcli.runtime import launched_by_accelerate
+
+    cfg = as_config(config)
+    if launched_by_accelerate():
+        from accelerate import PartialState
+
+        from ftcli.runtime import use_cpu
+
+        if PartialState(cpu=use_cpu()).num_processes > 1:
+            raise FtcliError("ftcli sweep runs each trial in one process; under accelerate launch with several "
+                             "processes it is not supported yet. Run several `ftcli sweep` workers on one --storage "
+                             "instead: they share the study")
+    if cfg.sweep is None:
+        raise FtcliError(f"{cfg.source_path or 'config'}: no sweep section; add sweep: {{space: {{train.learning_rate: "
+                         "{low: 1.0e-5, high: 1.0e-4, log: true}}}} (see the README's Sweeps section)")
+    sw, out = cfg.sweep, Path(cfg.train.output_dir)
+    if out.exists() and not out.is_dir():
+        raise FtcliError(f"train.output_dir {str(out)!r} is a file, not a folder; choose another output_dir")
+    metric = metric_of(cfg)
+    wanted = trials or sw.trials
+    url = storage_url(sw, out, storage)
+    name = study_name or sw.study or out.name or "ftcli"
+    reporter = reporter or Reporter()
+    out.mkdir(parents=True, exist_ok=True)
+    with _quiet_optuna():
+        study = optuna.create_study(
+            storage=open_storage(url, sw.heartbeat_s), sampler=_sampler(sw, cfg.train.seed), pruner=_pruner(sw),
+            study_name=name, direction="minimize" if metric == "loss" else "maximize", load_if_exists=True)
+        _check_same_search(study, cfg, metric)
+        retried = _retry_failed(study)
+        table = TrialTable(reporter, metric, wanted)
+        table.start(study, url, retried)
+
+        def objective(trial) -> float:
+            return _run_trial(trial, cfg, metric, out, table)
+
+        finished = _finished(study)
+        if finished < wanted:
+            from optuna.study import MaxTrialsCallback
+            from optuna.trial import TrialState
+
+            try:
+                study.optimize(objective, timeout=timeout_s or sw.timeout_s, gc_after_trial=True, callbacks=[
+                    MaxTrialsCallback(wanted, states=(TrialState.COMPLETE, TrialState.PRUNED)),
+                    lambda study, trial: (table.trial_finished(trial), _after_trial(study, cfg, out, metric, url)),
+                ])
+            except TrainingInterrupted as exc:
+                command = f"ftcli sweep --config {shlex.quote(cfg.source_path or '<config>')}" + (
+                    f" --storage {shlex.quote(url)}" if storage else "") + (f" --study {shlex.quote(name)}" if study_name else "")
+                raise TrainingInterrupted(f"sweep interrupted: the running trial wrote a checkpoint; run the same "
+                                          f"command to continue the study: {command}" if str(exc) else "",
+                                          exc.exit_code) from None
+        summary = _after_trial(study, cfg, out, metric, url)
+        table.finish(summary)
+    return summary
+
+
+def _run_trial(trial, cfg: Config, metric: str, out: Path, table: TrialTable) -> float:
+    import optuna
+
+    from ftcli.training import train
+
+    values = suggest(trial, cfg)
+    run = out / TRIALS / f"{trial.number:04d}"
+    trial.set_user_attr("run_dir", str(run))
+    table.trial_started(trial.number, values)
+
+    def report(step: int, result: dict[str, Any]) -> bool:
+        trial.report(result[metric], step)
+        table.trial_progress(trial.number, step, result[metric])
+        return trial.should_prune()
+
+    start = time.perf_counter()
+    result = train(trial_config(cfg, values, run), overwrite=run.exists(), on_eval=report,
+                   reporter=Reporter(enabled=False))  # the sweep reports trials itself
+    trial.set_user_attr("seconds", round(time.perf_counter() - start, 2))
+    trial.set_user_attr("steps", result["steps"])
+    trial.set_user_attr("data_cache", result["data"]["cache"])
+    if result["eval"] is None or metric not in result["eval"]:
+        raise FtcliError(f"sweep.metric: the trial's validation reported no {metric!r}; choose one of "
+                         f"{', '.join(result['eval'] or {}) or '(no validation split)'}")
+    if result["stopped"] == "pruned":
+        raise optuna.TrialPruned()
+    return result["eval"][metric]
+
+
+def _finished(study) -> int:
+    from optuna.trial import TrialState
+
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+
+
+def _check_same_search(study, cfg: Config, metric: str) -> None:
+    """A study continued by another command must search the same thing for the same metric."""
+    attrs = study.user_attrs
+    search = {"metric": metric, "space": {k: v.model_dump() for k, v in cfg.sweep.space.items()}}
+    if not attrs.get("ftcli_search"):
+        study.set_user_attr("ftcli_search", search)
+        return
+    if attrs["ftcli_search"] != search:
+        raise FtcliError(f"study {study.study_name!r} searches {json.dumps(attrs['ftcli_search'], sort_keys=True)}, "
+                         "not this config's sweep; use another --study name or output_dir")
+
+
+def _retry_failed(study) -> list[int]:
+    """Queue each failed trial's values once more (a trial that died with its process, or was
+    interrupted); a retry that fails too is not retried again."""
+    from optuna.storages import fail_stale_trials
+    from optuna.trial import TrialState
+
+    fail_stale_trials(study)  # running trials whose heartbeat stopped: their process died
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.user_attrs.get(RETRY_OF) for t in trials}
+    queued = []
+    for t in trials:
+        if t.state == TrialState.FAIL and RETRY_OF not in t.user_attrs and t.number not in retried and t.params:
+            study.enqueue_trial(t.params, user_attrs={RETRY_OF: t.number}, skip_if_exists=False)
+            queued.append(t.number)
+    return queued
+
+
+def _after_trial(study, cfg: Config, out: Path, metric: str, url: str) -> dict[str, Any]:
+    """Rewrite sweep.json and best.yaml, drop models that are no longer the best, redraw sweep.png."""
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    best = None
+    if complete:
+        best = study.best_trial
+    rows = [{
+        "number": t.number, "state": t.state.name.lower(), "params": t.params, "value": t.value,
+        "intermediate": {str(k): v for k, v in sorted(t.intermediate_values.items())},
+        "seconds": t.user_attrs.get("seconds"), "steps": t.user_attrs.get("steps"),
+        "data_cache": t.user_attrs.get("data_cache"), "run_dir": t.user_attrs.get("run_dir"),
+        "retry_of": t.user_attrs.get(RETRY_OF),
+    } for t in trials]
+    summary = {
+        "study": study.study_name, "storage": url, "metric": metric, "direction": study.direction.name.lower(),
+        "trials": rows,
+        "finished": sum(r["state"] in ("complete", "pruned") for r in rows),
+        "pruned": sum(r["state"] == "pruned" for r in rows),
+        "failed": sum(r["state"] == "fail" for r in rows),
+        "best": {"number": best.number, "value": best.value, "params": best.params,
+                 "run_dir": best.user_attrs.get("run_dir"), "config": str(out / "best.yaml")} if best else None,
+    }
+    atomic_write_text(out / "sweep.json", json.dumps(summary, indent=2, default=str))
+    if best is not None:
+        best_cfg = trial_config(cfg, best.params, out / "best")
+        header = (f"# ftcli train --config {out / 'best.yaml'}\n#\n# The best trial ({best.number}) of study "
+                  f"{study.study_name!r}: {metric} {best.value:.4f}. Written by ftcli sweep.\n")
+        atomic_write_text(out / "best.yaml", header + yaml.safe_dump(
+            {k: v for k, v in best_cfg.to_dict().items() if k != "sweep"}, sort_keys=False))
+    if cfg.sweep.keep_models == "best":
+        keep = best.user_attrs.get("run_dir") if best else None
+        for t in trials:
+            run = t.user_attrs.get("run_dir")
+            if run and run != keep and t.state in (TrialState.COMPLETE, TrialState.PRUNED):
+                for entry in ("model", "checkpoints"):
+                    shutil.rmtree(Path(run) / entry, ignore_errors=True)
+    _plot(study, out / "sweep.png")
+    return summary
+
+
+def _plot(study, path: Path) -> None:
+    """Optimization history and parameter importances side by side (importances need two
+    completed trials)."""
+    import os
+
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from optuna.trial import TrialState
+
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        return
+    import matplotlib.pyplot as plt
+    import optuna.visualization.matplotlib as ovm
+
+    images = []
+    with warnings_off():
+        panels = [ovm.plot_optimization_history]
+        if len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) >= 2 and len(study.best_trial.params) >= 1:
+            panels.append(ovm.plot_param_importances)
+        for draw in panels:
+            try:
+                axes = draw(study)
+            except (ValueError, RuntimeError):
+                continue  # e.g. importances of a single distinct value
+            fig = axes.figure
+            fig.set_size_inches(6.5, 4.2)
+            fig.canvas.draw()
+            images.append(np.asarray(fig.canvas.buffer_rgba()))
+            plt.close(fig)  # optuna draws through pyplot: leave no figure registered
+    canvas = Figure(figsize=(6.5 * len(images), 4.2), layout="constrained")
+    FigureCanvasAgg(canvas)
+    for i, image in enumerate(images):
+        ax = canvas.add_subplot(1, len(images), i + 1)
+        ax.imshow(image)
+        ax.axis("off")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
+    canvas.savefig(tmp, dpi=100)
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def warnings_off():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # optuna marks its matplotlib plots experimental
+        yield
+
+
+@contextlib.contextmanager
+def _quiet_optuna():
+    """ftcli reports trials itself; Optuna's own INFO lines are silenced for the sweep only."""
+    import optuna
+
+    level = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(level)
+
+
+class TrialTable:
+    """The trials as they run: a live table at a terminal, one line per event in a pipe."""
+
+    def __init__(self, reporter: Reporter, metric: str, wanted: int):
+        self.reporter, self.metric, self.wanted = reporter, metric, wanted
+        self.rows: dict[int, dict[str, Any]] = {}
+        self.live = None
+        self.start_time = time.perf_counter()
+
+    def start(self, study, url: str, retried: list[int]) -> None:
+        done = _finished(study)
+        self.reporter.info(f"sweep {study.study_name!r} ({url}): {self.metric} ({study.direction.name.lower()}), "
+                           f"{done}/{self.wanted} trials finished"
+                           + (f"; retrying failed trial(s) {', '.join(map(str, retried))}" if retried else ""))
+        if self.reporter.enabled and self.reporter.mode == "rich":
+            from rich.live import Live
+
+            self.live = Live(self._render(), console=self.reporter._console, refresh_per_second=2, transient=False)
+            self.live.__enter__()
+
+    def trial_started(self, number: int, values: dict[str, Any]) -> None:
+        self.rows[number] = {"values": values, "state": "running", "step": None, "value": None}
+        self._event(f"trial {number} started: {_fmt_values(values)}")
+
+    def trial_progress(self, number: int, step: int, value: float) -> None:
+        self.rows[number].update(step=step, value=value)
+        self._event(f"trial {number} step {step}: {self.metric} {value:.4f}")
+
+    def trial_finished(self, trial) -> None:
+        state = trial.state.name.lower()
+        row = self.rows.setdefault(trial.number, {"values": trial.params, "step": None, "value": None})
+        row.update(state=state, value=trial.value if trial.value is not None else row["value"])
+        shown = f"{self.metric} {row['value']:.4f}" if row["value"] is not None else "no result"
+        self._event(f"trial {trial.number} {state}: {shown} after {trial.user_attrs.get('steps', '?')} steps "
+                    f"(data: {trial.user_attrs.get('data_cache', '?')}, {trial.user_attrs.get('seconds', '?')}s)")
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        for row in summary["trials"]:
+            if row["number"] in self.rows:
+                self.rows[row["number"]].update(state=row["state"], value=row["value"] or self.rows[row["number"]]["value"])
+        if self.live is not None:
+            self.live.update(self._render())
+            self.live.__exit__(None, None, None)
+        best = summary["best"]
+        self.reporter.info(
+            f"sweep done: {summary['finished']} finished ({summary['pruned']} pruned, {summary['failed']} failed) "
+            f"in {format_duration(time.perf_counter() - self.start_time)}"
+            + (f"; best trial {best['number']}: {self.metric} {best['value']:.4f} {_fmt_values(best['params'])}; "
+               f"train it again with: ftcli train --config {best['config']}" if best else ""))
+
+    def _event(self, line: str) -> None:
+        if self.live is not None:
+            self.live.update(self._render())
+        else:
+            self.reporter.info(line)
+
+    def _render(self):
+        from rich.table import Table
+
+        table = Table(title=f"trials ({self.metric})", title_justify="left")
+        for column in ("trial", "state", "step", self.metric, "values"):
+            table.add_column(column)
+        for number, row in sorted(self.rows.items()):
+            table.add_row(str(number), row["state"], str(row["step"] or ""),
+                          f"{row['value']:.4f}" if row["value"] is not None else "", _fmt_values(row["values"]))
+        return table
+
+
+def _fmt_values(values: dict[str, Any]) -> str:
+    return ", ".join(f"{k.split('.')[-1]}={v:.3g}" if isinstance(v, float) else f"{k.split('.')[-1]}={v}"
+                     for k, v in values.items())

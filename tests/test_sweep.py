@@ -1,0 +1,161 @@
+"""`ftcli sweep`: the search-space schema, a sweep end to end, pruning, resuming after kill -9,
+and two workers sharing one storage. Tiny model, a few hundred rows."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from conftest import config_dict, make_rows, run_cli, write_jsonl
+from ftcli.cli import app
+
+SPACE = {"train.learning_rate": {"low": 1e-3, "high": 6e-3, "log": True}, "train.epochs": {"choices": [3, 4]}}
+
+
+@pytest.fixture(scope="module")
+def sweep_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("sweep-data")
+    return {"train": write_jsonl(folder / "train.jsonl", make_rows(200, seed=31)),
+            "validation": write_jsonl(folder / "validation.jsonl", make_rows(60, seed=32))}
+
+
+def sweep_config(tiny_model, files, tmp_path, name="sweep.yaml", **sweep) -> Path:
+    cfg = config_dict(tiny_model, files, tmp_path, epochs=1, batch_size=16, log_every=5, eval_every=4,
+                      checkpoint_every=None)
+    cfg["sweep"] = {"space": SPACE, "trials": 4, "sampler": "random", **sweep}
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+@pytest.mark.parametrize("space, expected", [
+    ({"train.learnig_rate": {"low": 1e-5, "high": 1e-4}}, "sweep.space.train.learnig_rate: not a setting (did you mean 'train.learning_rate'?)"),
+    ({"train.learning_rate": {"low": 1e-4, "high": 1e-5}}, "sweep.space.train.learning_rate: low (0.0001) is above high (1e-05)"),
+    ({"train.learning_rate": {"low": 0, "high": 1e-4, "log": True}}, "log: needs low > 0"),
+    ({"train.batch_size": {"choices": [8, "big"]}}, "sweep.space.train.batch_size: 'big' is not a valid train.batch_size"),
+    ({"train.epochs": {"low": 0, "high": 3}}, "sweep.space.train.epochs: 0 is not a valid train.epochs"),
+    ({"train.output_dir": {"choices": ["a", "b"]}}, "sweep.space.train.output_dir: cannot be searched"),
+    ({"train.learning_rate": {"low": 1e-5}}, "give low and high (or choices: [...])"),
+])
+def test_search_space_errors_are_one_line_before_anything_runs(tiny_model, sweep_files, tmp_path, space, expected):
+    cfg = yaml.safe_load(sweep_config(tiny_model, sweep_files, tmp_path).read_text())
+    cfg["sweep"]["space"] = space
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    result = CliRunner().invoke(app, ["sweep", "-c", str(tmp_path / "bad.yaml")])
+    assert result.exit_code == 2
+    assert [line for line in result.stderr.splitlines()] == [line for line in result.stderr.splitlines() if
+                                                            line.startswith("error: ")]
+    assert expected in result.stderr, result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_unknown_metric_or_storage_is_bad_input(tiny_model, sweep_files, tmp_path):
+    cfg = sweep_config(tiny_model, sweep_files, tmp_path)
+    bad = run_cli("sweep", "-c", str(cfg), "--storage", "redis://x")
+    assert bad.returncode == 2 and "sweep storage 'redis://x': give an SQLAlchemy URL" in bad.stderr
+
+
+@pytest.mark.slow
+def test_sweep_end_to_end_and_best_yaml_reproduces_the_best_trial(tiny_model, sweep_files, tmp_path):
+    cfg = sweep_config(tiny_model, sweep_files, tmp_path, pruner="none")
+    result = run_cli("sweep", "-c", str(cfg), "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout)
+    out = tmp_path / "run"
+    assert summary["finished"] == 4 and summary["failed"] == 0 and summary["metric"] == "f1"
+    assert [t["number"] for t in summary["trials"]] == [0, 1, 2, 3]
+    # Prepared once: the first trial built the cache, the others hit it.
+    assert [t["data_cache"] for t in summary["trials"]] == ["built", "hit", "hit", "hit"]
+    assert len([p for p in (tmp_path / "cache").iterdir() if p.is_dir() and not p.name.startswith(".")]) == 1
+    best = summary["best"]
+    assert best["value"] == max(t["value"] for t in summary["trials"])
+    # Every trial is an ordinary run folder; only the best keeps its model (keep_models: best).
+    for t in summary["trials"]:
+        run = Path(t["run_dir"])
+        assert json.loads((run / "run.json").read_text())["status"] == "completed"
+        assert (run / "model").is_dir() == (t["number"] == best["number"])
+    assert (out / "sweep.png").stat().st_size > 10_000 and (out / "sweep.db").is_file()
+    evaluated = run_cli("eval", "-c", str(cfg), "--model", best["run_dir"], "--json")
+    assert evaluated.returncode == 0 and json.loads(evaluated.stdout)["f1"] == best["value"]
+    # best.yaml is a plain config: training it again gives the best trial's number.
+    again = run_cli("train", "-c", str(out / "best.yaml"), "--json")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert json.loads(again.stdout)["eval"]["f1"] == best["value"]
+    # The same command again: the study is complete, nothing runs.
+    rerun = run_cli("sweep", "-c", str(cfg), "--json")
+    assert rerun.returncode == 0 and len(json.loads(rerun.stdout)["trials"]) == 4
+
+
+@pytest.mark.slow
+def test_pruning_stops_hopeless_trials_early(tiny_model, sweep_files, tmp_path):
+    """lr 1.0 diverges at once: once a trial has finished, such a trial is stopped at its first
+    evaluation instead of training to the end."""
+    space = {"train.learning_rate": {"choices": [1e-7, 1.0]}}
+    cfg = sweep_config(tiny_model, sweep_files, tmp_path, space=space, trials=4, pruner="median",
+                       pruner_startup_trials=1, metric="loss")
+    doc = yaml.safe_load(cfg.read_text())
+    doc["train"].update(epochs=3)
+    cfg.write_text(yaml.safe_dump(doc))
+    result = run_cli("sweep", "-c", str(cfg), "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    trials = json.loads(result.stdout)["trials"]
+    planned = 3 * 13  # ceil(200 / 16) steps x 3 epochs
+    pruned = [t for t in trials if t["state"] == "pruned"]
+    assert pruned, trials
+    for t in pruned:
+        assert t["params"]["train.learning_rate"] == 1.0 and t["steps"] == 4  # stopped at the first evaluation
+    assert all(t["steps"] == planned for t in trials if t["state"] == "complete")
+    assert "pruned" in result.stderr
+
+
+@pytest.mark.slow
+def test_kill_9_mid_sweep_then_the_same_command_completes_the_study(tiny_model, sweep_files, tmp_path):
+    cfg = sweep_config(tiny_model, sweep_files, tmp_path, pruner="none", heartbeat_s=1)
+    doc = yaml.safe_load(cfg.read_text())
+    doc["train"].update(log_every=1, checkpoint_every=4)
+    cfg.write_text(yaml.safe_dump(doc))
+    proc = subprocess.Popen([sys.executable, "-m", "ftcli", "sweep", "-c", str(cfg)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    second = tmp_path / "run" / "trials" / "0001" / "metrics.jsonl"
+    deadline = time.time() + 300
+    while not (second.is_file() and len(second.read_text().splitlines()) >= 3) and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    time.sleep(2.5)  # past the dead trial's heartbeat grace period (2 x heartbeat_s)
+    resumed = run_cli("sweep", "-c", str(cfg), "--json")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "retrying failed trial(s) 1" in resumed.stderr
+    summary = json.loads(resumed.stdout)
+    states = {t["number"]: t["state"] for t in summary["trials"]}
+    assert states[1] == "fail" and summary["finished"] == 4
+    retry = [t for t in summary["trials"] if t["retry_of"] == 1]
+    assert len(retry) == 1 and retry[0]["params"] == summary["trials"][1]["params"]
+    assert retry[0]["state"] == "complete"
+    # None ran twice: trial 0 finished before the kill and was not run again.
+    assert json.loads((tmp_path / "run" / "trials" / "0000" / "run.json").read_text())["status"] == "completed"
+
+
+@pytest.mark.slow
+def test_two_workers_share_one_study_without_duplicates(tiny_model, sweep_files, tmp_path):
+    cfg = sweep_config(tiny_model, sweep_files, tmp_path, pruner="none", trials=4)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    workers = [subprocess.Popen([sys.executable, "-m", "ftcli", "sweep", "-c", str(cfg), "--json"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+               for _ in range(2)]
+    outputs = [w.communicate(timeout=600) for w in workers]
+    assert all(w.returncode == 0 for w in workers), [o[1][-2000:] for o in outputs]
+    summary = json.loads((tmp_path / "run" / "sweep.json").read_text())
+    numbers = [t["number"] for t in summary["trials"] if t["state"] == "complete"]
+    assert len(numbers) == len(set(numbers)) >= 4
+    ran = [{int(x.split()[1]) for x in o[1].splitlines() if x.startswith("trial ") and " started:" in x} for o in outputs]
+    assert ran[0] and ran[1] and not ran[0] & ran[1]  # both worked, on different trials
