@@ -105,6 +105,8 @@ def export_model(acc, model, tokenizer, folder: Path) -> None:
     when FSDP or DeepSpeed shard the weights; every process must call it."""
     acc.wait_for_everyone()
     state_dict = acc.get_state_dict(model)
+    if state_dict is not None:  # safetensors writes host memory: an XLA (TPU) tensor must come to the CPU first
+        state_dict = {k: v.detach().cpu() if hasattr(v, "cpu") else v for k, v in state_dict.items()}
     tmp = folder.with_name(f".{folder.name}.tmp")
     if acc.is_main_process:
         from ftcli.modeling import quiet_transformers

@@ -184,23 +184,50 @@ def accelerator_session(train: TrainConfig, **kwargs):
     """An Accelerator for one command. On exit, trackers are closed, the process group is
     destroyed and Accelerate's process-wide state is cleared, so that one Python session (a
     notebook, the tests) can run `train` and then `evaluate` with other settings."""
-    import torch
     from accelerate.state import AcceleratorState, GradientState
 
     accelerator = make_accelerator(train, **kwargs)
-    tf32_before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    tf32_before = None
     if accelerator.device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32_enabled(train)
+        tf32_before = _tf32()
+        _set_tf32(tf32_enabled(train))
     try:
         yield accelerator
     except FtcliError as exc:
         exc.main_process = accelerator.is_main_process  # the CLI reports it once, from the main process
         raise
     finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32_before
+        if tf32_before is not None:
+            _set_tf32(*tf32_before)
         accelerator.end_training()
         AcceleratorState._reset_state(reset_partial_state=True)
         GradientState._reset_state()
+
+
+def _tf32() -> tuple:
+    """The TF32 settings of matmuls and cuDNN, in whichever API this torch has (torch 2.9 added
+    `fp32_precision` and warns on the old flags)."""
+    import torch
+
+    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn
+    if hasattr(matmul, "fp32_precision"):
+        return matmul.fp32_precision, conv.conv.fp32_precision
+    return matmul.allow_tf32, conv.allow_tf32
+
+
+def _set_tf32(on_or_matmul, conv=None) -> None:
+    """`_set_tf32(True/False)`, or restore what `_tf32()` returned."""
+    import torch
+
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    new_api = hasattr(matmul, "fp32_precision")
+    if conv is None:  # a bool: on or off
+        on = on_or_matmul
+        on_or_matmul = conv = ("tf32" if on else "ieee") if new_api else on
+    if new_api:
+        matmul.fp32_precision, cudnn.conv.fp32_precision = on_or_matmul, conv
+    else:
+        matmul.allow_tf32, cudnn.allow_tf32 = on_or_matmul, conv
 
 
 def tune_process_for_training(train: TrainConfig) -> None:

@@ -167,8 +167,9 @@ def setup(cfg: Config, accelerator, reporter: Reporter) -> Run:
     if t.max_grad_norm is not None:
         clipping, why_separate = (optim.clipping_mode(optimizer, accelerator.distributed_type, accelerator.scaler is not None)
                                   if t.fused_clipping else ("separate", "train.fused_clipping is off"))
+        why_separate = not_fused or why_separate if clipping == "separate" and t.fused_clipping else why_separate
         if clipping == "separate" and t.fused_clipping:  # asked for, not possible: say so
-            reporter.warn(f"gradient clipping takes a separate pass: {not_fused or why_separate}")
+            reporter.warn(f"gradient clipping takes a separate pass: {why_separate}")
     run = Run(
         cfg=cfg, accelerator=accelerator, model=model, optimizer=optimizer, scheduler=scheduler,
         train_dl=train_dl, eval_dl=eval_dl, metric=metric, metric_name=name, prepared=prepared, plan=plan,
@@ -226,7 +227,7 @@ def fit(run: Run, state: TrainState) -> dict[str, Any]:
 
     acc, model, optimizer, scheduler, plan, t = run.accelerator, run.model, run.optimizer, run.scheduler, run.plan, run.cfg.train
     log = run_dir.MetricsLog(run.output_dir / "metrics.jsonl", acc.is_main_process)
-    window = Window(acc, plan, rows=len(run.train_dl.dataset))
+    window = Window(acc, plan, rows=run.prepared.split_info(run.cfg.data.train_split)["rows"])
     start, at_start, stopping = time.perf_counter(), (state.step, state.samples, state.tokens), None
     touched: list = []  # input ids of the micro batches since the last optimizer step
     model.train()

@@ -70,3 +70,24 @@ def test_tf32_only_where_asked_or_measured(tmp_path, precision, tf32, expected):
     cuda = SimpleNamespace(mixed_precision="no", device=SimpleNamespace(type="cuda"))
     if precision != "bf16":
         assert runtime.precision_label(cuda, train) == ("fp32 + TF32" if expected else "fp32")
+
+
+def test_tf32_is_set_for_the_run_and_restored(tmp_path, monkeypatch):
+    """On CUDA a run sets TF32 as train.tf32 says, and the next run (or the caller) finds the
+    process as it was. The Accelerator is faked: the switch is torch's, not the GPU's."""
+    fake = SimpleNamespace(device=SimpleNamespace(type="cuda"), is_main_process=True, end_training=lambda: None)
+    monkeypatch.setattr(runtime, "make_accelerator", lambda train, **kw: fake)
+    before = runtime._tf32()
+    runtime._set_tf32(False)
+    off = runtime._tf32()
+    try:
+        with runtime.accelerator_session(cfg_with(tmp_path, "train.mixed_precision=auto").train):
+            assert runtime._tf32() != off  # auto: fp32 + TF32
+        assert runtime._tf32() == off
+        runtime._set_tf32(True)
+        on = runtime._tf32()
+        with runtime.accelerator_session(cfg_with(tmp_path, "train.mixed_precision=no").train):
+            assert runtime._tf32() == off  # real fp32, although the caller had TF32 on
+        assert runtime._tf32() == on
+    finally:
+        runtime._set_tf32(*before)
