@@ -12,7 +12,7 @@ from transformers import BertConfig, BertForMaskedLM, BertForSequenceClassificat
 
 from ftcli import optim
 
-STEPS, LR, MAX_NORM = 100, 1e-3, 0.05
+STEPS, LR, MAX_NORM = 60, 1e-3, 0.05
 
 
 def _config(tied: bool) -> BertConfig:
