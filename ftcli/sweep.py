@@ -36,14 +36,19 @@ TRIALS = "trials"
 RETRY_OF = "ftcli_retry_of"  # user attribute of a trial that re-runs a failed one
 
 
-def metric_of(cfg: Config) -> str:
-    """`sweep.metric`, or the last metric `eval.metric` computes (f1 for two labels, ...)."""
-    if cfg.sweep.metric:
-        return cfg.sweep.metric
+def metric_of(cfg: Config, label_names: list[str]) -> str:
+    """`sweep.metric`, checked against what validation reports, or the last metric `eval.metric`
+    computes (f1 for two labels, f1_macro for more, spearmanr for regression)."""
     from ftcli.evaluation import metric_keys, metric_name
 
-    labels = cfg.model.labels or (["a", "b"] if not cfg.model.is_regression else [])
-    return metric_keys(metric_name(cfg.eval, labels))[-1]
+    name = metric_name(cfg.eval, label_names)
+    available = [*metric_keys(name), "loss"]
+    if cfg.sweep.metric is None:
+        return available[-2]
+    if cfg.sweep.metric not in available:
+        raise FtcliError(f"sweep.metric: {cfg.sweep.metric!r} is not reported by metric {name!r}; choose one of "
+                         f"{', '.join(available)}")
+    return cfg.sweep.metric
 
 
 def storage_url(sweep: SweepConfig, out: Path, override: str | None) -> str:
@@ -154,11 +159,18 @@ def sweep(
     sw, out = cfg.sweep, Path(cfg.train.output_dir)
     if out.exists() and not out.is_dir():
         raise FtcliError(f"train.output_dir {str(out)!r} is a file, not a folder; choose another output_dir")
-    metric = metric_of(cfg)
     wanted = trials or sw.trials
     url = storage_url(sw, out, storage)
     name = study_name or sw.study or out.name or "ftcli"
     reporter = reporter or Reporter()
+    from ftcli.build import check_splits
+    from ftcli.cache import prepare
+
+    check_splits(cfg.data, cfg.data.train_split, cfg.data.validation_split)
+    # Once for the whole sweep: every trial that changes no preprocessing setting hits this cache.
+    prepared = prepare(cfg, log=reporter.info)
+    reporter.info(f"data: {'cache hit' if prepared.hit else f'tokenized in {prepared.seconds:.1f}s'} {prepared.path}")
+    metric = metric_of(cfg, prepared.label_names)
     out.mkdir(parents=True, exist_ok=True)
     with _quiet_optuna():
         study = optuna.create_study(

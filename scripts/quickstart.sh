@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The quickstart, on a fresh machine, offline: set up .venv, then prepare -> train -> eval
-# all-MiniLM-L6-v2 on GLUE MRPC (configs/quickstart.yaml). About 6 minutes on 2 CPU cores.
+# all-MiniLM-L6-v2 on GLUE MRPC (configs/quickstart.yaml). 4-10 minutes on 2 CPU cores (bf16 vs fp32 CPUs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh quickstart

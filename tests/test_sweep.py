@@ -62,6 +62,10 @@ def test_unknown_metric_or_storage_is_bad_input(tiny_model, sweep_files, tmp_pat
     cfg = sweep_config(tiny_model, sweep_files, tmp_path)
     bad = run_cli("sweep", "-c", str(cfg), "--storage", "redis://x")
     assert bad.returncode == 2 and "sweep storage 'redis://x': give an SQLAlchemy URL" in bad.stderr
+    metric = run_cli("sweep", "-c", str(cfg), "--set", "sweep.metric=bleu")
+    assert metric.returncode == 2
+    assert "error: sweep.metric: 'bleu' is not reported by metric 'mrpc'; choose one of accuracy, f1, loss" in metric.stderr
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.slow
@@ -73,8 +77,9 @@ def test_sweep_end_to_end_and_best_yaml_reproduces_the_best_trial(tiny_model, sw
     out = tmp_path / "run"
     assert summary["finished"] == 4 and summary["failed"] == 0 and summary["metric"] == "f1"
     assert [t["number"] for t in summary["trials"]] == [0, 1, 2, 3]
-    # Prepared once: the first trial built the cache, the others hit it.
-    assert [t["data_cache"] for t in summary["trials"]] == ["built", "hit", "hit", "hit"]
+    # Prepared once, before the first trial; every trial hit that cache.
+    assert result.stderr.count("data: tokenized") == 1
+    assert [t["data_cache"] for t in summary["trials"]] == ["hit"] * 4
     assert len([p for p in (tmp_path / "cache").iterdir() if p.is_dir() and not p.name.startswith(".")]) == 1
     best = summary["best"]
     assert best["value"] == max(t["value"] for t in summary["trials"])
