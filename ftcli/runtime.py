@@ -198,7 +198,7 @@ def accelerator_session(train: TrainConfig, **kwargs):
         raise
     finally:
         if tf32_before is not None:
-            _set_tf32(*tf32_before)
+            _restore_tf32(tf32_before)
         accelerator.end_training()
         AcceleratorState._reset_state(reset_partial_state=True)
         GradientState._reset_state()
@@ -215,19 +215,22 @@ def _tf32() -> tuple:
     return matmul.allow_tf32, conv.allow_tf32
 
 
-def _set_tf32(on_or_matmul, conv=None) -> None:
-    """`_set_tf32(True/False)`, or restore what `_tf32()` returned."""
+def _restore_tf32(state: tuple) -> None:
+    """Put back what `_tf32()` returned."""
     import torch
 
     matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
-    new_api = hasattr(matmul, "fp32_precision")
-    if conv is None:  # a bool: on or off
-        on = on_or_matmul
-        on_or_matmul = conv = ("tf32" if on else "ieee") if new_api else on
-    if new_api:
-        matmul.fp32_precision, cudnn.conv.fp32_precision = on_or_matmul, conv
+    if hasattr(matmul, "fp32_precision"):
+        matmul.fp32_precision, cudnn.conv.fp32_precision = state
     else:
-        matmul.allow_tf32, cudnn.allow_tf32 = on_or_matmul, conv
+        matmul.allow_tf32, cudnn.allow_tf32 = state
+
+
+def _set_tf32(on: bool) -> None:
+    import torch
+
+    value = ("tf32" if on else "ieee") if hasattr(torch.backends.cuda.matmul, "fp32_precision") else on
+    _restore_tf32((value, value))
 
 
 def tune_process_for_training(train: TrainConfig) -> None:

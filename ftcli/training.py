@@ -24,7 +24,7 @@ from typing import Any, Callable
 import yaml
 
 from ftcli import checkpoint, run_dir
-from ftcli.config import Config, TrainConfig, load_config
+from ftcli.config import Config, TrainConfig, as_config
 from ftcli.console import Reporter, format_duration
 from ftcli.errors import EXIT_SIGINT, EXIT_SIGTERM, FtcliError, TrainingInterrupted
 from ftcli.files import atomic_write_text
@@ -164,11 +164,13 @@ def setup(cfg: Config, accelerator, reporter: Reporter) -> Run:
     scheduler = accelerator.prepare(scheduler)
 
     clipping, why_separate = "off", None
-    if t.max_grad_norm is not None:
-        clipping, why_separate = (optim.clipping_mode(optimizer, accelerator.distributed_type, accelerator.scaler is not None)
-                                  if t.fused_clipping else ("separate", "train.fused_clipping is off"))
-        why_separate = not_fused or why_separate if clipping == "separate" and t.fused_clipping else why_separate
-        if clipping == "separate" and t.fused_clipping:  # asked for, not possible: say so
+    if t.max_grad_norm is not None and not t.fused_clipping:
+        clipping, why_separate = "separate", "train.fused_clipping is off"
+    elif t.max_grad_norm is not None:
+        clipping, why_separate = optim.clipping_mode(optimizer, accelerator.distributed_type,
+                                                     accelerator.scaler is not None)
+        if clipping == "separate":  # asked for, not possible: say so
+            why_separate = not_fused or why_separate
             reporter.warn(f"gradient clipping takes a separate pass: {why_separate}")
     run = Run(
         cfg=cfg, accelerator=accelerator, model=model, optimizer=optimizer, scheduler=scheduler,
@@ -499,7 +501,7 @@ def train(
     from ftcli.build import check_splits
     from ftcli.runtime import accelerator_session, check_trackers
 
-    cfg = config if isinstance(config, Config) else load_config(config)
+    cfg = as_config(config)
     reporter = reporter or Reporter()
     out = Path(cfg.train.output_dir)
     if resume and overwrite:

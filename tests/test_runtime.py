@@ -90,4 +90,4 @@ def test_tf32_is_set_for_the_run_and_restored(tmp_path, monkeypatch):
             assert runtime._tf32() == off  # real fp32, although the caller had TF32 on
         assert runtime._tf32() == on
     finally:
-        runtime._set_tf32(*before)
+        runtime._restore_tf32(before)
