@@ -285,7 +285,7 @@ def sweep(
         tune_process_for_training(cfg.train)
         reporter = _reporter(quiet, as_json)
         result = sweep_fn(cfg, trials=trials, timeout_s=timeout, storage=storage, study_name=study, reporter=reporter)
-        if as_json:
+        if as_json and reporter.enabled:  # enabled: this is the main process
             _print_json(result)
 
     _run(go)

@@ -181,11 +181,15 @@ def make_accelerator(train: TrainConfig, *, gradient_accumulation_steps: int = 1
 
 @contextlib.contextmanager
 def accelerator_session(train: TrainConfig, **kwargs):
-    """An Accelerator for one command. On exit, trackers are closed, the process group is
-    destroyed and Accelerate's process-wide state is cleared, so that one Python session (a
-    notebook, the tests) can run `train` and then `evaluate` with other settings."""
+    """An Accelerator for one command. On exit, trackers are closed and Accelerate's process-wide
+    state is cleared, so that one Python session (a notebook, the tests) can run `train` and then
+    `evaluate` with other settings. The process group is destroyed if this session brought it up;
+    one that was up before (a sweep's `process_group`) is left up for the caller's next run,
+    because torch cannot bring a destroyed group up again under one launch (the store keeps the
+    old group's keys and the second rendezvous hangs)."""
     from accelerate.state import AcceleratorState, GradientState
 
+    owns_group = not _process_group_up()
     accelerator = make_accelerator(train, **kwargs)
     tf32_before = None
     if accelerator.device.type == "cuda":
@@ -199,9 +203,40 @@ def accelerator_session(train: TrainConfig, **kwargs):
     finally:
         if tf32_before is not None:
             _restore_tf32(tf32_before)
-        accelerator.end_training()
-        AcceleratorState._reset_state(reset_partial_state=True)
+        if owns_group:
+            accelerator.end_training()  # closes trackers, destroys the process group
+        else:
+            for tracker in accelerator.trackers:
+                tracker.finish()
+        AcceleratorState._reset_state(reset_partial_state=owns_group)
         GradientState._reset_state()
+
+
+def _process_group_up() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
+
+
+@contextlib.contextmanager
+def process_group(train: TrainConfig):
+    """The processes of this launch, connected for a command that runs several trainings in turn
+    (a sweep's trials): each run's `accelerator_session` finds the group up and leaves it up.
+    Yields Accelerate's PartialState, or None outside `accelerate launch` (one process, and no
+    state made that could disagree with the Accelerator a run builds). On exit the group is
+    destroyed and Accelerate's state cleared."""
+    from accelerate import PartialState
+    from accelerate.state import AcceleratorState
+
+    if not launched_by_accelerate():
+        yield None
+        return
+    state = PartialState(cpu=use_cpu(), timeout=timedelta(seconds=train.distributed_timeout_s))
+    try:
+        yield state
+    finally:
+        state.destroy_process_group()
+        AcceleratorState._reset_state(reset_partial_state=True)
 
 
 def _tf32() -> tuple:

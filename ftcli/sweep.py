@@ -69,7 +69,8 @@ def open_storage(url: str, heartbeat_s: int):
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
     try:
-        return RDBStorage(url, heartbeat_interval=heartbeat_s, grace_period=2 * heartbeat_s)
+        with warnings_off():  # heartbeats are marked experimental
+            return RDBStorage(url, heartbeat_interval=heartbeat_s, grace_period=2 * heartbeat_s)
     except Exception as exc:  # noqa: BLE001 - a missing driver, a bad URL, an unreachable server: all bad input
         raise FtcliError(f"sweep storage {url!r}: cannot open it ({str(exc).splitlines()[0][:200]})") from None
 
@@ -135,41 +136,91 @@ def sweep(
     reporter: Reporter | None = None,
 ) -> dict[str, Any]:
     """Run (or continue) the study that `config`'s `sweep:` section describes until it has
-    `trials` finished trials; return the summary also written to `output_dir/sweep.json`."""
-    import optuna
+    `trials` finished trials; return the summary also written to `output_dir/sweep.json`.
 
+    Under `accelerate launch` with several processes, every trial trains on all of them: the main
+    process owns the study, draws each trial's values and sends them to the others before the
+    trial starts; the others train what they are sent until the main process says the sweep is
+    over (`_follow`)."""
     from ftcli.config import as_config
-
-    from ftcli.runtime import launched_by_accelerate
+    from ftcli.runtime import process_group
 
     cfg = as_config(config)
-    if launched_by_accelerate():
-        from accelerate import PartialState
-
-        from ftcli.runtime import use_cpu
-
-        if PartialState(cpu=use_cpu()).num_processes > 1:
-            raise FtcliError("ftcli sweep runs each trial in one process; under accelerate launch with several "
-                             "processes it is not supported yet. Run several `ftcli sweep` workers on one --storage "
-                             "instead: they share the study")
     if cfg.sweep is None:
         raise FtcliError(f"{cfg.source_path or 'config'}: no sweep section; add sweep: {{space: {{train.learning_rate: "
                          "{low: 1.0e-5, high: 1.0e-4, log: true}}}} (see the README's Sweeps section)")
-    sw, out = cfg.sweep, Path(cfg.train.output_dir)
+    out = Path(cfg.train.output_dir)
     if out.exists() and not out.is_dir():
         raise FtcliError(f"train.output_dir {str(out)!r} is a file, not a folder; choose another output_dir")
-    wanted = trials or sw.trials
-    url = storage_url(sw, out, storage)
-    name = study_name or sw.study or out.name or "ftcli"
+    url = storage_url(cfg.sweep, out, storage)
     reporter = reporter or Reporter()
     from ftcli.build import check_splits
     from ftcli.cache import prepare
 
     check_splits(cfg.data, cfg.data.train_split, cfg.data.validation_split)
-    # Once for the whole sweep: every trial that changes no preprocessing setting hits this cache.
-    prepared = prepare(cfg, log=reporter.info)
-    reporter.info(f"data: {'cache hit' if prepared.hit else f'tokenized in {prepared.seconds:.1f}s'} {prepared.path}")
-    metric = metric_of(cfg, prepared.label_names)
+    with process_group(cfg.train) as group:
+        main = group is None or group.is_main_process
+        reporter.enabled = reporter.enabled and main
+        # Once for the whole sweep: every trial that changes no preprocessing setting hits this
+        # cache. (Every process calls it: one builds under the cache's lock, the others then hit.)
+        prepared = prepare(cfg, log=reporter.info)
+        reporter.info(f"data: {'cache hit' if prepared.hit else f'tokenized in {prepared.seconds:.1f}s'} {prepared.path}")
+        metric = metric_of(cfg, prepared.label_names)
+        shared = Shared(group)
+        if not main:
+            return _follow(cfg, shared)
+        try:
+            summary = _lead(cfg, metric, url, shared, reporter, wanted=trials or cfg.sweep.trials,
+                            timeout_s=timeout_s or cfg.sweep.timeout_s, study_name=study_name, storage=storage)
+        except BaseException as exc:
+            if not shared.in_trial:  # the others wait for a message, not inside a trial's collectives
+                shared.send({"error": str(exc) or type(exc).__name__})
+            raise
+        shared.send({"summary": summary})
+        return summary
+
+
+class Shared:
+    """Messages from the main process to the others of a launch, between trials (a no-op for
+    one process). `in_trial`: whether the processes are inside a trial's training, where a
+    failure reaches every process by itself."""
+
+    def __init__(self, group):
+        self.many = group is not None and group.num_processes > 1
+        self.in_trial = False
+
+    def send(self, message: dict[str, Any] | None) -> dict[str, Any] | None:
+        if not self.many:
+            return message
+        from accelerate.utils import broadcast_object_list
+
+        return broadcast_object_list([message], from_process=0)[0]
+
+
+def _follow(cfg: Config, shared: Shared) -> dict[str, Any]:
+    """A process other than the main one: train each trial the main process sends, with its
+    values, until it sends the summary."""
+    from ftcli.training import train
+
+    while True:
+        message = shared.send(None)
+        if "summary" in message:
+            return message["summary"]
+        if "error" in message:
+            error = FtcliError(f"sweep stopped on the main process: {message['error']}")
+            error.main_process = False  # the main process reports it
+            raise error
+        train(trial_config(cfg, message["values"], Path(message["run"])), overwrite=message["overwrite"],
+              reporter=Reporter(enabled=False))
+
+
+def _lead(cfg: Config, metric: str, url: str, shared: Shared, reporter: Reporter, *, wanted: int,
+          timeout_s: int | None, study_name: str | None, storage: str | None) -> dict[str, Any]:
+    """The main process: open the study, run trials until it has `wanted` finished ones."""
+    import optuna
+
+    sw, out = cfg.sweep, Path(cfg.train.output_dir)
+    name = study_name or sw.study or out.name or "ftcli"
     out.mkdir(parents=True, exist_ok=True)
     with _quiet_optuna():
         study = optuna.create_study(
@@ -181,15 +232,14 @@ def sweep(
         table.start(study, url, retried)
 
         def objective(trial) -> float:
-            return _run_trial(trial, cfg, metric, out, table)
+            return _run_trial(trial, cfg, metric, out, table, shared)
 
-        finished = _finished(study)
-        if finished < wanted:
+        if _finished(study) < wanted:
             from optuna.study import MaxTrialsCallback
             from optuna.trial import TrialState
 
             try:
-                study.optimize(objective, timeout=timeout_s or sw.timeout_s, gc_after_trial=True, callbacks=[
+                study.optimize(objective, timeout=timeout_s, gc_after_trial=True, callbacks=[
                     MaxTrialsCallback(wanted, states=(TrialState.COMPLETE, TrialState.PRUNED)),
                     lambda study, trial: (table.trial_finished(trial), _after_trial(study, cfg, out, metric, url)),
                 ])
@@ -204,7 +254,7 @@ def sweep(
     return summary
 
 
-def _run_trial(trial, cfg: Config, metric: str, out: Path, table: TrialTable) -> float:
+def _run_trial(trial, cfg: Config, metric: str, out: Path, table: TrialTable, shared: Shared) -> float:
     import optuna
 
     from ftcli.training import train
@@ -220,8 +270,12 @@ def _run_trial(trial, cfg: Config, metric: str, out: Path, table: TrialTable) ->
         return trial.should_prune()
 
     start = time.perf_counter()
-    result = train(trial_config(cfg, values, run), overwrite=run.exists(), on_eval=report,
+    overwrite = run.exists()  # a retried trial replaces what its failed attempt left
+    shared.send({"values": values, "run": str(run), "overwrite": overwrite})
+    shared.in_trial = True
+    result = train(trial_config(cfg, values, run), overwrite=overwrite, on_eval=report,
                    reporter=Reporter(enabled=False))  # the sweep reports trials itself
+    shared.in_trial = False
     trial.set_user_attr("seconds", round(time.perf_counter() - start, 2))
     trial.set_user_attr("steps", result["steps"])
     trial.set_user_attr("data_cache", result["data"]["cache"])
@@ -257,7 +311,8 @@ def _retry_failed(study) -> list[int]:
     from optuna.storages import fail_stale_trials
     from optuna.trial import TrialState
 
-    fail_stale_trials(study)  # running trials whose heartbeat stopped: their process died
+    with warnings_off():  # marked experimental
+        fail_stale_trials(study)  # running trials whose heartbeat stopped: their process died
     trials = study.get_trials(deepcopy=False)
     retried = {t.user_attrs.get(RETRY_OF) for t in trials}
     queued = []
@@ -357,7 +412,7 @@ def warnings_off():
     import warnings
 
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # optuna marks its matplotlib plots experimental
+        warnings.simplefilter("ignore")  # optuna marks its heartbeats and matplotlib plots experimental
         yield
 
 

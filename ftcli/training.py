@@ -107,6 +107,7 @@ def setup(cfg: Config, accelerator, reporter: Reporter) -> Run:
 
     t = cfg.train
     reporter.enabled = reporter.enabled and accelerator.is_main_process
+    _check_same_config(cfg, accelerator)
     if hint := single_process_launch_hint(accelerator):
         reporter.warn(hint)
     set_seed(t.seed)
@@ -183,6 +184,25 @@ def setup(cfg: Config, accelerator, reporter: Reporter) -> Run:
     _report_start(run, sum(p.numel() for p in accelerator.unwrap_model(model).parameters()),
                   torch.get_num_threads(), why_separate)
     return run
+
+
+def _check_same_config(cfg: Config, accelerator) -> None:
+    """Every process of a launch must train with the same settings (one config file read on
+    several machines, a sweep's trial values): otherwise they would silently train different
+    things with averaged gradients, or hang in a collective."""
+    if accelerator.num_processes == 1:
+        return
+    from accelerate.utils import gather_object
+
+    mine = _flatten(cfg.to_dict())
+    everyone = gather_object([mine])
+    differ = sorted({k for other in everyone for k in mine.keys() | other.keys() if mine.get(k) != other.get(k)})
+    if differ:
+        key = differ[0]
+        values = ", ".join(f"process {i}: {other.get(key)!r}" for i, other in enumerate(everyone))
+        raise FtcliError(f"the {len(everyone)} processes of this launch were given different configs: {key} ({values})"
+                         + (f" and {len(differ) - 1} more setting(s)" if len(differ) > 1 else "")
+                         + "; give every process the same config file and --set options")
 
 
 def _report_cache(reporter: Reporter, prepared) -> None:
@@ -305,7 +325,7 @@ def after_step(run: Run, state: TrainState, log, epoch: int, *, end_of_epoch: bo
         if _update_best(state, result, t) is False and t.early_stopping_patience:
             if state.bad_evals >= t.early_stopping_patience:
                 stopping = "early_stopping"
-        if run.on_eval is not None and run.on_eval(step, result):
+        if _main_says_stop(run, step, result):
             stopping = "pruned"
     if run.stop is not None and run.stop.agreed(run.accelerator):
         stopping = "signal"
@@ -314,6 +334,17 @@ def after_step(run: Run, state: TrainState, log, epoch: int, *, end_of_epoch: bo
     if stopping == "signal" or t.checkpoint_every is not None and due(t.checkpoint_every):
         _save_checkpoint(run, state)
     return stopping
+
+
+def _main_says_stop(run: Run, step: int, result: dict[str, Any]) -> bool:
+    """`on_eval`'s answer on the main process, on every process: a sweep's pruner lives in the
+    main process only, and all processes must stop at the same step."""
+    wants = bool(run.on_eval(step, result)) if run.on_eval is not None else False
+    if run.accelerator.num_processes == 1:
+        return wants
+    from accelerate.utils import broadcast_object_list
+
+    return broadcast_object_list([wants], from_process=0)[0]
 
 
 class Window:
@@ -465,13 +496,14 @@ def _save_checkpoint(run: Run, state: TrainState) -> Path:
     return path
 
 
-def _flat_for_trackers(obj: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Trackers (tensorboard hparams) take flat scalars."""
+def _flatten(obj: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """The config as flat scalars by dotted key: what trackers (tensorboard hparams) take, and what
+    processes compare to agree on their settings."""
     out: dict[str, Any] = {}
     for k, v in obj.items():
         key = f"{prefix}{k}"
         if isinstance(v, dict):
-            out.update(_flat_for_trackers(v, key + "."))
+            out.update(_flatten(v, key + "."))
         else:
             out[key] = v if isinstance(v, (int, float, str, bool)) else json.dumps(v)
     return out
@@ -495,7 +527,7 @@ def train(
     `config` is a Config, or the path of a YAML file. `resume`: `auto` (the newest intact
     checkpoint in output_dir, or a fresh start when there is none), the run folder itself, or a
     checkpoint folder. `on_eval(step, metrics)` is called on every process after each
-    validation; True stops training there (`stopped: pruned`), which every process must agree on.
+    validation; True on the main process stops training there on every process (`stopped: pruned`).
     Callable from Python and from `accelerate.notebook_launcher(train, (cfg,), num_processes=N)`.
     """
     from ftcli.build import check_splits
@@ -520,7 +552,7 @@ def train(
             _start_outputs(run, state, ckpt, overwrite)
         acc.wait_for_everyone()
         if cfg.train.report_to:
-            acc.init_trackers(out.name or "ftcli", config=_flat_for_trackers(run.cfg.to_dict()))
+            acc.init_trackers(out.name or "ftcli", config=_flatten(run.cfg.to_dict()))
 
         run.stop = StopFlag().install()
         try:

@@ -107,6 +107,12 @@ def test_prepare_under_launch_builds_once_and_prints_once(make_config, tmp_path)
     assert len(built) == 1
 
 
+def run_python(code: str) -> subprocess.CompletedProcess:
+    """`python -c code` in a fresh process, one thread per process (as accelerate_launch)."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
 def test_notebook_launcher_runs_the_library_on_two_processes(make_config, tmp_path):
     """The course ends with notebook_launcher(training_function): ftcli's library takes a config."""
     cfg = make_config(epochs=1)
@@ -116,8 +122,7 @@ def test_notebook_launcher_runs_the_library_on_two_processes(make_config, tmp_pa
         f"cfg = load_config({str(cfg)!r})\n"
         "notebook_launcher(train, (cfg,), num_processes=2)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
-                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    out = run_python(code)
     assert out.returncode == 0, out.stderr[-3000:]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["processes"] == 2 and metrics["steps"] == metrics["planned_steps"] == 6
@@ -138,6 +143,25 @@ def test_bad_input_is_reported_once_before_the_summary(make_config, tmp_path):
     assert "already holds a run" in held.stderr and "ftcli train\n" not in held.stderr
     unlabeled = accelerate_launch("eval", "-c", str(make_config()), "--split", "test", "--model", str(tmp_path))
     assert unlabeled.returncode != 0 and unlabeled.stderr.count("error: ") == 1, unlabeled.stderr[-3000:]
+
+
+def test_processes_given_different_configs_are_refused(make_config, tmp_path):
+    """Two processes of one launch that read different settings (a config file that differs
+    between machines; a sweep's values not shared) must not train two things at once."""
+    cfg = make_config(epochs=1)
+    code = (
+        "from accelerate import PartialState, notebook_launcher\n"
+        "from ftcli import load_config, train\n"
+        "def differ():\n"
+        "    rank = PartialState(cpu=True).process_index\n"
+        f"    train(load_config({str(cfg)!r}, [f'train.learning_rate={{0.001 * (rank + 1)}}']))\n"
+        "notebook_launcher(differ, num_processes=2)\n"
+    )
+    out = run_python(code)
+    assert out.returncode != 0
+    assert ("the 2 processes of this launch were given different configs: train.learning_rate "
+            "(process 0: 0.001, process 1: 0.002); give every process the same config file") in out.stderr, out.stderr[-3000:]
+    assert not (tmp_path / "run" / "model").exists()
 
 
 def test_fsdp_launch_config_on_the_cpu_is_refused_once(make_config, tmp_path):

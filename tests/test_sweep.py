@@ -164,3 +164,31 @@ def test_two_workers_share_one_study_without_duplicates(tiny_model, sweep_files,
     assert len(numbers) == len(set(numbers)) >= 4
     ran = [{int(x.split()[1]) for x in o[1].splitlines() if x.startswith("trial ") and " started:" in x} for o in outputs]
     assert ran[0] and ran[1] and not ran[0] & ran[1]  # both worked, on different trials
+
+
+@pytest.mark.slow
+def test_sweep_under_accelerate_launch_trains_each_trial_on_every_process(tiny_model, sweep_files, tmp_path):
+    """2 processes (configs/accelerate/multi-cpu.yaml): the main process draws each trial's values
+    and sends them; training refuses processes whose configs differ (test_multiprocess), so a
+    trial that completes was trained by both with the same values. A pruned trial stops on both
+    processes at the same step (else they would hang in a collective), and the process group
+    stays up from one trial to the next."""
+    from conftest import accelerate_launch
+
+    space = {"train.learning_rate": {"choices": [1e-7, 1.0]}}
+    cfg = sweep_config(tiny_model, sweep_files, tmp_path, space=space, trials=3, pruner="median",
+                       pruner_startup_trials=1, metric="loss")
+    # seed 0 draws lr 1.0, 1e-7, 1.0: the third trial is worse than the median at its first evaluation
+    result = accelerate_launch("sweep", "-c", str(cfg), "--json", "--set", "train.seed=0", timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout)  # printed once, by the main process
+    assert summary["finished"] == 3 and summary["failed"] == 0
+    assert result.stderr.count("sweep done:") == 1
+    for t in summary["trials"]:
+        metrics = json.loads((Path(t["run_dir"]) / "metrics.json").read_text())
+        assert metrics["processes"] == 2
+        if t["state"] == "pruned":
+            assert t["params"]["train.learning_rate"] == 1.0 and t["steps"] == 4 == metrics["steps"]
+        else:
+            assert t["steps"] == 7  # ceil(200 / (16 x 2 processes)): one epoch
+    assert any(t["state"] == "pruned" for t in summary["trials"]), summary["trials"]
