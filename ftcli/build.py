@@ -137,6 +137,8 @@ def check_splits(data: DataConfig, *splits: str) -> None:
     if data.files is None:
         return  # a Hub dataset's splits are known once it is loaded
     for split in splits:
+        if split == data.validation_name and data.holdout is not None:
+            continue  # held out of the training split when the data is prepared
         if split not in data.files:
             raise FtcliError(
                 f"split {split!r} is not in data.files (available: {', '.join(data.files)}); "
@@ -182,13 +184,23 @@ def build(cfg: Config, parts: dict[str, Any], key: str, tmp: Path, raw, labels_o
     raw = raw if raw is not None else load_raw(data, tmp / "raw")
     _check_columns(data, raw, labels_optional)
     names = labels.label_names(model, data, raw)
+    sources = {split: labels.split_source(data, split) for split in raw}
+    holdout, origins = None, {}
+    if data.holdout is not None:
+        with quiet_datasets():
+            raw, holdout, origins = hold_out(data, model, raw, names)
+        sources[data.train_split] = f"{sources[data.train_split]} ({holdout['train_rows']:,} rows kept for training)"
+        sources[data.validation_name] = (f"{labels.split_source(data, data.train_split)} "
+                                         f"({holdout['rows']:,} rows held out, seed {data.split_seed})")
     tokenizer = load_tokenizer(model)
     max_length = parts["settings"]["max_length"]
     splits = {}
     for split, ds in raw.items():
         ids, labelled = labels.label_ids(model, data, ds, split, names)
         with quiet_datasets():
-            tokenized = _tokenize(ds, tokenizer, data, max_length, tmp / f"map-{split}.arrow")
+            tokenized = _tokenize(ds, tokenizer, data, max_length, tmp / f"map-{split}.arrow",
+                                  labels.split_source(data, data.train_split) if split in origins else sources[split],
+                                  origins.get(split))
             tokenized = tokenized.add_column(
                 "labels", ids.to_numpy(zero_copy_only=False),
                 feature=hfds.Value("float32" if model.is_regression else "int64"),
@@ -200,8 +212,9 @@ def build(cfg: Config, parts: dict[str, Any], key: str, tmp: Path, raw, labels_o
             "labeled": labelled,
             "tokens": int(pc.sum(lengths).as_py()),
             "max_tokens": int(pc.max(lengths).as_py()),
-            "truncated": int(pc.sum(pc.cast(pc.greater_equal(lengths, max_length), "int64")).as_py()),
-            "source": labels.split_source(data, split),
+            "truncated": int(pc.sum(pc.cast(tokenized.data.column("truncated"), "int64")).as_py()),
+            "source": sources[split],
+            "classes": class_counts(ids, names) if labelled and names else None,
         }
         del tokenized
     shutil.rmtree(tmp / "raw", ignore_errors=True)
@@ -217,6 +230,7 @@ def build(cfg: Config, parts: dict[str, Any], key: str, tmp: Path, raw, labels_o
         "max_length": max_length,
         "model_input_names": [c for c in MODEL_COLUMNS if c in tokenizer.model_input_names],
         "splits": splits,
+        "holdout": holdout,
         "checksums": checksums(tmp, "dataset"),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "ftcli": version("ftcli") if _installed("ftcli") else "dev",
@@ -235,26 +249,37 @@ def _installed(dist: str) -> bool:
         return False
 
 
-def _tokenize(ds, tokenizer, data: DataConfig, max_length: int, cache_file: Path):
+def _tokenize(ds, tokenizer, data: DataConfig, max_length: int, cache_file: Path, source: str, origin=None):
+    """Tokenize a split. `source` and `origin` (each row's index in the file, when the split is
+    part of one) name a row that cannot be tokenized."""
     cols = data.text_columns
     keep = [c for c in MODEL_COLUMNS if c in tokenizer.model_input_names]
 
-    def encode(batch):
+    def encode(batch, indices):
         texts = [batch[c] for c in cols]
-        enc = tokenizer(*texts, truncation=True, max_length=max_length)
+        try:
+            enc = tokenizer(*texts, truncation=data.truncation, max_length=max_length)
+        except Exception as exc:  # noqa: BLE001 - the tokenizers library raises a bare Exception
+            rows = indices if origin is None else [int(origin[i]) for i in indices]
+            raise _truncation_error(tokenizer, texts, rows, data, max_length, source, exc) from None
         out = {c: enc[c] for c in keep}
         out["length"] = [len(x) for x in enc["input_ids"]]
+        # A fast tokenizer keeps what it cut off; a slow one does not, and a row that fills
+        # max_length exactly is then counted as cut.
+        out["truncated"] = ([bool(e.overflowing) for e in enc.encodings] if enc.encodings is not None
+                            else [n >= max_length for n in out["length"]])
         return out
 
     import datasets as hfds
 
     features = hfds.Features(
         {**{c: hfds.List(hfds.Value("int32" if c == "input_ids" else "int8")) for c in keep},
-         "length": hfds.Value("int32")}
+         "length": hfds.Value("int32"), "truncated": hfds.Value("bool")}
     )
     return ds.map(
         encode,
         batched=True,
+        with_indices=True,
         batch_size=1000,
         remove_columns=ds.column_names,
         features=features,
@@ -263,3 +288,84 @@ def _tokenize(ds, tokenizer, data: DataConfig, max_length: int, cache_file: Path
         new_fingerprint=cache_file.stem,
         load_from_cache_file=False,
     )
+
+
+def _truncation_error(tokenizer, texts, indices, data: DataConfig, max_length: int, source: str, exc: Exception):
+    """The row a batch failed on, in words: `only_first`/`only_second` cannot fit a row whose
+    other text alone fills max_length."""
+    for i, row in enumerate(indices):
+        try:
+            tokenizer(*[[t[i]] for t in texts], truncation=data.truncation, max_length=max_length)
+        except Exception:  # noqa: BLE001
+            return FtcliError(f"{source}: row {row + 1}: truncation {data.truncation} cannot fit it into max_length "
+                              f"{max_length} (the text it may not cut is that long alone); use truncation: "
+                              "longest_first or a larger data.max_length")
+    return FtcliError(f"{source}: tokenization failed ({str(exc).splitlines()[0][:200]})")
+
+
+def class_counts(ids, names: list[str]) -> dict[str, int]:
+    """Rows per label name (labelled rows of single-label data)."""
+    import numpy as np
+
+    values = np.asarray(ids.to_numpy(zero_copy_only=False))
+    counts = np.bincount(values[values >= 0], minlength=len(names))
+    return {name: int(n) for name, n in zip(names, counts)}
+
+
+def hold_out(data: DataConfig, model, raw: dict[str, datasets.Dataset], names: list[str]):
+    """Split `data.holdout` rows off the training split into `data.validation_name`: per class
+    (each class gives its share, rounded so the total is exact), at random with `split_seed`. Both
+    parts keep the file's row order. Returns the new splits, what the manifest records, and each
+    part's row indices in the file."""
+    import numpy as np
+
+    train = raw[data.train_split]
+    source = labels.split_source(data, data.train_split)
+    n = train.num_rows
+    want = data.holdout if isinstance(data.holdout, int) else round(data.holdout * n)
+    if not 1 <= want < n:
+        raise FtcliError(f"{source}: data.validation_split {data.holdout} would hold out {want} of its {n:,} rows; "
+                         f"give a fraction or a row count between 1 and {n - 1}")
+    if data.validation_name in raw:
+        raise FtcliError(f"data.validation_split: the data already has a split {data.validation_name!r}; use it "
+                         f"(validation_split: {data.validation_name}) instead of holding out training rows")
+    rng = np.random.default_rng(data.split_seed)
+    if names:  # classification: stratified
+        ids, _ = labels.label_ids(model, data, train, data.train_split, names)
+        groups = np.asarray(ids.to_numpy(zero_copy_only=False))
+    else:
+        groups = np.zeros(n, dtype=np.int64)
+    held = []
+    members = {g: np.flatnonzero(groups == g) for g in np.unique(groups)}
+    quotas = _quotas({g: len(m) for g, m in members.items()}, want)
+    for g, rows in members.items():
+        held.append(rng.permutation(rows)[:quotas[g]])
+    held = np.sort(np.concatenate(held))
+    kept = np.setdiff1d(np.arange(n), held, assume_unique=True)
+    out = {split: ds for split, ds in raw.items() if split != data.train_split}
+    # flatten_indices: the parts become tables of their own (label checks read the Arrow table).
+    out[data.train_split] = train.select(kept).flatten_indices()
+    out[data.validation_name] = train.select(held).flatten_indices()
+    info = {"of": data.train_split, "rows": int(len(held)), "train_rows": int(len(kept)),
+            "requested": data.holdout, "seed": data.split_seed, "stratified": bool(names)}
+    return out, info, {data.train_split: kept, data.validation_name: held}
+
+
+def _quotas(sizes: dict[Any, int], want: int) -> dict[Any, int]:
+    """Rows each group gives to a held-out split of `want` rows: shares of `want` by group size,
+    rounded by largest remainder so they add up to `want` exactly. A group of one row stays whole
+    in training when it can (a class seen only in validation cannot be learned)."""
+    total = sum(sizes.values())
+    exact = {g: want * n / total for g, n in sizes.items()}
+    quotas = {g: min(int(x), max(sizes[g] - 1, 0)) for g, x in exact.items()}
+    order = sorted(sizes, key=lambda g: (quotas[g] - exact[g], g))  # largest remainders first
+    short = want - sum(quotas.values())
+    for keep in (1, 0):  # first leaving every group a training row, then as needed
+        while short:
+            grown = [g for g in order if sizes[g] - quotas[g] > keep][:short]
+            if not grown:
+                break
+            for g in grown:
+                quotas[g] += 1
+            short -= len(grown)
+    return quotas

@@ -30,8 +30,9 @@ if TYPE_CHECKING:  # pragma: no cover
     import datasets
 
 
-CACHE_FORMAT = 1
-"""Bump when the layout or contents of a prepared dataset change: every old cache then misses."""
+CACHE_FORMAT = 2
+"""Bump when the layout or contents of a prepared dataset change: every old cache then misses.
+2: a `truncated` flag per row; class counts and the held-out split in the manifest."""
 
 
 def tokenizer_fingerprint(folder: Path) -> dict[str, str]:
@@ -123,6 +124,9 @@ def fingerprint(cfg: Config, memo: _HashMemo | None = None) -> dict[str, Any]:
             "label_column": d.label_column,
             # Resolved, so that a run's saved config (which spells the value out) keys the same cache.
             "max_length": d.max_length or tokenizer_max_length(folder),
+            "truncation": d.truncation,
+            # Which rows are validated on when they are held out of the training split.
+            "validation_split": [d.holdout, d.split_seed] if d.holdout is not None else None,
             "labels": cfg.model.labels,
             "num_labels": cfg.model.num_labels,
             "tokenizers": version("tokenizers"),
@@ -183,6 +187,23 @@ class Prepared:
                 "fix data.train_split / data.validation_split / eval.split, or add it to data.files"
             )
         return splits[split]
+
+    def describe(self, split: str) -> str:
+        """One line on a split: rows, tokens, rows cut at max_length, classes."""
+        i = self.split_info(split)
+        line = f"{split}: {i['rows']:,} rows, {i['tokens']:,} tokens (longest {i['max_tokens']})"
+        if i.get("truncated"):
+            line += f", {i['truncated']:,} cut at max_length {self.max_length} ({i['truncated'] / i['rows']:.1%})"
+        if not i["labeled"]:
+            return line + ", unlabelled"
+        if i.get("classes"):
+            line += "; classes: " + ", ".join(f"{name} {n:,} ({n / i['rows']:.0%})" for name, n in i["classes"].items())
+        return line
+
+    def absent_classes(self, split: str) -> list[str]:
+        """Labels with no row in a labelled split (their recall cannot be measured there)."""
+        classes = self.manifest["splits"].get(split, {}).get("classes") or {}
+        return [name for name, n in classes.items() if n == 0]
 
     def split(self, split: str) -> datasets.Dataset:
         """The tokenized rows of a split (memory-mapped Arrow, not Python objects)."""

@@ -123,24 +123,29 @@ def prepare(config: ConfigOpt, set_: SetOpt = None, as_json: JsonOpt = False, qu
         # others wait and load the result.
         prepared = prepare(cfg, log=reporter.info)
         splits = prepared.manifest["splits"]
+        validation = cfg.data.validation_name
         result = {
-            "cache": "hit" if prepared.hit else "miss",
+            "cache": "hit" if prepared.hit else "built",  # as train's summary says it
             "why": prepared.why_missed,
             "path": str(prepared.path),
             "key": prepared.manifest["key"],
             "labels": prepared.label_names,
             "seconds": round(prepared.seconds, 3),
-            "splits": {s: {k: i[k] for k in ("rows", "labeled", "tokens", "max_tokens", "truncated")}
+            "splits": {s: {k: i.get(k) for k in ("rows", "labeled", "tokens", "max_tokens", "truncated", "classes")}
                        for s, i in splits.items()},
+            "holdout": prepared.manifest.get("holdout"),
+            "absent_from_validation": prepared.absent_classes(validation),
         }
         if as_json:
             _print_json(result)
             return
         state = "cache hit" if prepared.hit else f"tokenized ({prepared.why_missed})"
         typer.echo(f"{state} in {prepared.seconds:.2f}s: {prepared.path}")
-        for s, i in splits.items():
-            labelled = "" if i["labeled"] else ", unlabelled"
-            typer.echo(f"  {s:<12} {i['rows']:>8,} rows  {i['tokens']:>10,} tokens  max {i['max_tokens']}{labelled}")
+        for s in splits:
+            typer.echo(f"  {prepared.describe(s)}")
+        if result["absent_from_validation"]:
+            reporter.warn(f"no {validation} rows of class(es) {', '.join(result['absent_from_validation'])}: their "
+                          "recall and F1 are not measured")
 
     _run(go)
 

@@ -87,6 +87,10 @@ class ModelConfig(_Section):
         return self.num_labels == 1
 
 
+HOLDOUT_SPLIT = "validation"
+"""Name of the split that `data.validation_split: 0.1` holds out of the training split."""
+
+
 class DataConfig(_Section):
     path: str | None = None
     """Hub dataset id (e.g. `glue`), loaded with `datasets.load_dataset(path, name)`. Give either
@@ -114,8 +118,22 @@ class DataConfig(_Section):
     train_split: str = "train"
     """Split used by `train`."""
 
-    validation_split: str = "validation"
-    """Split evaluated during training (each epoch and at the end)."""
+    validation_split: str | int | float = "validation"
+    """The split evaluated during training (each epoch and at the end): a split's name, or, for
+    data that comes as one file, a fraction (`0.1`) or a row count (`200`) of the training split
+    to hold out as a split named `validation`. Held-out rows are drawn per class (stratified,
+    seeded by `split_seed`) when the data is prepared: the same rows on every run and for any
+    number of processes, and part of the cache key."""
+
+    split_seed: int = 42
+    """Seed of a held-out validation split. Apart from `train.seed`, so that trying seeds does
+    not change which rows are validated on."""
+
+    truncation: Literal["longest_first", "only_first", "only_second"] = "longest_first"
+    """How an input longer than `max_length` is cut. `longest_first`: tokens come off the longer
+    text of a pair first. `only_first` / `only_second`: only that text of a pair is cut (for a
+    short question and a long passage, say). `prepare` reports how many rows were cut, and
+    `predict` flags them."""
 
     cache_dir: str = ".ftcli_cache"
     """Where `prepare` stores tokenized datasets, one folder per content fingerprint."""
@@ -155,7 +173,31 @@ class DataConfig(_Section):
             raise ValueError("label_column must not be one of text_columns")
         if any(b < 8 for b in self.pad_buckets) or sorted(self.pad_buckets) != self.pad_buckets:
             raise ValueError("pad_buckets: give increasing lengths of at least 8")
+        held = self.validation_split
+        if isinstance(held, bool):
+            raise ValueError("validation_split: give a split name, a fraction (0.1) or a row count (200)")
+        if isinstance(held, float) and not 0 < held < 1:
+            raise ValueError(f"validation_split: a fraction must lie between 0 and 1, not {held}; or give a row "
+                             "count (200)")
+        if isinstance(held, int) and held < 1:
+            raise ValueError(f"validation_split: hold out at least 1 row, not {held}")
+        if self.holdout is not None and self.files is not None and HOLDOUT_SPLIT in self.files:
+            raise ValueError(f"validation_split: {held} holds out part of the training data as split "
+                             f"{HOLDOUT_SPLIT!r}, but files already has one; drop one of them")
+        if self.truncation == "only_second" and len(self.text_columns) == 1:
+            raise ValueError("truncation: only_second needs two text_columns (a pair); use longest_first")
         return self
+
+    @property
+    def holdout(self) -> int | float | None:
+        """How much of the training split to hold out for validation (a fraction or a row count),
+        or None when `validation_split` names a split."""
+        return None if isinstance(self.validation_split, str) else self.validation_split
+
+    @property
+    def validation_name(self) -> str:
+        """The name of the split evaluated during training."""
+        return HOLDOUT_SPLIT if self.holdout is not None else self.validation_split
 
 
 class TrainConfig(_Section):
@@ -222,6 +264,12 @@ class TrainConfig(_Section):
 
     seed: int = 42
     """Seed for weights of the new head, dropout and data order."""
+
+    class_weights: Literal["auto"] | list[float] | None = None
+    """Weights of the classes in the training loss, for imbalanced data. `auto`: inverse class
+    frequency in the training split (n / (classes x n_c), so the average row still weighs 1).
+    A list: one positive weight per label, in label order. Null: every row weighs the same.
+    The validation loss stays unweighted."""
 
     fused_optimizer: bool = True
     """Use torch's fused AdamW kernel (CUDA, and CPU since torch 2.4): one pass over all
@@ -301,6 +349,8 @@ class TrainConfig(_Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
+        if isinstance(self.class_weights, list) and not all(w > 0 for w in self.class_weights):
+            raise ValueError("class_weights: every weight must be above 0 (or use auto)")
         if self.warmup_ratio is not None and self.warmup_steps:
             raise ValueError("give warmup_steps or warmup_ratio, not both")
         for name in ("eval_every", "checkpoint_every"):

@@ -146,4 +146,6 @@ def row_lines(mask, describe) -> list[str]:
 
 
 def split_source(data: DataConfig, split: str) -> str:
+    if split == data.validation_name and data.holdout is not None:
+        split = data.train_split  # its rows come from the training split's file
     return data.files[split] if data.files else f"{data.path}{'/' + data.name if data.name else ''} split {split!r}"

@@ -157,7 +157,7 @@ def sweep(
     from ftcli.build import check_splits
     from ftcli.cache import prepare
 
-    check_splits(cfg.data, cfg.data.train_split, cfg.data.validation_split)
+    check_splits(cfg.data, cfg.data.train_split, cfg.data.validation_name)
     with process_group(cfg.train) as group:
         main = group is None or group.is_main_process
         reporter.enabled = reporter.enabled and main

@@ -85,6 +85,7 @@ class Run:
     output_dir: Path
     clipping: str  # "folded" into fused AdamW, "separate" (Accelerate's clip), or "off"
     sparse_embedding: Any = None  # see optim.sparse_grad_embedding
+    class_weights: Any = None  # per-label loss weights on the device (train.class_weights), or None
     eval_split: str | None = None
     stop: StopFlag | None = None
     on_eval: Callable[[int, dict[str, Any]], bool] | None = None  # see train()
@@ -117,18 +118,19 @@ def setup(cfg: Config, accelerator, reporter: Reporter) -> Run:
     # first tokenization of a large dataset outlasts the collective timeout; a lock never does.
     prepared = cache.prepare(cfg, log=reporter.info)
     if accelerator.is_main_process:
-        _report_cache(reporter, prepared)
+        _report_cache(reporter, prepared, cfg.data.validation_name)
     # From here on the config holds the values ftcli resolved: the run's config.yaml and the
     # checkpoints' fingerprint say what was used, not `null`.
     cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"max_length": prepared.max_length})})
     train_info = prepared.split_info(cfg.data.train_split)
     if not train_info["labeled"]:
         raise FtcliError(f"{train_info['source']}: the training split has no labels")
-    eval_split = cfg.data.validation_split if cfg.data.validation_split in prepared.manifest["splits"] else None
+    eval_split = cfg.data.validation_name if cfg.data.validation_name in prepared.manifest["splits"] else None
     if eval_split and not prepared.split_info(eval_split)["labeled"]:
         eval_split = None
     if eval_split is None:
-        reporter.warn(f"no labelled split {cfg.data.validation_split!r}: training without evaluation")
+        reporter.warn(f"no labelled split {cfg.data.validation_name!r}: training without evaluation "
+                      "(data.validation_split: 0.1 holds out a tenth of the training rows)")
 
     tokenizer = modeling.load_tokenizer(cfg.model)
     model = modeling.load_model(cfg.model, prepared.label_names)
@@ -173,6 +175,7 @@ def setup(cfg: Config, accelerator, reporter: Reporter) -> Run:
         if clipping == "separate":  # asked for, not possible: say so
             why_separate = not_fused or why_separate
             reporter.warn(f"gradient clipping takes a separate pass: {why_separate}")
+    weights = class_weights(t, prepared, cfg.data.train_split)
     run = Run(
         cfg=cfg, accelerator=accelerator, model=model, optimizer=optimizer, scheduler=scheduler,
         train_dl=train_dl, eval_dl=eval_dl, metric=metric, metric_name=name, prepared=prepared, plan=plan,
@@ -180,10 +183,30 @@ def setup(cfg: Config, accelerator, reporter: Reporter) -> Run:
         clipping=clipping,
         sparse_embedding=optim.sparse_grad_embedding(accelerator.unwrap_model(model), accelerator.num_processes)
         if clipping == "folded" else None,
+        class_weights=torch.tensor(weights, device=accelerator.device) if weights else None,
     )
     _report_start(run, sum(p.numel() for p in accelerator.unwrap_model(model).parameters()),
                   torch.get_num_threads(), why_separate)
     return run
+
+
+def class_weights(t: TrainConfig, prepared, train_split: str) -> list[float] | None:
+    """`train.class_weights` as one weight per label; `auto`: n / (classes x n_c) from the
+    training split's class counts (scikit-learn's "balanced"), so the average row weighs 1."""
+    if t.class_weights is None:
+        return None
+    names = prepared.label_names
+    if not names:
+        raise FtcliError("train.class_weights: regression (num_labels: 1) has no classes to weigh; remove it")
+    if t.class_weights == "auto":
+        counts = prepared.split_info(train_split)["classes"]
+        total = sum(counts.values())
+        # A class without training rows gets weight 0: it never appears in the loss anyway.
+        return [total / (len(names) * counts[name]) if counts[name] else 0.0 for name in names]
+    if len(t.class_weights) != len(names):
+        raise FtcliError(f"train.class_weights: {len(t.class_weights)} weights for {len(names)} labels "
+                         f"({', '.join(names)}); give one weight per label, in that order, or use auto")
+    return list(t.class_weights)
 
 
 def _check_same_config(cfg: Config, accelerator) -> None:
@@ -205,12 +228,16 @@ def _check_same_config(cfg: Config, accelerator) -> None:
                          + "; give every process the same config file and --set options")
 
 
-def _report_cache(reporter: Reporter, prepared) -> None:
+def _report_cache(reporter: Reporter, prepared, validation: str) -> None:
     splits = ", ".join(f"{s} {i['rows']:,}" for s, i in prepared.manifest["splits"].items())
     if prepared.hit:
         reporter.info(f"data: cache hit {prepared.path} ({splits})")
     else:
         reporter.info(f"data: tokenized in {prepared.seconds:.1f}s ({prepared.why_missed}) -> {prepared.path} ({splits})")
+        for split in prepared.manifest["splits"]:  # the first time only: `ftcli prepare` shows it any time
+            reporter.info(f"  {prepared.describe(split)}")
+    if absent := prepared.absent_classes(validation):
+        reporter.warn(f"no {validation} rows of class(es) {', '.join(absent)}: their recall and F1 are not measured")
 
 
 def _report_start(run: Run, n_params: int, threads: int, why_separate: str | None) -> None:
@@ -234,6 +261,8 @@ def _report_start(run: Run, n_params: int, threads: int, why_separate: str | Non
         ("steps", f"{plan.steps_per_epoch} per epoch x {plan.epochs} epoch(s) = {plan.total_steps} optimizer steps"),
         ("schedule", f"{cfg.train.scheduler}, warmup {plan.warmup_steps} steps, peak lr {cfg.train.learning_rate}"),
         ("clipping", clipping),
+        *([("class weights", ", ".join(f"{n} {w:.3g}" for n, w in zip(prep.label_names, run.class_weights.tolist())))]
+          if run.class_weights is not None else []),
         ("output", str(run.output_dir)),
     ])
 
@@ -265,7 +294,7 @@ def fit(run: Run, state: TrainState) -> dict[str, Any]:
                 with acc.accumulate(model):
                     labels = batch.pop("labels")
                     loss, real = batch_loss(model(**batch).logits, labels, index, plan, acc.process_index,
-                                            window.rows, run.prepared.is_regression)
+                                            window.rows, run.prepared.is_regression, run.class_weights)
                     acc.backward(loss)
                     clip(run, touched)
                     optimizer.step()
@@ -428,8 +457,11 @@ def _fit_result(run: Run, state: TrainState, stopping: str | None, seconds: floa
     }
 
 
-def batch_loss(logits, labels, index: int, plan: Plan, process: int, rows: int, regression: bool):
+def batch_loss(logits, labels, index: int, plan: Plan, process: int, rows: int, regression: bool,
+               class_weights=None):
     """This process's share of the mean loss over the real rows of micro batch `index`.
+    `class_weights` weigh each row's loss by its label (the mean is still over rows, not over
+    weights: a batch's loss does not depend on which other classes share it).
 
     Accelerate splits each micro batch of M rows into equal per-process slices; a last, short
     batch is padded with rows from the start of the epoch so every process gets a full slice. Those
@@ -441,7 +473,7 @@ def batch_loss(logits, labels, index: int, plan: Plan, process: int, rows: int, 
     import torch.nn.functional as F
 
     per_row = (F.mse_loss(logits.float().squeeze(-1), labels.float(), reduction="none") if regression
-               else F.cross_entropy(logits.float(), labels, reduction="none"))
+               else F.cross_entropy(logits.float(), labels, weight=class_weights, reduction="none"))
     in_batch = min(plan.micro_batch, rows - index * plan.micro_batch)  # real rows in this micro batch
     real = max(0, min(len(per_row), in_batch - process * plan.batch_size))
     if real == len(per_row) and in_batch == plan.micro_batch:

@@ -48,7 +48,7 @@ def test_prepare_writes_a_loadable_dataset_and_manifest(tiny_model, files, tmp_p
     assert set(manifest["parts"]["data"]["files"]) == {"train", "validation"}
     assert manifest["splits"]["train"]["rows"] == 24 and manifest["splits"]["train"]["labeled"]
     ds = p.split("train")
-    assert set(ds.column_names) == {"input_ids", "attention_mask", "token_type_ids", "length", "labels"}
+    assert set(ds.column_names) == {"input_ids", "attention_mask", "token_type_ids", "length", "truncated", "labels"}
     rows = make_rows(24, seed=1)
     assert ds["labels"] == [r["label"] for r in rows]
     assert ds["length"] == [len(x) for x in ds["input_ids"]]

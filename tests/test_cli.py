@@ -96,7 +96,7 @@ def test_prepare_reports_miss_then_hit(make_config):
     second = invoke("prepare", "-c", cfg, "--json")
     assert json.loads(second.stdout)["cache"] == "hit"
     third = json.loads(invoke("prepare", "-c", cfg, "--json", "--set", "data.max_length=16").stdout)
-    assert third["cache"] == "miss" and third["why"] == "changed: max_length"
+    assert third["cache"] == "built" and third["why"] == "changed: max_length"
     assert third["splits"]["train"]["max_tokens"] == 16
 
 

@@ -18,7 +18,7 @@ def test_prepare_train_eval(make_config, tmp_path):
     first = run_cli("prepare", "-c", str(cfg), "--json")
     assert first.returncode == 0, first.stderr
     first = json.loads(first.stdout)
-    assert first["cache"] == "miss" and first["why"] == "first build"
+    assert first["cache"] == "built" and first["why"] == "first build"
     assert first["splits"]["train"]["rows"] == 96 and first["splits"]["test"]["labeled"] is False
     again = json.loads(run_cli("prepare", "-c", str(cfg), "--json").stdout)
     assert again["cache"] == "hit" and again["path"] == first["path"]

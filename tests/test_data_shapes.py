@@ -1,0 +1,196 @@
+"""Data as it comes: one file with a held-out validation split, imbalanced classes, long texts
+(truncation), class weights in the loss."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+
+from conftest import WORDS, config_dict, run_cli, write_jsonl
+from ftcli import cache
+from ftcli.config import config_from_dict
+from ftcli.errors import FtcliError
+
+
+def imbalanced_rows(n: int, seed: int = 5) -> list[dict]:
+    """Three classes in proportions 6:3:1, with the row's position in the file as `idx`."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = rng.choices(["a", "b", "c"], weights=[6, 3, 1])[0]
+        rows.append({"sentence1": " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 9))),
+                     "sentence2": " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 9))),
+                     "label": label, "idx": i})
+    return rows
+
+
+def one_file_config(tiny_model, tmp_path, rows, cache_dir="cache", **data):
+    files = {"train": write_jsonl(tmp_path / "one.jsonl", rows)}
+    raw = config_dict(tiny_model, files, tmp_path)
+    raw["model"]["labels"] = ["a", "b", "c"]
+    raw["data"].update({"validation_split": 0.2, "cache_dir": str(tmp_path / cache_dir), **data})
+    return raw
+
+
+def prepared(raw, overrides=()):
+    return cache.prepare(config_from_dict(raw, list(overrides)), log=lambda *_: None)
+
+
+def idx_of(p, split):
+    """A prepared split's rows, each as its token ids."""
+    return [tuple(ids) for ids in p.split(split)["input_ids"]]
+
+
+def test_held_out_validation_is_stratified_seeded_disjoint_and_keyed(tiny_model, tmp_path):
+    rows = imbalanced_rows(500)
+    raw = one_file_config(tiny_model, tmp_path, rows)
+    p = prepared(raw)
+    train, val = p.manifest["splits"]["train"], p.manifest["splits"]["validation"]
+    assert (train["rows"], val["rows"]) == (400, 100)
+    assert p.manifest["holdout"] == {"of": "train", "rows": 100, "train_rows": 400, "requested": 0.2, "seed": 42,
+                                     "stratified": True}
+    # Each class gives its share (largest remainder: the counts add up to exactly 100).
+    total = {name: train["classes"][name] + val["classes"][name] for name in "abc"}
+    assert total == {name: sum(r["label"] == name for r in rows) for name in "abc"}
+    for name in "abc":
+        assert abs(val["classes"][name] - total[name] * 0.2) < 1
+    # Disjoint, and together the whole file, each part in file order.
+    t, v = idx_of(p, "train"), idx_of(p, "validation")
+    whole = idx_of(prepared(raw, ["data.validation_split=validation"]), "train")
+    assert len(set(whole)) == len(whole) == 500  # rows are told apart by their tokens
+    assert not set(t) & set(v) and sorted(t + v) == sorted(whole)
+    assert t == [r for r in whole if r in set(t)] and v == [r for r in whole if r in set(v)]
+    # Same rows from a fresh cache (another machine, another process count: the split is data).
+    again = prepared(raw, [f"data.cache_dir={tmp_path / 'c2'}"])
+    assert idx_of(again, "validation") == v and idx_of(again, "train") == t
+    # Another fraction, seed or row count is another cache, and says why.
+    for override, share in (("data.validation_split=0.1", 50), ("data.split_seed=7", 100),
+                            ("data.validation_split=37", 37)):
+        other = prepared(raw, [override])
+        assert not other.hit and "validation_split" in other.why_missed
+        assert other.manifest["splits"]["validation"]["rows"] == share
+        if override.endswith("seed=7"):
+            assert idx_of(other, "validation") != v
+    assert prepared(raw).hit
+
+
+def test_held_out_split_keeps_every_file_row_once(tiny_model, tmp_path):
+    """Through the labels: the held-out and kept rows are exactly the file's rows."""
+    rows = imbalanced_rows(120, seed=9)
+    raw = one_file_config(tiny_model, tmp_path, rows, validation_split=30)
+    p = prepared(raw)
+    names = p.label_names
+    got = sorted([names[i] for i in p.split("train")["labels"]] + [names[i] for i in p.split("validation")["labels"]])
+    assert got == sorted(r["label"] for r in rows)
+    assert p.manifest["splits"]["validation"]["rows"] == 30
+
+
+def test_a_class_with_one_row_stays_in_training(tiny_model, tmp_path):
+    rows = imbalanced_rows(60, seed=3)
+    for r in rows:
+        r["label"] = "a" if r["label"] == "c" else r["label"]
+    rows[17]["label"] = "c"
+    p = prepared(one_file_config(tiny_model, tmp_path, rows, validation_split=0.5))
+    assert p.manifest["splits"]["train"]["classes"]["c"] == 1
+    assert p.absent_classes("validation") == ["c"]
+
+
+@pytest.mark.parametrize("data, expected", [
+    ({"validation_split": 5000}, "one.jsonl: data.validation_split 5000 would hold out 5000 of its 40 rows; give a "
+                                 "fraction or a row count between 1 and 39"),
+    ({"validation_split": 0.001}, "data.validation_split 0.001 would hold out 0 of its 40 rows"),
+    ({"validation_split": 1.5}, "data.validation_split: a fraction must lie between 0 and 1, not 1.5"),
+    ({"truncation": "only_second", "text_columns": ["sentence1"]}, "data.truncation: only_second needs two text_columns"),
+])
+def test_bad_split_or_truncation_settings_are_one_line(tiny_model, tmp_path, data, expected):
+    import yaml
+
+    raw = one_file_config(tiny_model, tmp_path, imbalanced_rows(40), **data)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
+    result = run_cli("prepare", "-c", str(tmp_path / "c.yaml"))
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and expected in result.stderr, result.stderr
+    assert not [p for p in (tmp_path / "cache").glob("*") if p.is_dir()] if (tmp_path / "cache").exists() else True
+
+
+def test_a_validation_file_and_a_held_out_split_exclude_each_other(tiny_model, tmp_path):
+    raw = one_file_config(tiny_model, tmp_path, imbalanced_rows(40))
+    raw["data"]["files"]["validation"] = raw["data"]["files"]["train"]
+    with pytest.raises(FtcliError, match="data.validation_split: 0.2 holds out part of the training data as split "
+                                         "'validation', but files already has one"):
+        config_from_dict(raw)
+
+
+def test_truncation_counts_flags_and_sides(tiny_model, tmp_path):
+    """max_length 16: [CLS] a [SEP] b [SEP] fits 13 words in all. Rows 2 and 5 are too long;
+    row 3 fills the window exactly and is not cut."""
+    def words(n):
+        return " ".join(["dog"] * n)
+
+    rows = [{"sentence1": words(3), "sentence2": words(3), "label": "a"},
+            {"sentence1": words(3), "sentence2": words(3), "label": "b"},
+            {"sentence1": words(12), "sentence2": words(4), "label": "a"},
+            {"sentence1": words(7), "sentence2": words(6), "label": "b"},
+            {"sentence1": words(2), "sentence2": words(2), "label": "c"},
+            {"sentence1": words(3), "sentence2": words(20), "label": "a"}]
+    raw = one_file_config(tiny_model, tmp_path, rows, validation_split="validation", max_length=16)
+    p = prepared(raw)
+    ds = p.split("train")
+    assert ds["truncated"] == [False, False, True, False, False, True]
+    assert p.manifest["splits"]["train"]["truncated"] == 2
+    assert ds["length"][3] == 16
+    # only_second keeps the whole first text; only_first the whole second (row 6's second text
+    # alone is too long for it: left out here, see the next test).
+    second = prepared(raw, ["data.truncation=only_second"]).split("train")["token_type_ids"][5]
+    assert len(second) == 16 and len(second) - sum(second) == 5  # [CLS] + 3 words + [SEP], uncut
+    raw = one_file_config(tiny_model, tmp_path, rows[:5], validation_split="validation", max_length=16,
+                          truncation="only_first")
+    first = prepared(raw).split("train")["token_type_ids"][2]
+    assert len(first) == 16 and sum(first) == 5  # 4 words + [SEP] of the second text, uncut
+
+
+def test_only_second_names_the_row_it_cannot_fit(tiny_model, tmp_path):
+    rows = [{"sentence1": "dog cat", "sentence2": "dog", "label": "a"}] * 3 + [
+        {"sentence1": " ".join(["dog"] * 30), "sentence2": "cat", "label": "b"}]
+    raw = one_file_config(tiny_model, tmp_path, rows, validation_split="validation", max_length=16,
+                          truncation="only_second")
+    with pytest.raises(FtcliError, match=r"one.jsonl: row 4: truncation only_second cannot fit it into max_length 16"):
+        prepared(raw)
+
+
+def test_class_weights_scale_each_rows_loss_by_its_class():
+    """By hand for one batch: the loss is the mean over rows of w[y] x cross-entropy."""
+    import torch
+
+    from ftcli.training import Plan, batch_loss
+
+    torch.manual_seed(0)
+    logits, labels = torch.randn(4, 3), torch.tensor([0, 2, 2, 1])
+    weights = torch.tensor([0.5, 1.0, 3.0])
+    plan = Plan(processes=1, batch_size=4, accumulation=1, micro_batches_per_epoch=1, steps_per_epoch=1, total_steps=1,
+                epochs=1, warmup_steps=0)
+    loss, real = batch_loss(logits, labels, 0, plan, 0, 4, False, weights)
+    log_p = torch.log_softmax(logits, -1)
+    by_hand = sum(-float(weights[y]) * float(log_p[i, y]) for i, y in enumerate(labels.tolist())) / 4
+    assert real == 4 and abs(float(loss) - by_hand) < 1e-6
+    plain, _ = batch_loss(logits, labels, 0, plan, 0, 4, False)
+    assert abs(float(plain) - float(-log_p[range(4), labels].mean())) < 1e-6 and abs(float(plain) - by_hand) > 0.1
+
+
+def test_auto_class_weights_are_inverse_frequency(tiny_model, tmp_path):
+    from ftcli.training import class_weights
+
+    rows = imbalanced_rows(500)
+    raw = one_file_config(tiny_model, tmp_path, rows)
+    cfg = config_from_dict(raw, ["train.class_weights=auto"])
+    p = cache.prepare(cfg, log=lambda *_: None)
+    counts = p.manifest["splits"]["train"]["classes"]
+    weights = class_weights(cfg.train, p, "train")
+    assert weights == pytest.approx([400 / (3 * counts[n]) for n in "abc"])
+    assert sum(w * counts[n] for w, n in zip(weights, "abc")) == pytest.approx(400)  # the average row weighs 1
+    with pytest.raises(FtcliError, match=r"train.class_weights: 2 weights for 3 labels \(a, b, c\); give one weight "
+                                         "per label"):
+        class_weights(config_from_dict(raw, ["train.class_weights=[1.0, 2.0]"]).train, p, "train")
