@@ -201,10 +201,13 @@ def eval_(
     require: Annotated[Optional[list[str]], typer.Option(
         "--require", metavar="METRIC>=VALUE", help="Quality gate, e.g. 'f1>=0.85' or 'loss<0.5' (operators >=, >, "
                           "<=, <, ==; repeatable): exit 3 when a metric misses it.", show_default=False)] = None,
+    report_dir: Annotated[Optional[Path], typer.Option(
+        "--report-dir", help="Where to write eval_report.json and confusion_matrix.png (default: eval/SPLIT/ in "
+                             "the model's run folder).", show_default=False)] = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Evaluate a trained model on a split and print its metrics."""
+    """Evaluate a trained model on a split: metrics, a per-class table, and a report with a confusion matrix."""
 
     def go():
         from ftcli import gate
@@ -214,15 +217,19 @@ def eval_(
         from ftcli.evaluation import evaluate_model
 
         reporter = _reporter(quiet, as_json)
-        result = evaluate_model(cfg, model_dir=model, split=split, require=requirements, reporter=reporter)
+        result = evaluate_model(cfg, model_dir=model, split=split, require=requirements, reporter=reporter,
+                                report_dir=report_dir)
         if not reporter.enabled:  # not the main process
             return
         failed = result["failed"]
         if as_json:
             _print_json(result)
         else:
-            shown = {k: v for k, v in result.items() if k not in ("model", "split", "failed")}
+            shown = {k: v for k, v in result.items() if k not in ("model", "split", "failed", "per_class", "report")}
             reporter.results(f"{result['split']} - {result['model']}", shown)
+            if "per_class" in result:
+                reporter.class_table(result["per_class"])
+                reporter.info(f"report: {result['report']} (and confusion_matrix.png beside it)")
         if failed:
             typer.echo(f"quality gate failed: {'; '.join(failed)}", err=True)
             raise typer.Exit(EXIT_QUALITY_GATE)

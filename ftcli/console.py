@@ -110,6 +110,31 @@ class Reporter:
                 print(f"  {k:<{width}}  {v:>10}", file=stream)
             stream.flush()
 
+    def class_table(self, per_class: dict[str, dict[str, Any]], stream=None) -> None:
+        """Precision, recall, F1 and support of each label on stdout."""
+        if not self.enabled:
+            return
+        stream = stream or self.out
+        columns = ("precision", "recall", "f1", "support")
+        if self.mode == "rich" and _isatty(stream):
+            from rich.console import Console
+            from rich.table import Table
+
+            table = Table()
+            table.add_column("label", style="bold")
+            for c in columns:
+                table.add_column(c, justify="right")
+            for name, row in per_class.items():
+                table.add_row(name, *(f"{row[c]:.4f}" if c != "support" else f"{row[c]:,}" for c in columns))
+            Console(file=stream, highlight=False).print(table)
+        else:
+            width = max((len(n) for n in per_class), default=5)
+            print(f"  {'label':<{width}}  " + "  ".join(f"{c:>9}" for c in columns), file=stream)
+            for name, row in per_class.items():
+                print(f"  {name:<{width}}  " + "  ".join(f"{row[c]:>9.4f}" if c != "support" else f"{row[c]:>9,}"
+                                                       for c in columns), file=stream)
+            stream.flush()
+
     # -- progress ---------------------------------------------------------------------------
     def progress(self, total: int, description: str, *, every: int = 10, unit: str = "steps",
                  min_interval: float = 0.0, completed: int = 0) -> Progress:

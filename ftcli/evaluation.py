@@ -46,9 +46,11 @@ def load_metric(name: str):
 
 
 def run_eval(accelerator, model, dataloader, metric, *, regression: bool, progress=None,
-             keep_outputs: bool = False) -> dict[str, Any]:
+             keep_outputs: bool = False, keep_predictions: bool = False) -> dict[str, Any]:
     """Evaluate `model` on a prepared dataloader. Returns the metrics, the mean loss and the
-    number of rows; with `keep_outputs`, also the gathered logits and row ids (for predict)."""
+    number of rows; with `keep_outputs`, also the gathered logits and row ids (for predict); with
+    `keep_predictions`, the predicted and true labels (`_predictions`, `_references`: numpy
+    arrays in dataset order, for the per-class report)."""
     import numpy as np
     import torch
     import torch.nn.functional as F
@@ -91,7 +93,49 @@ def run_eval(accelerator, model, dataloader, metric, *, regression: bool, progre
     if keep_outputs:
         out["_logits"] = torch.cat(logits_all) if logits_all else torch.zeros(0)
         out["_rows"] = torch.cat(rows_all) if rows_all else torch.zeros(0, dtype=torch.long)
+    if keep_predictions:
+        out["_predictions"], out["_references"] = p, r
     return out
+
+
+def class_report(predictions, references, names: list[str]) -> dict[str, Any]:
+    """Per-class precision, recall, F1 and support, and the confusion matrix (rows: the true
+    label, columns: the predicted one). A class never predicted has precision 0, one absent from
+    the references recall 0 (scikit-learn's `zero_division=0`)."""
+    import numpy as np
+
+    k = len(names)
+    p, r = np.asarray(predictions, dtype=np.int64), np.asarray(references, dtype=np.int64)
+    matrix = np.bincount(r * k + p, minlength=k * k).reshape(k, k)
+    hits, predicted, support = np.diag(matrix), matrix.sum(0), matrix.sum(1)
+    precision = np.divide(hits, predicted, out=np.zeros(k), where=predicted > 0)
+    recall = np.divide(hits, support, out=np.zeros(k), where=support > 0)
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(k), where=precision + recall > 0)
+    return {
+        "labels": list(names),
+        "per_class": {name: {"precision": round(float(precision[i]), 6), "recall": round(float(recall[i]), 6),
+                             "f1": round(float(f1[i]), 6), "support": int(support[i])}
+                      for i, name in enumerate(names)},
+        "confusion_matrix": matrix.tolist(),
+    }
+
+
+def write_report(folder: Path, report: dict[str, Any], title: str) -> Path:
+    """`eval_report.json` and `confusion_matrix.png` in `folder`; returns the JSON's path."""
+    from ftcli.files import atomic_write_text
+    from ftcli.plot import plot_confusion_matrix
+
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(folder / "eval_report.json", json.dumps(report, indent=2))
+    plot_confusion_matrix(report["confusion_matrix"], report["labels"], folder / "confusion_matrix.png", title)
+    return folder / "eval_report.json"
+
+
+def report_folder(model_folder: Path, split: str) -> Path:
+    """Where `ftcli eval` writes its report by default: `eval/<split>/` in the evaluated model's
+    run folder (the folder that holds `model/`)."""
+    run = model_folder.parent if model_folder.name == "model" else model_folder
+    return run / "eval" / split
 
 
 def find_model_dir(cfg: Config, model_dir: str | Path | None) -> Path:
@@ -103,13 +147,17 @@ def find_model_dir(cfg: Config, model_dir: str | Path | None) -> Path:
 
 
 def evaluate_model(config: Config | str | Path, *, model_dir: str | Path | None = None, split: str | None = None,
-                   require: list[Requirement] = (), reporter: Reporter | None = None) -> dict[str, Any]:
+                   require: list[Requirement] = (), reporter: Reporter | None = None,
+                   report_dir: str | Path | None = None) -> dict[str, Any]:
     """`ftcli eval`: evaluate a trained model on a split of the prepared data.
 
     Returns the metrics (`loss` and those of `eval.metric`, e.g. `accuracy`, `f1`) with `split`,
-    `model`, `samples` and `seconds`. `require` (quality-gate requirements, see ftcli.gate) are
-    checked against the metric names before the model runs; `result["failed"]` lists those the
-    model missed (empty when it passed)."""
+    `model`, `samples` and `seconds`; for classification also `per_class` (precision, recall, F1,
+    support of each label) and `report`, the `eval_report.json` written with a confusion matrix
+    and `confusion_matrix.png` into `report_dir` (default: `eval/<split>/` in the model's run
+    folder). `require` (quality-gate requirements, see ftcli.gate) are checked against the metric
+    names before the model runs; `result["failed"]` lists those the model missed (empty when it
+    passed)."""
     from ftcli import batching, build, cache, gate, modeling
     from ftcli.config import as_config
     from ftcli.runtime import accelerator_session
@@ -138,8 +186,10 @@ def evaluate_model(config: Config | str | Path, *, model_dir: str | Path | None 
         model, dl = accelerator.prepare(model, dl)
         start = time.perf_counter()
         with reporter.progress(len(dl), f"eval {split}", every=1, unit="batches", min_interval=10) as bar:
-            result = run_eval(accelerator, model, dl, metric, regression=prepared.is_regression, progress=bar)
-        return {
+            result = run_eval(accelerator, model, dl, metric, regression=prepared.is_regression, progress=bar,
+                              keep_predictions=True)
+        predictions, references = result.pop("_predictions"), result.pop("_references")
+        summary = {
             "split": split,
             "model": str(folder),
             "metric": name,
@@ -148,6 +198,14 @@ def evaluate_model(config: Config | str | Path, *, model_dir: str | Path | None 
             **result,
             "failed": gate.failures(list(require), result),
         }
+        if prepared.label_names:
+            report = {"split": split, "model": str(folder), **{k: v for k, v in result.items()},
+                      **class_report(predictions, references, prepared.label_names)}
+            summary["per_class"] = report["per_class"]
+            where = Path(report_dir) if report_dir else report_folder(folder, split)
+            if accelerator.is_main_process:
+                summary["report"] = str(write_report(where, report, f"{split}: {folder}"))
+        return summary
 
 
 def trained_labels(folder: Path) -> list[str]:
@@ -193,7 +251,9 @@ def predict(config: Config | str | Path, input_file: str | Path, output_file: st
         raise FtcliError(f"--output {output}: write .jsonl or .csv")
     labels = trained_labels(folder)
     raw = cfg.to_dict()
-    raw["data"].update(path=None, name=None, revision=None, files={"predict": str(source)})
+    # One file to label, as it is: no split held out of it.
+    raw["data"].update(path=None, name=None, revision=None, files={"predict": str(source)},
+                       validation_split="validation")
     raw["model"].update(labels=labels or None, num_labels=1 if not labels else len(labels))
     pcfg = config_from_dict(raw, source=cfg.source_path or "<config>")
     reporter = reporter or Reporter()
@@ -216,23 +276,27 @@ def predict(config: Config | str | Path, input_file: str | Path, output_file: st
         rows = result["_rows"][order].tolist()
         if rows != list(range(len(ds))):
             raise RuntimeError(f"gathered {len(rows)} predictions for {len(ds)} rows")  # a bug, not bad input
+        # Rows whose text was cut at max_length: the model did not read all of it.
+        cut = ds["truncated"] if "truncated" in ds.column_names else [False] * len(rows)
         if labels:
             probs = torch.softmax(logits, dim=-1).numpy()
             ids = probs.argmax(-1)
             records = [{"row": r, **{c: v[r] for c, v in kept.items()}, "label": labels[i], "label_id": int(i),
-                        "probabilities": {name: round(float(p), 6) for name, p in zip(labels, pr)}}
+                        "probabilities": {name: round(float(p), 6) for name, p in zip(labels, pr)},
+                        "truncated": bool(cut[r])}
                        for r, i, pr in zip(rows, ids, probs)]
             counts = {name: int((ids == k).sum()) for k, name in enumerate(labels)}
         else:
             values = logits.squeeze(-1).numpy()
-            records = [{"row": r, **{c: v[r] for c, v in kept.items()}, "prediction": float(p)}
-                       for r, p in zip(rows, values)]
+            records = [{"row": r, **{c: v[r] for c, v in kept.items()}, "prediction": float(p),
+                        "truncated": bool(cut[r])} for r, p in zip(rows, values)]
             counts = {"mean": float(np.mean(values)) if len(values) else None}
         if accelerator.is_main_process:
             write_predictions(output, records, labels, list(kept))
         accelerator.wait_for_everyone()
         return {"input": str(source), "output": str(output), "model": str(folder), "rows": len(records),
-                "labels": counts, "processes": accelerator.num_processes, "seconds": round(seconds, 3)}
+                "labels": counts, "truncated": int(sum(bool(c) for c in cut)), "processes": accelerator.num_processes,
+                "seconds": round(seconds, 3)}
 
 
 def _kept_columns(cfg: Config, source: Path, names: list[str] | tuple[str, ...]) -> dict[str, list]:
@@ -265,13 +329,13 @@ def write_predictions(path: Path, records: list[dict[str, Any]], labels: list[st
                 fields = (["row", *kept, "label", "label_id"] + [f"p_{n}" for n in labels]) if labels \
                     else ["row", *kept, "prediction"]
                 writer = csv.writer(f)
-                writer.writerow(fields)
+                writer.writerow([*fields, "truncated"])
                 for r in records:
                     head = [r["row"], *(r[c] for c in kept)]
                     if labels:
-                        writer.writerow([*head, r["label"], r["label_id"], *r["probabilities"].values()])
+                        writer.writerow([*head, r["label"], r["label_id"], *r["probabilities"].values(), r["truncated"]])
                     else:
-                        writer.writerow([*head, r["prediction"]])
+                        writer.writerow([*head, r["prediction"], r["truncated"]])
             else:
                 for r in records:
                     f.write(json.dumps(r) + "\n")

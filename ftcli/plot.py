@@ -74,3 +74,39 @@ def plot_run(run_dir: str | Path, output: str | Path | None = None) -> Path:
     fig.savefig(tmp, dpi=110)
     os.replace(tmp, output)
     return output
+
+
+def plot_confusion_matrix(matrix: list[list[int]], labels: list[str], output: Path, title: str) -> Path:
+    """The confusion matrix normalized by true label (each row shows where that class's rows
+    went), with label names; sized by the number of labels, so 30 classes stay readable."""
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    counts = np.asarray(matrix, dtype=float)
+    k = len(labels)
+    rows = counts.sum(1, keepdims=True)
+    share = np.divide(counts, rows, out=np.zeros_like(counts), where=rows > 0)
+    side = min(max(4.5, 0.42 * k + 2.5), 18)
+    fig = Figure(figsize=(side + 1.2, side), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(image, ax=ax, shrink=0.8, label="share of the true label's rows")
+    font = 10 if k <= 10 else 8 if k <= 20 else 6
+    ax.set_xticks(range(k), labels, rotation=90 if k > 6 else 0, fontsize=font)
+    ax.set_yticks(range(k), labels, fontsize=font)
+    ax.set_xlabel("predicted label")
+    ax.set_ylabel("true label")
+    if k <= 30:  # the share in each cell, white on dark cells
+        for i in range(k):
+            for j in range(k):
+                if counts[i, j]:
+                    ax.text(j, i, f"{share[i, j]:.2f}", ha="center", va="center", fontsize=font - 1,
+                            color="white" if share[i, j] > 0.5 else "black")
+    ax.set_title(title, fontsize=10)
+    output = Path(output)
+    tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    os.replace(tmp, output)
+    return output

@@ -86,6 +86,7 @@ class Run:
     clipping: str  # "folded" into fused AdamW, "separate" (Accelerate's clip), or "off"
     sparse_embedding: Any = None  # see optim.sparse_grad_embedding
     class_weights: Any = None  # per-label loss weights on the device (train.class_weights), or None
+    last_predictions: tuple | None = None  # (predicted, true) labels of the latest evaluation
     eval_split: str | None = None
     stop: StopFlag | None = None
     on_eval: Callable[[int, dict[str, Any]], bool] | None = None  # see train()
@@ -207,6 +208,24 @@ def class_weights(t: TrainConfig, prepared, train_split: str) -> list[float] | N
         raise FtcliError(f"train.class_weights: {len(t.class_weights)} weights for {len(names)} labels "
                          f"({', '.join(names)}); give one weight per label, in that order, or use auto")
     return list(t.class_weights)
+
+
+def _class_report(run: Run, final_eval: dict[str, Any] | None, *, fresh: bool) -> dict[str, Any] | None:
+    """The per-class report of the exported model on the validation split (classification). The
+    latest evaluation's predictions when they belong to the exported weights; else (the best
+    checkpoint's weights, or a run resumed after its last evaluation) one evaluation more."""
+    from ftcli.evaluation import class_report, run_eval
+    from ftcli.fastops import standard_attention
+
+    if run.eval_dl is None or not run.prepared.label_names or final_eval is None:
+        return None
+    if not fresh or run.last_predictions is None:
+        with standard_attention(run.accelerator.unwrap_model(run.model)):
+            result = run_eval(run.accelerator, run.model, run.eval_dl, run.metric, regression=False,
+                              keep_predictions=True)
+        run.last_predictions = result["_predictions"], result["_references"]
+    metrics = {k: v for k, v in final_eval.items() if k not in ("type", "time", "epoch", "seconds")}
+    return {**metrics, **class_report(*run.last_predictions, run.prepared.label_names)}
 
 
 def _check_same_config(cfg: Config, accelerator) -> None:
@@ -487,7 +506,9 @@ def _evaluate(run: Run, state: TrainState, *, epoch: float, log) -> dict[str, An
 
     start = time.perf_counter()
     with standard_attention(run.accelerator.unwrap_model(run.model)):
-        result = run_eval(run.accelerator, run.model, run.eval_dl, run.metric, regression=run.prepared.is_regression)
+        result = run_eval(run.accelerator, run.model, run.eval_dl, run.metric, regression=run.prepared.is_regression,
+                          keep_predictions=True)
+    run.last_predictions = result.pop("_predictions"), result.pop("_references")
     result["seconds"] = round(time.perf_counter() - start, 3)
     record = {"type": "eval", "step": state.step, "epoch": epoch, "split": run.eval_split, **result}
     log.write(record)
@@ -659,6 +680,7 @@ def _finish(run: Run, state: TrainState, result: dict[str, Any], ckpt: Path | No
         final_eval = {"type": "eval", "step": best.step, **best.eval}
         exported = {"from": "best", "step": best.step, "checkpoint": best.checkpoint}
     run_dir.export_model(acc, run.model, run.tokenizer, out / "model")
+    report = _class_report(run, final_eval, fresh=exported["from"] == "last")
     summary = {
         "output_dir": str(out),
         "model_dir": str(out / "model"),
@@ -675,8 +697,14 @@ def _finish(run: Run, state: TrainState, result: dict[str, Any], ckpt: Path | No
         if best else None,
         "eval": {k: v for k, v in final_eval.items() if k not in ("type", "time", "epoch", "split", "step")}
         if final_eval else None,
+        "per_class": report["per_class"] if report else None,
     }
     if acc.is_main_process:
+        if report:
+            from ftcli.evaluation import write_report
+
+            summary["report"] = str(write_report(out / "eval" / run.eval_split, report,
+                                                 f"{run.eval_split}, step {report['step']}: {out / 'model'}"))
         atomic_write_text(out / "metrics.json", json.dumps(summary, indent=2))
         run_dir.write_run_json(out, "completed", step=result["steps"])
         try:

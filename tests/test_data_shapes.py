@@ -194,3 +194,92 @@ def test_auto_class_weights_are_inverse_frequency(tiny_model, tmp_path):
     with pytest.raises(FtcliError, match=r"train.class_weights: 2 weights for 3 labels \(a, b, c\); give one weight "
                                          "per label"):
         class_weights(config_from_dict(raw, ["train.class_weights=[1.0, 2.0]"]).train, p, "train")
+
+
+def test_class_report_of_a_known_confusion_matrix_matches_scikit_learn(tmp_path):
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+    from ftcli.evaluation import class_report, write_report
+
+    refs = [0, 0, 0, 1, 1, 2, 2, 2, 2]
+    preds = [0, 1, 0, 1, 2, 2, 2, 0, 2]
+    report = class_report(preds, refs, ["a", "b", "c"])
+    assert report["confusion_matrix"] == [[2, 1, 0], [0, 1, 1], [1, 0, 3]]
+    assert report["confusion_matrix"] == confusion_matrix(refs, preds).tolist()
+    precision, recall, f1, support = precision_recall_fscore_support(refs, preds, zero_division=0)
+    for i, name in enumerate("abc"):
+        row = report["per_class"][name]
+        assert (row["precision"], row["recall"], row["f1"], row["support"]) == pytest.approx(
+            (precision[i], recall[i], f1[i], support[i]), abs=1e-6)
+    # A class never predicted and one never present: 0, as scikit-learn's zero_division=0.
+    sparse = class_report([0, 0], [0, 1], ["a", "b", "c"])["per_class"]
+    assert sparse["b"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1}
+    assert sparse["c"]["support"] == 0
+    # 30 labels: a real PNG, large enough to read.
+    from PIL import Image
+
+    names = [f"label_{i:02d}" for i in range(30)]
+    rng = np.random.default_rng(0)
+    r = rng.integers(0, 30, 600)
+    path = write_report(tmp_path / "r", {"labels": names, **class_report(np.where(rng.random(600) < 0.7, r,
+                                          rng.integers(0, 30, 600)), r, names)}, "30 classes")
+    assert json.loads(path.read_text())["labels"] == names
+    with Image.open(tmp_path / "r" / "confusion_matrix.png") as image:
+        assert image.format == "PNG" and min(image.size) >= 1200
+
+
+def colour_rows(n: int, seed: int) -> list[dict]:
+    """Learnable and imbalanced: the first word of sentence1 names the class (red a, blue b,
+    green c), in proportions 6:3:1."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = rng.choices(["a", "b", "c"], weights=[6, 3, 1])[0]
+        first = {"a": "red", "b": "blue", "c": "green"}[label]
+        rows.append({"sentence1": first + " " + " ".join(rng.choice(WORDS[:12]) for _ in range(rng.randint(3, 8))),
+                     "sentence2": " ".join(rng.choice(WORDS[:12]) for _ in range(rng.randint(3, 8))),
+                     "label": label, "idx": i})
+    return rows
+
+
+@pytest.mark.slow
+def test_one_file_with_class_weights_trains_and_reports_per_class(tiny_model, tmp_path):
+    """One file in: a held-out validation split, auto class weights, and the per-class report of
+    train and eval, which agree with each other and with scikit-learn on predict's output."""
+    import yaml
+    from PIL import Image
+    from sklearn.metrics import precision_recall_fscore_support
+
+    raw = one_file_config(tiny_model, tmp_path, colour_rows(300, seed=1), validation_split=0.2)
+    raw["train"].update(epochs=3, batch_size=16, class_weights="auto")
+    raw["eval"]["metric"] = "auto"
+    raw["data"]["files"]["test"] = str(write_jsonl(tmp_path / "test.jsonl", colour_rows(90, seed=2)))
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
+    trained = run_cli("train", "-c", str(tmp_path / "c.yaml"), "--json")
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert "class weights" in trained.stderr and "validation: 60 rows" in trained.stderr
+    summary = json.loads(trained.stdout)
+    report = json.loads((tmp_path / "run" / "eval" / "validation" / "eval_report.json").read_text())
+    assert summary["per_class"] == report["per_class"] and summary["report"].endswith("eval_report.json")
+    assert sum(sum(row) for row in report["confusion_matrix"]) == 60
+    assert [report["per_class"][n]["support"] for n in "abc"] == [sum(r) for r in report["confusion_matrix"]]
+    with Image.open(tmp_path / "run" / "eval" / "validation" / "confusion_matrix.png") as image:
+        assert image.format == "PNG"
+    again = run_cli("eval", "-c", str(tmp_path / "c.yaml"), "--json")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads(again.stdout)["per_class"] == summary["per_class"]
+    # On a file: eval's per-class figures are scikit-learn's on predict's labels.
+    test = run_cli("eval", "-c", str(tmp_path / "c.yaml"), "--split", "test", "--json")
+    out = tmp_path / "p.jsonl"
+    predicted = run_cli("predict", "-c", str(tmp_path / "c.yaml"), "-i", raw["data"]["files"]["test"], "-o", str(out))
+    assert test.returncode == 0 and predicted.returncode == 0, test.stderr[-2000:] + predicted.stderr[-2000:]
+    labels = [json.loads(line)["label"] for line in out.read_text().splitlines()]
+    truth = [r["label"] for r in colour_rows(90, seed=2)]
+    precision, recall, f1, support = precision_recall_fscore_support(truth, labels, labels=list("abc"), zero_division=0)
+    per_class = json.loads(test.stdout)["per_class"]
+    for i, name in enumerate("abc"):
+        assert per_class[name]["f1"] == pytest.approx(f1[i], abs=1e-6)
+        assert per_class[name]["support"] == support[i]
+    assert per_class["c"]["recall"] > 0  # the rare class is learned
+    human = run_cli("eval", "-c", str(tmp_path / "c.yaml"), "--split", "test")
+    assert human.returncode == 0 and "precision" in human.stdout and "support" in human.stdout

@@ -52,7 +52,7 @@ def test_predict_writes_every_row_in_input_order(make_config, tiny_classifier, t
     as_csv = tmp_path / "pred.csv"
     assert invoke("predict", "-c", cfg, "--model", tiny_classifier, "--input", source, "-o", as_csv).exit_code == 0
     table = list(csv.DictReader(as_csv.open()))
-    assert [int(r["row"]) for r in table] == list(range(9)) and set(table[0]) == {"row", "label", "label_id", "p_no", "p_yes"}
+    assert [int(r["row"]) for r in table] == list(range(9)) and set(table[0]) == {"row", "label", "label_id", "p_no", "p_yes", "truncated"}
 
 
 def test_predict_keeps_chosen_input_columns(make_config, tiny_classifier, tmp_path):
