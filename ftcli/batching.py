@@ -98,7 +98,7 @@ class Collator:
     buckets: tuple[int, ...] = (32, 64, 128, 256, 512)
     multiple_of: int | None = None
     with_row_ids: bool = False
-    regression: bool = False
+    regression: bool = False  # float labels: regression targets, or multi-label rows of 0/1
 
     def padded_length(self, longest: int) -> int:
         if self.padding == "max_length":
@@ -170,7 +170,7 @@ def collator(data: DataConfig, accelerator, prepared: Prepared, *, with_row_ids:
     return Collator(
         pad_token_id=prepared.pad_token_id, padding=padding_mode(data, accelerator), max_length=prepared.max_length,
         buckets=tuple(data.pad_buckets), multiple_of=pad_multiple(data), with_row_ids=with_row_ids,
-        regression=prepared.is_regression,
+        regression=prepared.is_regression or prepared.is_multi_label,  # float targets
     )
 
 

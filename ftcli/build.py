@@ -184,11 +184,12 @@ def build(cfg: Config, parts: dict[str, Any], key: str, tmp: Path, raw, labels_o
     raw = raw if raw is not None else load_raw(data, tmp / "raw")
     _check_columns(data, raw, labels_optional)
     names = labels.label_names(model, data, raw)
+    multi = labels.is_multi_label(model, data, raw)
     sources = {split: labels.split_source(data, split) for split in raw}
     holdout, origins = None, {}
     if data.holdout is not None:
         with quiet_datasets():
-            raw, holdout, origins = hold_out(data, model, raw, names)
+            raw, holdout, origins = hold_out(data, model, raw, names, multi)
         sources[data.train_split] = f"{sources[data.train_split]} ({holdout['train_rows']:,} rows kept for training)"
         sources[data.validation_name] = (f"{labels.split_source(data, data.train_split)} "
                                          f"({holdout['rows']:,} rows held out, seed {data.split_seed})")
@@ -196,15 +197,19 @@ def build(cfg: Config, parts: dict[str, Any], key: str, tmp: Path, raw, labels_o
     max_length = parts["settings"]["max_length"]
     splits = {}
     for split, ds in raw.items():
-        ids, labelled = labels.label_ids(model, data, ds, split, names)
+        ids, labelled = labels.label_ids(model, data, ds, split, names, multi)
         with quiet_datasets():
             tokenized = _tokenize(ds, tokenizer, data, max_length, tmp / f"map-{split}.arrow",
                                   labels.split_source(data, data.train_split) if split in origins else sources[split],
                                   origins.get(split))
-            tokenized = tokenized.add_column(
-                "labels", ids.to_numpy(zero_copy_only=False),
-                feature=hfds.Value("float32" if model.is_regression else "int64"),
-            )
+            if multi:  # a 0/1 row over the labels
+                tokenized = tokenized.add_column("labels", list(ids), feature=hfds.List(hfds.Value("float32"),
+                                                                                         length=len(names)))
+            else:
+                tokenized = tokenized.add_column(
+                    "labels", ids.to_numpy(zero_copy_only=False),
+                    feature=hfds.Value("float32" if model.is_regression else "int64"),
+                )
             tokenized.save_to_disk(str(tmp / "dataset" / split))
         lengths = tokenized.data.column("length")
         splits[split] = {
@@ -226,6 +231,7 @@ def build(cfg: Config, parts: dict[str, Any], key: str, tmp: Path, raw, labels_o
         "key": key,
         "parts": parts,
         "label_names": names,
+        "problem_type": "regression" if model.is_regression else "multi_label" if multi else "single_label",
         "pad_token_id": int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0),
         "max_length": max_length,
         "model_input_names": [c for c in MODEL_COLUMNS if c in tokenizer.model_input_names],
@@ -304,17 +310,20 @@ def _truncation_error(tokenizer, texts, indices, data: DataConfig, max_length: i
 
 
 def class_counts(ids, names: list[str]) -> dict[str, int]:
-    """Rows per label name (labelled rows of single-label data)."""
+    """Rows per label name (labelled rows; for multi-label data, rows carrying each label)."""
     import numpy as np
 
+    if isinstance(ids, np.ndarray) and ids.ndim == 2:
+        return {name: int(n) for name, n in zip(names, (ids > 0).sum(0))}
     values = np.asarray(ids.to_numpy(zero_copy_only=False))
     counts = np.bincount(values[values >= 0], minlength=len(names))
     return {name: int(n) for name, n in zip(names, counts)}
 
 
-def hold_out(data: DataConfig, model, raw: dict[str, datasets.Dataset], names: list[str]):
+def hold_out(data: DataConfig, model, raw: dict[str, datasets.Dataset], names: list[str], multi_label: bool = False):
     """Split `data.holdout` rows off the training split into `data.validation_name`: per class
-    (each class gives its share, rounded so the total is exact), at random with `split_seed`. Both
+    (each class gives its share, rounded so the total is exact; a multi-label row counts under its
+    rarest label), at random with `split_seed`. Both
     parts keep the file's row order. Returns the new splits, what the manifest records, and each
     part's row indices in the file."""
     import numpy as np
@@ -330,7 +339,11 @@ def hold_out(data: DataConfig, model, raw: dict[str, datasets.Dataset], names: l
         raise FtcliError(f"data.validation_split: the data already has a split {data.validation_name!r}; use it "
                          f"(validation_split: {data.validation_name}) instead of holding out training rows")
     rng = np.random.default_rng(data.split_seed)
-    if names:  # classification: stratified
+    if names and multi_label:
+        hot, _ = labels.label_ids(model, data, train, data.train_split, names, True)
+        rarity = np.where(hot > 0, (hot > 0).sum(0)[None, :], np.iinfo(np.int64).max)
+        groups = np.where((hot > 0).any(1), rarity.argmin(1), -1)
+    elif names:  # classification: stratified
         ids, _ = labels.label_ids(model, data, train, data.train_split, names)
         groups = np.asarray(ids.to_numpy(zero_copy_only=False))
     else:

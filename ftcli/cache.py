@@ -128,6 +128,9 @@ def fingerprint(cfg: Config, memo: _HashMemo | None = None) -> dict[str, Any]:
             # Which rows are validated on when they are held out of the training split.
             "validation_split": [d.holdout, d.split_seed] if d.holdout is not None else None,
             "labels": cfg.model.labels,
+            "problem_type": cfg.model.problem_type,
+            "label_separator": d.label_separator,
+            "allow_empty_labels": d.allow_empty_labels,
             "num_labels": cfg.model.num_labels,
             "tokenizers": version("tokenizers"),
         },
@@ -166,6 +169,10 @@ class Prepared:
     @property
     def is_regression(self) -> bool:
         return self.manifest["label_names"] == []
+
+    @property
+    def is_multi_label(self) -> bool:
+        return self.manifest.get("problem_type") == "multi_label"
 
     @property
     def num_labels(self) -> int:

@@ -201,6 +201,9 @@ def eval_(
     require: Annotated[Optional[list[str]], typer.Option(
         "--require", metavar="METRIC>=VALUE", help="Quality gate, e.g. 'f1>=0.85' or 'loss<0.5' (operators >=, >, "
                           "<=, <, ==; repeatable): exit 3 when a metric misses it.", show_default=False)] = None,
+    best_threshold: Annotated[bool, typer.Option(
+        "--best-threshold", help="Multi-label: also report the single threshold that would maximize micro F1 on "
+                                 "this split (the model and eval.threshold are not changed).")] = False,
     report_dir: Annotated[Optional[Path], typer.Option(
         "--report-dir", help="Where to write eval_report.json and confusion_matrix.png (default: eval/SPLIT/ in "
                              "the model's run folder).", show_default=False)] = None,
@@ -218,18 +221,24 @@ def eval_(
 
         reporter = _reporter(quiet, as_json)
         result = evaluate_model(cfg, model_dir=model, split=split, require=requirements, reporter=reporter,
-                                report_dir=report_dir)
+                                report_dir=report_dir, find_threshold=best_threshold)
         if not reporter.enabled:  # not the main process
             return
         failed = result["failed"]
         if as_json:
             _print_json(result)
         else:
-            shown = {k: v for k, v in result.items() if k not in ("model", "split", "failed", "per_class", "report")}
+            shown = {k: v for k, v in result.items()
+                     if k not in ("model", "split", "failed", "per_class", "report", "best_threshold")}
             reporter.results(f"{result['split']} - {result['model']}", shown)
             if "per_class" in result:
                 reporter.class_table(result["per_class"])
-                reporter.info(f"report: {result['report']} (and confusion_matrix.png beside it)")
+                picture = "" if "threshold" in result else " (and confusion_matrix.png beside it)"
+                reporter.info(f"report: {result['report']}{picture}")
+            if "best_threshold" in result:
+                best = result["best_threshold"]
+                reporter.info(f"best single threshold on {result['split']}: {best['threshold']:.2f} "
+                              f"(f1_micro {best['f1_micro']:.4f}; eval.threshold is {result['threshold']:.2f})")
         if failed:
             typer.echo(f"quality gate failed: {'; '.join(failed)}", err=True)
             raise typer.Exit(EXIT_QUALITY_GATE)

@@ -58,6 +58,12 @@ class ModelConfig(_Section):
     """Number of labels. 1 means regression (float targets, MSE loss, Pearson/Spearman metrics).
     Needed only when `labels` is left out and should not be inferred from the data."""
 
+    problem_type: Literal["auto", "single_label", "multi_label"] = "auto"
+    """`multi_label`: a row may carry several labels (or none); the model scores each label on
+    its own (sigmoid, binary cross-entropy) and predicts every label above `eval.threshold`.
+    `auto`: multi-label when the label column holds lists (JSON lists, or strings split by
+    `data.label_separator`), single-label otherwise. Regression is `num_labels: 1`."""
+
     trust_remote_code: bool = False
     """Allow model/tokenizer code from the Hub repository to run. Off unless you trust it."""
 
@@ -76,6 +82,12 @@ class ModelConfig(_Section):
                 raise ValueError(
                     f"num_labels is {self.num_labels} but labels names {len(self.labels)}; drop one of them"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _problem(self) -> ModelConfig:
+        if self.problem_type != "auto" and self.num_labels == 1:
+            raise ValueError(f"problem_type: {self.problem_type} needs labels; num_labels: 1 means regression")
         return self
 
     @property
@@ -110,7 +122,16 @@ class DataConfig(_Section):
     """One text column, or two for sentence pairs (tokenized together as a pair)."""
 
     label_column: str = "label"
-    """Column holding the labels (names or integer ids; floats for regression)."""
+    """Column holding the labels: names or integer ids; floats for regression; for multi-label
+    data, a list of names or ids per row (a JSON list, or a string split by `label_separator`)."""
+
+    label_separator: str | None = None
+    """Split string labels on this (e.g. `","` for `"4,27"`): each row then carries the set of
+    labels it names, and the data is multi-label."""
+
+    allow_empty_labels: bool = False
+    """Multi-label: accept rows whose label list is empty (no label applies). Off: such a row is
+    reported as bad input, since an empty list is more often a data error."""
 
     max_length: int | None = Field(default=None, ge=8)
     """Truncate inputs to this many tokens. Left out: the tokenizer's limit (at most 512)."""
@@ -184,6 +205,8 @@ class DataConfig(_Section):
         if self.holdout is not None and self.files is not None and HOLDOUT_SPLIT in self.files:
             raise ValueError(f"validation_split: {held} holds out part of the training data as split "
                              f"{HOLDOUT_SPLIT!r}, but files already has one; drop one of them")
+        if self.label_separator == "":
+            raise ValueError("label_separator: give a character such as \",\" or \"|\", or leave it out")
         if self.truncation == "only_second" and len(self.text_columns) == 1:
             raise ValueError("truncation: only_second needs two text_columns (a pair); use longest_first")
         return self
@@ -386,11 +409,16 @@ class EvalConfig(_Section):
     """Split that `ftcli eval` evaluates."""
 
     metric: Literal[
-        "auto", "accuracy", "accuracy_f1", "multiclass", "matthews", "regression",
+        "auto", "accuracy", "accuracy_f1", "multiclass", "multilabel", "matthews", "regression",
         "cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte", "wnli",
     ] = "auto"
     """Metrics to compute, by GLUE task name or kind. `auto`: accuracy and F1 for two labels,
-    accuracy and macro F1 for more, Pearson/Spearman for regression."""
+    accuracy and macro F1 for more, Pearson/Spearman for regression; for multi-label data micro
+    and macro F1, micro precision and recall, and exact-match (subset) accuracy."""
+
+    threshold: float = Field(default=0.5, gt=0, lt=1)
+    """Multi-label: a label is predicted when its probability is at least this. `ftcli eval
+    --best-threshold` reports the threshold that would have maximized micro F1."""
 
 
 class ParamRange(_Section):

@@ -19,7 +19,15 @@ from ftcli.gate import Requirement
 METRIC_SCRIPT = Path(__file__).parent / "metrics" / "ftcli_glue.py"
 
 
-def metric_name(ev: EvalConfig, label_names: list[str]) -> str:
+def metric_name(ev: EvalConfig, label_names: list[str], multi_label: bool = False) -> str:
+    if multi_label:
+        if ev.metric not in ("auto", "multilabel"):
+            raise FtcliError(f"eval.metric: {ev.metric!r} scores one label per row, but this data is multi-label; "
+                             "use auto or multilabel")
+        return "multilabel"
+    if ev.metric == "multilabel":
+        raise FtcliError("eval.metric: multilabel needs multi-label data (label lists, or "
+                         "model.problem_type: multi_label)")
     if ev.metric != "auto":
         return ev.metric
     if not label_names:
@@ -46,17 +54,20 @@ def load_metric(name: str):
 
 
 def run_eval(accelerator, model, dataloader, metric, *, regression: bool, progress=None,
-             keep_outputs: bool = False, keep_predictions: bool = False) -> dict[str, Any]:
+             keep_outputs: bool = False, keep_predictions: bool = False, multi_label: bool = False,
+             threshold: float = 0.5) -> dict[str, Any]:
     """Evaluate `model` on a prepared dataloader. Returns the metrics, the mean loss and the
     number of rows; with `keep_outputs`, also the gathered logits and row ids (for predict); with
     `keep_predictions`, the predicted and true labels (`_predictions`, `_references`: numpy
-    arrays in dataset order, for the per-class report)."""
+    arrays in dataset order, for the per-class report; multi-label: rows x labels of 0/1, and
+    `_scores`, each label's probability). Multi-label rows predict every label whose probability
+    is at least `threshold`."""
     import numpy as np
     import torch
     import torch.nn.functional as F
 
     model.eval()
-    preds, refs, losses, logits_all, rows_all = [], [], [], [], []
+    preds, refs, losses, logits_all, rows_all, scores = [], [], [], [], [], []
     with torch.no_grad():
         for batch in dataloader:
             labels = batch.pop("labels")
@@ -67,6 +78,9 @@ def run_eval(accelerator, model, dataloader, metric, *, regression: bool, progre
             if regression:
                 pred = logits.squeeze(-1)
                 loss = F.mse_loss(pred, labels.float(), reduction="none")
+            elif multi_label:
+                pred = (torch.sigmoid(logits) >= threshold).long()
+                loss = F.binary_cross_entropy_with_logits(logits, labels.clamp(min=0), reduction="none").mean(-1)
             else:
                 pred = logits.argmax(-1)
                 loss = F.cross_entropy(logits, labels.clamp(min=0), reduction="none")
@@ -79,6 +93,8 @@ def run_eval(accelerator, model, dataloader, metric, *, regression: bool, progre
             if keep_outputs:
                 logits_all.append(gathered[3].cpu())
                 rows_all.append(gathered[4].cpu())
+            elif multi_label and keep_predictions:
+                scores.append(torch.sigmoid(accelerator.gather_for_metrics(logits)).cpu())
             if progress is not None:
                 progress.update(1)
     model.train()
@@ -89,13 +105,50 @@ def run_eval(accelerator, model, dataloader, metric, *, regression: bool, progre
     labelled = bool(len(r)) and bool((~np.isnan(r)).all() if regression else (r >= 0).all())
     if labelled and len(p) and metric is not None:
         out["loss"] = float(torch.cat(losses).double().mean())
-        out.update({k: float(v) for k, v in metric.compute(predictions=p, references=r).items()})
+        refs_for_metric = r.astype(np.int64) if multi_label else r
+        out.update({k: float(v) for k, v in metric.compute(predictions=p, references=refs_for_metric).items()})
     if keep_outputs:
         out["_logits"] = torch.cat(logits_all) if logits_all else torch.zeros(0)
         out["_rows"] = torch.cat(rows_all) if rows_all else torch.zeros(0, dtype=torch.long)
     if keep_predictions:
         out["_predictions"], out["_references"] = p, r
+        if multi_label:
+            out["_scores"] = torch.cat(scores).numpy() if scores else np.zeros((0, 0))
     return out
+
+
+def multi_label_report(predictions, references, names: list[str]) -> dict[str, Any]:
+    """Each label's precision, recall, F1 and support (rows carrying it), and its counts of true
+    and false positives and negatives: a multi-label confusion matrix, one 2 x 2 table per label."""
+    import numpy as np
+
+    p, r = np.asarray(predictions, dtype=np.int64), np.asarray(references, dtype=np.int64)
+    tp, fp, fn = (p & r).sum(0), (p & (1 - r)).sum(0), ((1 - p) & r).sum(0)
+    tn = len(r) - tp - fp - fn
+    per_class, counts = {}, {}
+    for i, name in enumerate(names):
+        precision = tp[i] / (tp[i] + fp[i]) if tp[i] + fp[i] else 0.0
+        recall = tp[i] / (tp[i] + fn[i]) if tp[i] + fn[i] else 0.0
+        f1 = 2 * tp[i] / (2 * tp[i] + fp[i] + fn[i]) if tp[i] + fp[i] + fn[i] else 0.0
+        per_class[name] = {"precision": round(float(precision), 6), "recall": round(float(recall), 6),
+                           "f1": round(float(f1), 6), "support": int(tp[i] + fn[i])}
+        counts[name] = {"tp": int(tp[i]), "fp": int(fp[i]), "fn": int(fn[i]), "tn": int(tn[i])}
+    return {"labels": list(names), "per_class": per_class, "label_confusion": counts}
+
+
+def best_threshold(scores, references) -> dict[str, float]:
+    """The single threshold (0.05 to 0.95 in steps of 0.05) with the best micro F1 on these rows."""
+    import numpy as np
+
+    r = np.asarray(references, dtype=np.int64)
+    best = {"threshold": 0.5, "f1_micro": -1.0}
+    for t in np.round(np.arange(0.05, 0.951, 0.05), 2):
+        p = (scores >= t).astype(np.int64)
+        tp, fp, fn = int((p & r).sum()), int((p & (1 - r)).sum()), int(((1 - p) & r).sum())
+        f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
+        if f1 > best["f1_micro"] + 1e-12:
+            best = {"threshold": float(t), "f1_micro": round(f1, 6)}
+    return best
 
 
 def class_report(predictions, references, names: list[str]) -> dict[str, Any]:
@@ -121,13 +174,15 @@ def class_report(predictions, references, names: list[str]) -> dict[str, Any]:
 
 
 def write_report(folder: Path, report: dict[str, Any], title: str) -> Path:
-    """`eval_report.json` and `confusion_matrix.png` in `folder`; returns the JSON's path."""
+    """`eval_report.json` and, for single-label data, `confusion_matrix.png` in `folder`;
+    returns the JSON's path."""
     from ftcli.files import atomic_write_text
     from ftcli.plot import plot_confusion_matrix
 
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_text(folder / "eval_report.json", json.dumps(report, indent=2))
-    plot_confusion_matrix(report["confusion_matrix"], report["labels"], folder / "confusion_matrix.png", title)
+    if "confusion_matrix" in report:
+        plot_confusion_matrix(report["confusion_matrix"], report["labels"], folder / "confusion_matrix.png", title)
     return folder / "eval_report.json"
 
 
@@ -148,16 +203,18 @@ def find_model_dir(cfg: Config, model_dir: str | Path | None) -> Path:
 
 def evaluate_model(config: Config | str | Path, *, model_dir: str | Path | None = None, split: str | None = None,
                    require: list[Requirement] = (), reporter: Reporter | None = None,
-                   report_dir: str | Path | None = None) -> dict[str, Any]:
+                   report_dir: str | Path | None = None, find_threshold: bool = False) -> dict[str, Any]:
     """`ftcli eval`: evaluate a trained model on a split of the prepared data.
 
     Returns the metrics (`loss` and those of `eval.metric`, e.g. `accuracy`, `f1`) with `split`,
     `model`, `samples` and `seconds`; for classification also `per_class` (precision, recall, F1,
     support of each label) and `report`, the `eval_report.json` written with a confusion matrix
     and `confusion_matrix.png` into `report_dir` (default: `eval/<split>/` in the model's run
-    folder). `require` (quality-gate requirements, see ftcli.gate) are checked against the metric
-    names before the model runs; `result["failed"]` lists those the model missed (empty when it
-    passed)."""
+    folder). Multi-label: `threshold` (eval.threshold) and, with `find_threshold`,
+    `best_threshold`: the single threshold that would have maximized micro F1 on this split (the
+    model is not changed). `require` (quality-gate requirements, see ftcli.gate) are checked
+    against the metric names before the model runs; `result["failed"]` lists those the model
+    missed (empty when it passed)."""
     from ftcli import batching, build, cache, gate, modeling
     from ftcli.config import as_config
     from ftcli.runtime import accelerator_session
@@ -178,7 +235,8 @@ def evaluate_model(config: Config | str | Path, *, model_dir: str | Path | None 
                 f"split {split!r} ({info['source']}) has no labels to evaluate against; use `ftcli predict`"
             )
         model = modeling.load_trained(folder, prepared.label_names)
-        name = metric_name(cfg.eval, prepared.label_names)
+        multi = prepared.is_multi_label
+        name = metric_name(cfg.eval, prepared.label_names, multi)
         gate.check_names(list(require), ["loss", *metric_keys(name)])
         metric = load_metric(name)
         dl = batching.eval_dataloader(cfg.data, accelerator, prepared.split(split), prepared,
@@ -187,8 +245,13 @@ def evaluate_model(config: Config | str | Path, *, model_dir: str | Path | None 
         start = time.perf_counter()
         with reporter.progress(len(dl), f"eval {split}", every=1, unit="batches", min_interval=10) as bar:
             result = run_eval(accelerator, model, dl, metric, regression=prepared.is_regression, progress=bar,
-                              keep_predictions=True)
+                              keep_predictions=True, multi_label=multi, threshold=cfg.eval.threshold)
         predictions, references = result.pop("_predictions"), result.pop("_references")
+        scores = result.pop("_scores", None)
+        if multi:
+            result["threshold"] = cfg.eval.threshold
+            if find_threshold:  # reported, not applied: the model and eval.threshold stay as they are
+                result["best_threshold"] = best_threshold(scores, references)
         summary = {
             "split": split,
             "model": str(folder),
@@ -199,8 +262,8 @@ def evaluate_model(config: Config | str | Path, *, model_dir: str | Path | None 
             "failed": gate.failures(list(require), result),
         }
         if prepared.label_names:
-            report = {"split": split, "model": str(folder), **{k: v for k, v in result.items()},
-                      **class_report(predictions, references, prepared.label_names)}
+            per_class = (multi_label_report if multi else class_report)(predictions, references, prepared.label_names)
+            report = {"split": split, "model": str(folder), **result, **per_class}
             summary["per_class"] = report["per_class"]
             where = Path(report_dir) if report_dir else report_folder(folder, split)
             if accelerator.is_main_process:
@@ -250,11 +313,13 @@ def predict(config: Config | str | Path, input_file: str | Path, output_file: st
     if output.suffix.lower() not in (".jsonl", ".csv"):
         raise FtcliError(f"--output {output}: write .jsonl or .csv")
     labels = trained_labels(folder)
+    multi = modeling.read_json(folder / "config.json").get("problem_type") == "multi_label_classification"
     raw = cfg.to_dict()
     # One file to label, as it is: no split held out of it.
     raw["data"].update(path=None, name=None, revision=None, files={"predict": str(source)},
                        validation_split="validation")
-    raw["model"].update(labels=labels or None, num_labels=1 if not labels else len(labels))
+    raw["model"].update(labels=labels or None, num_labels=1 if not labels else len(labels),
+                        problem_type="multi_label" if multi else "auto")
     pcfg = config_from_dict(raw, source=cfg.source_path or "<config>")
     reporter = reporter or Reporter()
     with accelerator_session(pcfg.train) as accelerator:
@@ -278,7 +343,16 @@ def predict(config: Config | str | Path, input_file: str | Path, output_file: st
             raise RuntimeError(f"gathered {len(rows)} predictions for {len(ds)} rows")  # a bug, not bad input
         # Rows whose text was cut at max_length: the model did not read all of it.
         cut = ds["truncated"] if "truncated" in ds.column_names else [False] * len(rows)
-        if labels:
+        if multi:  # every label at or above the threshold, and each label's probability
+            probs = torch.sigmoid(logits).numpy()
+            chosen = probs >= pcfg.eval.threshold
+            records = [{"row": r, **{c: v[r] for c, v in kept.items()},
+                        "labels": [name for name, on in zip(labels, hit) if on],
+                        "probabilities": {name: round(float(p), 6) for name, p in zip(labels, pr)},
+                        "truncated": bool(cut[r])}
+                       for r, hit, pr in zip(rows, chosen, probs)]
+            counts = {name: int(chosen[:, k].sum()) for k, name in enumerate(labels)}
+        elif labels:
             probs = torch.softmax(logits, dim=-1).numpy()
             ids = probs.argmax(-1)
             records = [{"row": r, **{c: v[r] for c, v in kept.items()}, "label": labels[i], "label_id": int(i),
@@ -292,7 +366,7 @@ def predict(config: Config | str | Path, input_file: str | Path, output_file: st
                         "truncated": bool(cut[r])} for r, p in zip(rows, values)]
             counts = {"mean": float(np.mean(values)) if len(values) else None}
         if accelerator.is_main_process:
-            write_predictions(output, records, labels, list(kept))
+            write_predictions(output, records, labels, list(kept), separator=pcfg.data.label_separator or "|")
         accelerator.wait_for_everyone()
         return {"input": str(source), "output": str(output), "model": str(folder), "rows": len(records),
                 "labels": counts, "truncated": int(sum(bool(c) for c in cut)), "processes": accelerator.num_processes,
@@ -314,9 +388,10 @@ def _kept_columns(cfg: Config, source: Path, names: list[str] | tuple[str, ...])
         return {n: raw.data.column(n).to_pylist() for n in dict.fromkeys(names)}
 
 
-def write_predictions(path: Path, records: list[dict[str, Any]], labels: list[str], kept: list[str] = ()) -> None:
-    """JSON Lines, or CSV with the kept input columns and one probability column per label;
-    written atomically."""
+def write_predictions(path: Path, records: list[dict[str, Any]], labels: list[str], kept: list[str] = (),
+                      separator: str = "|") -> None:
+    """JSON Lines, or CSV with the kept input columns and one probability column per label (a
+    multi-label row's labels joined by `separator`); written atomically."""
     import csv
     import os
 
@@ -326,13 +401,18 @@ def write_predictions(path: Path, records: list[dict[str, Any]], labels: list[st
         with open(tmp, "w", newline="", encoding="utf-8") as f:
             if path.suffix.lower() == ".csv":
                 kept = list(kept)
-                fields = (["row", *kept, "label", "label_id"] + [f"p_{n}" for n in labels]) if labels \
+                multi = bool(records) and "labels" in records[0]
+                fields = (["row", *kept, "labels"] + [f"p_{n}" for n in labels]) if multi else \
+                    (["row", *kept, "label", "label_id"] + [f"p_{n}" for n in labels]) if labels \
                     else ["row", *kept, "prediction"]
                 writer = csv.writer(f)
                 writer.writerow([*fields, "truncated"])
                 for r in records:
                     head = [r["row"], *(r[c] for c in kept)]
-                    if labels:
+                    if multi:
+                        writer.writerow([*head, separator.join(r["labels"]), *r["probabilities"].values(),
+                                         r["truncated"]])
+                    elif labels:
                         writer.writerow([*head, r["label"], r["label_id"], *r["probabilities"].values(), r["truncated"]])
                     else:
                         writer.writerow([*head, r["prediction"], r["truncated"]])

@@ -20,6 +20,66 @@ UNLABELED = -1
 """Label id of rows without a label (e.g. GLUE test splits, where the label is hidden as -1)."""
 
 
+def is_multi_label(model: ModelConfig, data: DataConfig, raw: dict[str, datasets.Dataset]) -> bool:
+    """`model.problem_type`, or for `auto`: whether the label column holds lists (or strings to
+    split by `data.label_separator`)."""
+    import pyarrow as pa
+
+    train = raw.get(data.train_split) or next(iter(raw.values()))
+    listed = data.label_column in train.column_names and (
+        pa.types.is_list(train.data.column(data.label_column).type)
+        or pa.types.is_large_list(train.data.column(data.label_column).type))
+    if model.problem_type == "single_label" and (listed or data.label_separator):
+        raise FtcliError(f"{split_source(data, data.train_split)}: column {data.label_column!r} holds label lists "
+                         "but model.problem_type is single_label; set it to multi_label or auto")
+    if model.is_regression:
+        return False
+    return model.problem_type == "multi_label" or listed or data.label_separator is not None
+
+
+def _row_labels(value: Any, data: DataConfig) -> list | None:
+    """One row's labels as a list (multi-label), or None when the row has no label at all."""
+    if value is None:
+        return None
+    if isinstance(value, list):
+        return value
+    if isinstance(value, str):
+        if data.label_separator is not None:
+            return [part.strip() for part in value.split(data.label_separator) if part.strip()]
+        if value.lstrip().startswith("["):  # a JSON list in a CSV cell
+            import json
+
+            try:
+                parsed = json.loads(value)
+            except ValueError:
+                return [value]
+            return parsed if isinstance(parsed, list) else [value]
+        return [value]
+    return [value]
+
+
+def _multi_label_names(model: ModelConfig, data: DataConfig, train: datasets.Dataset) -> list[str]:
+    values = set()
+    for value in train.data.column(data.label_column).to_pylist():
+        values.update(v for v in (_row_labels(value, data) or []) if v is not None)
+    where = split_source(data, data.train_split)
+    if not values:
+        raise FtcliError(f"{where}: no labels in column {data.label_column!r}; declare model.labels")
+    digits = all(isinstance(v, int) and not isinstance(v, bool) or isinstance(v, str) and v.isdigit()
+                 for v in values)
+    if digits:  # ids: 0..K-1
+        ids = {int(v) for v in values}
+        k = model.num_labels or max(ids) + 1
+        if max(ids) >= k:
+            raise FtcliError(f"{where}: label id {max(ids)} is not below model.num_labels {k}; fix num_labels or "
+                             "list the names in model.labels")
+        return [str(i) for i in range(k)]
+    if not all(isinstance(v, str) for v in values):
+        raise FtcliError(f"{where}: column {data.label_column!r} mixes label names and other values; "
+                         "declare model.labels")
+    return sorted(values)
+
+
 def label_names(model: ModelConfig, data: DataConfig, raw: dict[str, datasets.Dataset]) -> list[str]:
     """Label names in id order; [] for regression."""
     if model.is_regression:
@@ -27,6 +87,8 @@ def label_names(model: ModelConfig, data: DataConfig, raw: dict[str, datasets.Da
     if model.labels:
         return list(model.labels)
     train = raw.get(data.train_split) or next(iter(raw.values()))
+    if is_multi_label(model, data, raw):
+        return _multi_label_names(model, data, train)
     feature = train.features[data.label_column]
     names = getattr(feature, "names", None)
     if names:
@@ -60,13 +122,64 @@ def label_names(model: ModelConfig, data: DataConfig, raw: dict[str, datasets.Da
 
 
 def label_ids(model: ModelConfig, data: DataConfig, ds: datasets.Dataset, split: str,
-              names: list[str]) -> tuple[Any, bool]:
+              names: list[str], multi_label: bool = False) -> tuple[Any, bool]:
+    """The split's labels as ids (an Arrow array; for multi-label, a rows x labels numpy array
+    of 0/1, -1 for unlabelled rows), and whether the split is labelled."""
+    import numpy as np
     import pyarrow as pa
 
     if data.label_column not in ds.column_names:  # a prediction input without labels
+        if multi_label:
+            return np.full((ds.num_rows, len(names)), UNLABELED, dtype=np.float32), False
         fill = float("nan") if model.is_regression else UNLABELED
         return pa.array([fill] * ds.num_rows, type=pa.float32() if model.is_regression else pa.int64()), False
+    if multi_label:
+        return _multi_hot(data, ds, split, names)
     return _label_ids_from_column(model, data, ds, split, names)
+
+
+def _multi_hot(data: DataConfig, ds: datasets.Dataset, split: str, names: list[str]) -> tuple[Any, bool]:
+    """Each row's label set as a 0/1 row over `names`; labels may be names or ids. Every bad row
+    is reported: an unknown label, an empty list (unless allowed), a string that splits into
+    nothing, a missing label among labelled rows."""
+    import numpy as np
+
+    where = split_source(data, split)
+    index = {name: i for i, name in enumerate(names)}
+    out = np.zeros((ds.num_rows, len(names)), dtype=np.float32)
+    problems, missing = [], []
+    for row, value in enumerate(ds.data.column(data.label_column).to_pylist()):
+        found = _row_labels(value, data)
+        if found is None:
+            missing.append(row)
+            out[row] = UNLABELED
+            continue
+        if not found and not data.allow_empty_labels:
+            if isinstance(value, str) and value.strip():
+                problems.append(f"{where}: row {row + 1}: label {value!r} holds no labels when split on "
+                                f"{data.label_separator!r}; fix the row or data.label_separator")
+            else:
+                problems.append(f"{where}: row {row + 1}: empty label list; give at least one label, or set "
+                                "data.allow_empty_labels: true if rows may have none")
+            continue
+        for label in found:
+            key = str(label) if not isinstance(label, str) else label
+            if key in index:
+                out[row, index[key]] = 1
+            elif key.isdigit() and int(key) < len(names):
+                out[row, int(key)] = 1  # an id
+            else:
+                problems.append(f"{where}: row {row + 1}: label {label!r} is not one of the labels {names[:20]}"
+                                f"{' ...' if len(names) > 20 else ''}; fix the row or model.labels")
+    if 0 < len(missing) < ds.num_rows:
+        problems += [f"{where}: row {row + 1}: label is missing while other rows have one; label every row or none"
+                     for row in missing]
+    if problems:
+        shown = problems[:MAX_ROW_ERRORS]
+        if len(problems) > MAX_ROW_ERRORS:
+            shown.append(f"... and {len(problems) - MAX_ROW_ERRORS} more rows like these")
+        raise FtcliError("\n".join(shown))
+    return out, len(missing) == 0
 
 
 def _label_ids_from_column(model: ModelConfig, data: DataConfig, ds: datasets.Dataset, split: str,

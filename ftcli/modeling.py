@@ -51,8 +51,9 @@ def attention_for(model: ModelConfig) -> str | None:
     return None if model.attn_implementation == "auto" else model.attn_implementation
 
 
-def load_model(model: ModelConfig, label_names: list[str]):
-    """The pretrained model with a classification head sized for `label_names` ([] = regression)."""
+def load_model(model: ModelConfig, label_names: list[str], multi_label: bool = False):
+    """The pretrained model with a classification head sized for `label_names` ([] = regression);
+    `multi_label`: one independent score per label (the config says so, for predict and the Hub)."""
     from transformers import AutoModelForSequenceClassification
 
     source = locate(model.name_or_path, "model.name_or_path")
@@ -60,7 +61,7 @@ def load_model(model: ModelConfig, label_names: list[str]):
         "num_labels": len(label_names),
         "id2label": dict(enumerate(label_names)),
         "label2id": {n: i for i, n in enumerate(label_names)},
-        "problem_type": "single_label_classification",
+        "problem_type": "multi_label_classification" if multi_label else "single_label_classification",
     }
     import torch
 

@@ -36,12 +36,12 @@ TRIALS = "trials"
 RETRY_OF = "ftcli_retry_of"  # user attribute of a trial that re-runs a failed one
 
 
-def metric_of(cfg: Config, label_names: list[str]) -> str:
+def metric_of(cfg: Config, label_names: list[str], multi_label: bool = False) -> str:
     """`sweep.metric`, checked against what validation reports, or the last metric `eval.metric`
     computes (f1 for two labels, f1_macro for more, spearmanr for regression)."""
     from ftcli.evaluation import metric_keys, metric_name
 
-    name = metric_name(cfg.eval, label_names)
+    name = metric_name(cfg.eval, label_names, multi_label)
     available = [*metric_keys(name), "loss"]
     if cfg.sweep.metric is None:
         return available[-2]
@@ -165,7 +165,7 @@ def sweep(
         # cache. (Every process calls it: one builds under the cache's lock, the others then hit.)
         prepared = prepare(cfg, log=reporter.info)
         reporter.info(f"data: {'cache hit' if prepared.hit else f'tokenized in {prepared.seconds:.1f}s'} {prepared.path}")
-        metric = metric_of(cfg, prepared.label_names)
+        metric = metric_of(cfg, prepared.label_names, prepared.is_multi_label)
         shared = Shared(group)
         if not main:
             return _follow(cfg, shared)

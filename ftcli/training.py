@@ -134,7 +134,7 @@ def setup(cfg: Config, accelerator, reporter: Reporter) -> Run:
                       "(data.validation_split: 0.1 holds out a tenth of the training rows)")
 
     tokenizer = modeling.load_tokenizer(cfg.model)
-    model = modeling.load_model(cfg.model, prepared.label_names)
+    model = modeling.load_model(cfg.model, prepared.label_names, prepared.is_multi_label)
     if t.fast_dropout and accelerator.device.type == "cpu" and cfg.model.attn_implementation == "auto":
         from ftcli import fastops
 
@@ -147,7 +147,7 @@ def setup(cfg: Config, accelerator, reporter: Reporter) -> Run:
     if eval_split:
         eval_dl = batching.eval_dataloader(cfg.data, accelerator, prepared.split(eval_split), prepared,
                                            batch_size=t.eval_batch_size, workers=t.dataloader_workers)
-    name = evaluation.metric_name(cfg.eval, prepared.label_names)
+    name = evaluation.metric_name(cfg.eval, prepared.label_names, prepared.is_multi_label)
     metric = evaluation.load_metric(name) if eval_dl is not None else None
     if t.metric_for_best is not None:
         if eval_dl is None:
@@ -193,7 +193,9 @@ def setup(cfg: Config, accelerator, reporter: Reporter) -> Run:
 
 def class_weights(t: TrainConfig, prepared, train_split: str) -> list[float] | None:
     """`train.class_weights` as one weight per label; `auto`: n / (classes x n_c) from the
-    training split's class counts (scikit-learn's "balanced"), so the average row weighs 1."""
+    training split's class counts (scikit-learn's "balanced"), so the average row weighs 1. For
+    multi-label data the weights are BCE's `pos_weight` (auto: negatives / positives of each
+    label), which weigh a label's positive targets against its negative ones."""
     if t.class_weights is None:
         return None
     names = prepared.label_names
@@ -201,6 +203,9 @@ def class_weights(t: TrainConfig, prepared, train_split: str) -> list[float] | N
         raise FtcliError("train.class_weights: regression (num_labels: 1) has no classes to weigh; remove it")
     if t.class_weights == "auto":
         counts = prepared.split_info(train_split)["classes"]
+        if prepared.is_multi_label:  # BCE's pos_weight: negatives per positive of each label
+            rows = prepared.split_info(train_split)["rows"]
+            return [(rows - counts[name]) / counts[name] if counts[name] else 1.0 for name in names]
         total = sum(counts.values())
         # A class without training rows gets weight 0: it never appears in the loss anyway.
         return [total / (len(names) * counts[name]) if counts[name] else 0.0 for name in names]
@@ -214,18 +219,20 @@ def _class_report(run: Run, final_eval: dict[str, Any] | None, *, fresh: bool) -
     """The per-class report of the exported model on the validation split (classification). The
     latest evaluation's predictions when they belong to the exported weights; else (the best
     checkpoint's weights, or a run resumed after its last evaluation) one evaluation more."""
-    from ftcli.evaluation import class_report, run_eval
+    from ftcli.evaluation import class_report, multi_label_report, run_eval
     from ftcli.fastops import standard_attention
 
     if run.eval_dl is None or not run.prepared.label_names or final_eval is None:
         return None
+    multi = run.prepared.is_multi_label
     if not fresh or run.last_predictions is None:
         with standard_attention(run.accelerator.unwrap_model(run.model)):
             result = run_eval(run.accelerator, run.model, run.eval_dl, run.metric, regression=False,
-                              keep_predictions=True)
+                              keep_predictions=True, multi_label=multi, threshold=run.cfg.eval.threshold)
         run.last_predictions = result["_predictions"], result["_references"]
     metrics = {k: v for k, v in final_eval.items() if k not in ("type", "time", "epoch", "seconds")}
-    return {**metrics, **class_report(*run.last_predictions, run.prepared.label_names)}
+    report = multi_label_report if multi else class_report
+    return {**metrics, **report(*run.last_predictions, run.prepared.label_names)}
 
 
 def _check_same_config(cfg: Config, accelerator) -> None:
@@ -313,7 +320,8 @@ def fit(run: Run, state: TrainState) -> dict[str, Any]:
                 with acc.accumulate(model):
                     labels = batch.pop("labels")
                     loss, real = batch_loss(model(**batch).logits, labels, index, plan, acc.process_index,
-                                            window.rows, run.prepared.is_regression, run.class_weights)
+                                            window.rows, run.prepared.is_regression, run.class_weights,
+                                            multi_label=run.prepared.is_multi_label)
                     acc.backward(loss)
                     clip(run, touched)
                     optimizer.step()
@@ -477,7 +485,7 @@ def _fit_result(run: Run, state: TrainState, stopping: str | None, seconds: floa
 
 
 def batch_loss(logits, labels, index: int, plan: Plan, process: int, rows: int, regression: bool,
-               class_weights=None):
+               class_weights=None, *, multi_label: bool = False):
     """This process's share of the mean loss over the real rows of micro batch `index`.
     `class_weights` weigh each row's loss by its label (the mean is still over rows, not over
     weights: a batch's loss does not depend on which other classes share it).
@@ -491,8 +499,13 @@ def batch_loss(logits, labels, index: int, plan: Plan, process: int, rows: int, 
     """
     import torch.nn.functional as F
 
-    per_row = (F.mse_loss(logits.float().squeeze(-1), labels.float(), reduction="none") if regression
-               else F.cross_entropy(logits.float(), labels, weight=class_weights, reduction="none"))
+    if regression:
+        per_row = F.mse_loss(logits.float().squeeze(-1), labels.float(), reduction="none")
+    elif multi_label:  # each label on its own; a row's loss is the mean over its labels
+        per_row = F.binary_cross_entropy_with_logits(logits.float(), labels, pos_weight=class_weights,
+                                                     reduction="none").mean(-1)
+    else:
+        per_row = F.cross_entropy(logits.float(), labels, weight=class_weights, reduction="none")
     in_batch = min(plan.micro_batch, rows - index * plan.micro_batch)  # real rows in this micro batch
     real = max(0, min(len(per_row), in_batch - process * plan.batch_size))
     if real == len(per_row) and in_batch == plan.micro_batch:
@@ -507,8 +520,10 @@ def _evaluate(run: Run, state: TrainState, *, epoch: float, log) -> dict[str, An
     start = time.perf_counter()
     with standard_attention(run.accelerator.unwrap_model(run.model)):
         result = run_eval(run.accelerator, run.model, run.eval_dl, run.metric, regression=run.prepared.is_regression,
-                          keep_predictions=True)
+                          keep_predictions=True, multi_label=run.prepared.is_multi_label,
+                          threshold=run.cfg.eval.threshold)
     run.last_predictions = result.pop("_predictions"), result.pop("_references")
+    result.pop("_scores", None)
     result["seconds"] = round(time.perf_counter() - start, 3)
     record = {"type": "eval", "step": state.step, "epoch": epoch, "split": run.eval_split, **result}
     log.write(record)

@@ -283,3 +283,116 @@ def test_one_file_with_class_weights_trains_and_reports_per_class(tiny_model, tm
     assert per_class["c"]["recall"] > 0  # the rare class is learned
     human = run_cli("eval", "-c", str(tmp_path / "c.yaml"), "--split", "test")
     assert human.returncode == 0 and "precision" in human.stdout and "support" in human.stdout
+
+
+def tag_rows(n: int, seed: int, form: str = "names") -> list[dict]:
+    """Multi-label and learnable: each of red, blue, green in sentence1 tags the row with a, b, c
+    (at least one per row). `form`: lists of names, or id strings such as "0,2"."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        tags = [t for t in range(3) if rng.random() < 0.4] or [rng.randrange(3)]
+        words = [rng.choice(WORDS[:12]) for _ in range(rng.randint(3, 7))] + [("red", "blue", "green")[t] for t in tags]
+        rng.shuffle(words)
+        label = [("a", "b", "c")[t] for t in tags] if form == "names" else ",".join(str(t) for t in tags)
+        rows.append({"sentence1": " ".join(words), "sentence2": " ".join(rng.choice(WORDS[:12]) for _ in range(4)),
+                     "label": label, "idx": i})
+    return rows
+
+
+def multi_label_config(tiny_model, tmp_path, form="names", **train):
+    files = {"train": write_jsonl(tmp_path / f"ml-train-{form}.jsonl", tag_rows(250, 1, form)),  # a short last batch
+             "validation": write_jsonl(tmp_path / f"ml-val-{form}.jsonl", tag_rows(60, 2, form))}
+    raw = config_dict(tiny_model, files, tmp_path, **{"epochs": 10, "batch_size": 16, **train})
+    raw["model"].pop("labels")
+    raw["eval"]["metric"] = "auto"
+    if form == "ids":
+        raw["data"]["label_separator"] = ","
+    return raw
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("form", ["names", "ids"])
+def test_multi_label_end_to_end_matches_scikit_learn(tiny_model, tmp_path, form):
+    import yaml
+    from sklearn.metrics import f1_score, precision_score, recall_score
+
+    raw = multi_label_config(tiny_model, tmp_path, form)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
+    trained = run_cli("train", "-c", str(tmp_path / "c.yaml"), "--json")
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    summary = json.loads(trained.stdout)
+    names = ["a", "b", "c"] if form == "names" else ["0", "1", "2"]
+    assert summary["metric"] == "multilabel" and list(summary["per_class"]) == names
+    config = json.loads((tmp_path / "run" / "model" / "config.json").read_text())
+    assert config["problem_type"] == "multi_label_classification"
+    evaluated = run_cli("eval", "-c", str(tmp_path / "c.yaml"), "--json", "--best-threshold")
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    result = json.loads(evaluated.stdout)
+    assert {"f1_micro", "f1_macro", "precision_micro", "recall_micro", "subset_accuracy"} <= set(result)
+    assert 0.05 <= result["best_threshold"]["threshold"] <= 0.95
+    assert result["best_threshold"]["f1_micro"] >= result["f1_micro"] - 1e-6
+    # predict's label sets, scored by scikit-learn, give eval's numbers.
+    out = tmp_path / "p.jsonl"
+    predicted = run_cli("predict", "-c", str(tmp_path / "c.yaml"), "-i", raw["data"]["files"]["validation"],
+                        "-o", str(out))
+    assert predicted.returncode == 0, predicted.stderr[-3000:]
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    pred = np.array([[name in r["labels"] for name in names] for r in records], dtype=int)
+    true_sets = [set(r["label"]) if form == "names" else set(r["label"].split(",")) for r in tag_rows(60, 2, form)]
+    true = np.array([[name in s for name in names] for s in true_sets], dtype=int)
+    assert result["f1_micro"] == pytest.approx(f1_score(true, pred, average="micro", zero_division=0), abs=1e-6)
+    assert result["f1_macro"] == pytest.approx(f1_score(true, pred, average="macro", zero_division=0), abs=1e-6)
+    assert result["precision_micro"] == pytest.approx(precision_score(true, pred, average="micro", zero_division=0))
+    assert result["recall_micro"] == pytest.approx(recall_score(true, pred, average="micro", zero_division=0))
+    assert result["subset_accuracy"] == pytest.approx(float((pred == true).all(1).mean()))
+    assert result["f1_micro"] > 0.7  # learned: predicting every tag scores about 0.62
+    for r in records:
+        assert set(r["probabilities"]) == set(names)
+        assert r["labels"] == [n for n in names if r["probabilities"][n] >= 0.5]
+
+
+@pytest.mark.slow
+def test_multi_label_training_is_exact_on_two_processes(tiny_model_no_dropout, tmp_path):
+    """1 process x 16 rows and 2 x 8 train alike (no dropout: masks differ between processes)."""
+    import yaml
+
+    from conftest import accelerate_launch
+
+    for name, batch in (("one", 16), ("two", 8)):
+        raw = multi_label_config(tiny_model_no_dropout, tmp_path, batch_size=batch, class_weights="auto",
+                                 output_dir=str(tmp_path / name), epochs=3)
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(raw))
+    one = run_cli("train", "-c", str(tmp_path / "one.yaml"), "--json")
+    two = accelerate_launch("train", "-c", str(tmp_path / "two.yaml"), "--json")
+    assert one.returncode == 0 and two.returncode == 0, one.stderr[-2000:] + two.stderr[-2000:]
+    a, b = json.loads(one.stdout), json.loads(two.stdout)
+    assert b["processes"] == 2 and a["steps"] == b["steps"]
+    for key in ("loss", "f1_micro", "f1_macro", "subset_accuracy"):
+        assert a["eval"][key] == pytest.approx(b["eval"][key], abs=1e-4), key
+    assert a["per_class"] == b["per_class"]
+
+
+@pytest.mark.parametrize("label, data, expected", [
+    (["a", "purple"], {}, "row 3: label 'purple' is not one of the labels ['a', 'b', 'c']"),
+    ([], {}, "row 3: empty label list; give at least one label, or set data.allow_empty_labels: true"),
+    (",", {"label_separator": ","}, "row 3: label ',' holds no labels when split on ','"),
+])
+def test_bad_multi_label_rows_are_one_line_naming_file_and_row(tiny_model, tmp_path, label, data, expected):
+    import yaml
+
+    rows = tag_rows(6, 4)
+    if data.get("label_separator"):
+        for r in rows:
+            r["label"] = ",".join(r["label"])
+    rows[2]["label"] = label
+    files = {"train": write_jsonl(tmp_path / "ml.jsonl", rows)}
+    raw = config_dict(tiny_model, files, tmp_path)
+    raw["model"]["labels"] = ["a", "b", "c"]
+    raw["data"].update(data)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
+    result = run_cli("prepare", "-c", str(tmp_path / "c.yaml"))
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and f"ml.jsonl: {expected}" in result.stderr, result.stderr
+    allowed = run_cli("prepare", "-c", str(tmp_path / "c.yaml"), "--set", "data.allow_empty_labels=true")
+    assert (allowed.returncode == 0) == (label != ["a", "purple"]), allowed.stderr

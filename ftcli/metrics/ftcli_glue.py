@@ -3,7 +3,7 @@
 `evaluate.load("glue", task)` downloads its script from the Hugging Face Hub; this module gives
 the same numbers offline and is loaded by path (`ftcli.evaluation.load_metric`). Config names are
 GLUE task names (`mrpc`, `cola`, `stsb`, ...) or kinds (`accuracy`, `accuracy_f1`, `multiclass`,
-`matthews`, `regression`). Plain NumPy, so that no scikit-learn or SciPy import is needed; the
+`matthews`, `regression`, and `multilabel` for rows x labels of 0/1). Plain NumPy, so that no scikit-learn or SciPy import is needed; the
 test suite checks every formula against scikit-learn and SciPy.
 """
 
@@ -17,6 +17,8 @@ KINDS = {
     "multiclass": ("accuracy", "f1_macro"),
     "matthews": ("matthews_correlation",),
     "regression": ("pearson", "spearmanr"),
+    # Multi-label: predictions and references are rows x labels of 0/1.
+    "multilabel": ("subset_accuracy", "precision_micro", "recall_micro", "f1_macro", "f1_micro"),
 }
 GLUE_TASKS = {
     "cola": "matthews", "sst2": "accuracy", "mrpc": "accuracy_f1", "qqp": "accuracy_f1",
@@ -99,6 +101,41 @@ def spearman(x, y):
     return pearson(average_ranks(np.asarray(x)), average_ranks(np.asarray(y)))
 
 
+def _counts(p, r):
+    return int((p & r).sum()), int((p & (1 - r)).sum()), int(((1 - p) & r).sum())
+
+
+def subset_accuracy(p, r):
+    """Rows whose whole label set is right."""
+    return float((p == r).all(axis=1).mean()) if len(r) else 0.0
+
+
+def precision_micro(p, r):
+    tp, fp, _ = _counts(p, r)
+    return tp / (tp + fp) if tp + fp else 0.0
+
+
+def recall_micro(p, r):
+    tp, _, fn = _counts(p, r)
+    return tp / (tp + fn) if tp + fn else 0.0
+
+
+def f1_micro(p, r):
+    tp, fp, fn = _counts(p, r)
+    return 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
+
+
+def f1_macro_multilabel(p, r):
+    """The mean of every label's F1 (a label never true nor predicted scores 0, as scikit-learn's
+    zero_division=0)."""
+    return float(np.mean([f1_micro(p[:, [k]], r[:, [k]]) for k in range(r.shape[1])])) if r.size else 0.0
+
+
+MULTILABEL_FUNCTIONS = {
+    "subset_accuracy": subset_accuracy, "precision_micro": precision_micro, "recall_micro": recall_micro,
+    "f1_macro": f1_macro_multilabel, "f1_micro": f1_micro,
+}
+
 FUNCTIONS = {
     "accuracy": accuracy, "f1": f1_binary, "f1_macro": f1_macro,
     "matthews_correlation": matthews, "pearson": pearson, "spearmanr": spearman,
@@ -109,15 +146,19 @@ FUNCTIONS = {
 class FtcliGlue(evaluate.Metric):
     def _info(self):
         kind = kind_of(self.config_name)
-        dtype = "float32" if kind == "regression" else "int64"
+        value = datasets.Value("float32" if kind == "regression" else "int64")
+        if kind == "multilabel":
+            value = datasets.Sequence(datasets.Value("int64"))
         return evaluate.MetricInfo(
             description=_DESCRIPTION,
             citation="Wang et al., GLUE: A Multi-Task Benchmark and Analysis Platform for NLU, ICLR 2019.",
             inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features({"predictions": datasets.Value(dtype), "references": datasets.Value(dtype)}),
-            format="numpy",
+            features=datasets.Features({"predictions": value, "references": value}),
+            format=None if kind == "multilabel" else "numpy",  # evaluate's numpy format takes scalars only
         )
 
     def _compute(self, predictions, references):
+        kind = kind_of(self.config_name)
         p, r = np.asarray(predictions), np.asarray(references)
-        return {name: FUNCTIONS[name](p, r) for name in KINDS[kind_of(self.config_name)]}
+        functions = MULTILABEL_FUNCTIONS if kind == "multilabel" else FUNCTIONS
+        return {name: functions[name](p, r) for name in KINDS[kind]}
