@@ -23,21 +23,20 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 @contextlib.contextmanager
-def quiet_datasets():
-    """No `datasets` progress bars or log lines while ftcli reports progress itself; the caller's
-    settings are restored afterwards."""
+def quiet_datasets(bars: bool = False):
+    """No `datasets` log lines, and no progress bars unless `bars`, while ftcli reports progress
+    itself; the caller's settings are restored afterwards."""
     import datasets as hfds
     from datasets.utils import logging as ds_logging
 
-    verbosity, bars = ds_logging.get_verbosity(), hfds.is_progress_bar_enabled()
+    verbosity, bars_before = ds_logging.get_verbosity(), hfds.is_progress_bar_enabled()
     ds_logging.set_verbosity(ds_logging.CRITICAL)
-    hfds.disable_progress_bars()
+    (hfds.enable_progress_bars if bars else hfds.disable_progress_bars)()
     try:
         yield
     finally:
         ds_logging.set_verbosity(verbosity)
-        if bars:
-            hfds.enable_progress_bars()
+        (hfds.enable_progress_bars if bars_before else hfds.disable_progress_bars)()
 
 
 MODEL_COLUMNS = ("input_ids", "attention_mask", "token_type_ids")
@@ -198,10 +197,11 @@ def build(cfg: Config, parts: dict[str, Any], key: str, tmp: Path, raw, labels_o
     splits = {}
     for split, ds in raw.items():
         ids, labelled = labels.label_ids(model, data, ds, split, names, multi)
-        with quiet_datasets():
+        workers = processes_for(data, ds.num_rows)
+        with quiet_datasets(bars=ds.num_rows >= LARGE_SPLIT and _at_terminal()):
             tokenized = _tokenize(ds, tokenizer, data, max_length, tmp / f"map-{split}.arrow",
                                   labels.split_source(data, data.train_split) if split in origins else sources[split],
-                                  origins.get(split))
+                                  origins.get(split), workers, f"tokenizing {split}")
             if multi:  # a 0/1 row over the labels
                 tokenized = tokenized.add_column("labels", list(ids), feature=hfds.List(hfds.Value("float32"),
                                                                                          length=len(names)))
@@ -210,7 +210,9 @@ def build(cfg: Config, parts: dict[str, Any], key: str, tmp: Path, raw, labels_o
                     "labels", ids.to_numpy(zero_copy_only=False),
                     feature=hfds.Value("float32" if model.is_regression else "int64"),
                 )
-            tokenized.save_to_disk(str(tmp / "dataset" / split))
+            # Shards of at most 64 MB: save_to_disk holds a shard in memory while writing it, so
+            # the default 500 MB shards made peak memory grow with the data.
+            tokenized.save_to_disk(str(tmp / "dataset" / split), max_shard_size="64MB")
         lengths = tokenized.data.column("length")
         splits[split] = {
             "rows": tokenized.num_rows,
@@ -255,7 +257,28 @@ def _installed(dist: str) -> bool:
         return False
 
 
-def _tokenize(ds, tokenizer, data: DataConfig, max_length: int, cache_file: Path, source: str, origin=None):
+LARGE_SPLIT = 50_000
+"""Rows from which a split is tokenized by several processes (`num_proc: auto`) and shows a bar."""
+
+
+def processes_for(data: DataConfig, rows: int) -> int | None:
+    """`data.num_proc` for a split of `rows` rows (None: tokenize in this process)."""
+    import os
+
+    if data.num_proc != "auto":
+        return data.num_proc if data.num_proc and data.num_proc > 1 else None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return cores if rows >= LARGE_SPLIT and cores > 1 else None
+
+
+def _at_terminal() -> bool:
+    import sys
+
+    return sys.stderr.isatty()
+
+
+def _tokenize(ds, tokenizer, data: DataConfig, max_length: int, cache_file: Path, source: str, origin=None,
+              workers: int | None = None, description: str | None = None):
     """Tokenize a split. `source` and `origin` (each row's index in the file, when the split is
     part of one) name a row that cannot be tokenized."""
     cols = data.text_columns
@@ -289,7 +312,8 @@ def _tokenize(ds, tokenizer, data: DataConfig, max_length: int, cache_file: Path
         batch_size=1000,
         remove_columns=ds.column_names,
         features=features,
-        num_proc=data.num_proc,
+        num_proc=workers,
+        desc=description,
         cache_file_name=str(cache_file),
         new_fingerprint=cache_file.stem,
         load_from_cache_file=False,

@@ -159,8 +159,10 @@ class DataConfig(_Section):
     cache_dir: str = ".ftcli_cache"
     """Where `prepare` stores tokenized datasets, one folder per content fingerprint."""
 
-    num_proc: int | None = Field(default=None, ge=1)
-    """Processes for tokenization (`Dataset.map(num_proc=...)`); worth it only for large data."""
+    num_proc: int | Literal["auto"] | None = "auto"
+    """Processes for tokenization (`Dataset.map(num_proc=...)`). `auto`: one per CPU core for
+    splits of 50,000 rows or more, one process below (starting workers costs more than it saves
+    on small data). At a terminal, large splits show a progress bar."""
 
     padding: Literal["dynamic", "max_length", "buckets"] = "dynamic"
     """How batches are padded. `dynamic`: to the longest row in the batch (fastest on CPU/GPU).
@@ -205,6 +207,8 @@ class DataConfig(_Section):
         if self.holdout is not None and self.files is not None and HOLDOUT_SPLIT in self.files:
             raise ValueError(f"validation_split: {held} holds out part of the training data as split "
                              f"{HOLDOUT_SPLIT!r}, but files already has one; drop one of them")
+        if isinstance(self.num_proc, int) and self.num_proc < 1:
+            raise ValueError("num_proc: give a number of processes >= 1, or auto")
         if self.label_separator == "":
             raise ValueError("label_separator: give a character such as \",\" or \"|\", or leave it out")
         if self.truncation == "only_second" and len(self.text_columns) == 1:

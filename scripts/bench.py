@@ -4,12 +4,18 @@ the hardware) vs the course's plain Accelerate loop.
     python scripts/bench.py                       # CPU, MiniLM, MRPC, batch 8, 150 steps, 2 rounds
     python scripts/bench.py --ablations           # also ftcli with each speed feature switched off
     python scripts/bench.py --device cuda --model bert-base-random --steps 300
+    python scripts/bench.py --prepare-rows 1000000  # `prepare` of MRPC-length pairs: rows/s, peak RSS
 
 Every contender runs the same model, data, seed, batch size, learning rate and number of steps,
 each in a fresh process (so no setting of one leaks into another), alternating round by round.
 Reported per run: samples/s and real (non-padding) tokens/s of the training loop, the padding
 fraction, peak RSS, and validation accuracy/F1 after the step budget; then the ratios
 ftcli/Trainer and ftcli/plain over the medians. Writes `<out>/bench.json` and `<out>/bench.md`.
+
+`--prepare-rows N` measures `prepare` instead: the MRPC training file (3,668 rows) and N rows
+synthesized from it (its pairs repeated, each copy numbered so no two rows are equal), each
+prepared from scratch in a fresh process with `data.num_proc: auto`; reported are seconds,
+rows/s and the worker's peak RSS, and the large case's RSS over the small one's.
 """
 
 from __future__ import annotations
@@ -221,8 +227,82 @@ def run_plain(args, work: Path) -> dict:
             **glue_metrics(preds, refs), "precision": "no"}
 
 
+def synthesize(rows: int, path: Path) -> Path:
+    """`rows` MRPC-length pairs as JSON Lines: the training file's pairs over and over, each copy
+    told apart by a number at the end of sentence2."""
+    source = (REPO / "data" / "mrpc" / "train.jsonl").read_text().splitlines()
+    with open(path, "w") as f:
+        for i in range(rows):
+            row = json.loads(source[i % len(source)])
+            if i >= len(source):
+                row["sentence2"] = f"{row['sentence2']} {i // len(source)}"
+            row["idx"] = i
+            f.write(json.dumps(row) + "\n")
+    return path
+
+
+def run_prepare(args, work: Path) -> dict:
+    from ftcli.cache import prepare
+    from ftcli.config import config_from_dict
+
+    cfg = config_from_dict({
+        "model": {"name_or_path": args.model, "labels": ["not_equivalent", "equivalent"]},
+        "data": {"files": {"train": args.data_file}, "text_columns": ["sentence1", "sentence2"], "max_length": 128,
+                 "cache_dir": str(work / f"cache-{time.time_ns()}"), "num_proc": args.num_proc},
+    })
+    start = time.perf_counter()
+    prepared = prepare(cfg, log=lambda *_: None)
+    seconds = time.perf_counter() - start
+    rows = prepared.split_info("train")["rows"]
+    return {"rows": rows, "seconds": seconds, "rows_per_s": rows / seconds, "hit": prepared.hit,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "children_peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
+
+
+def bench_prepare(args, out: Path, work: Path) -> None:
+    small = REPO / "data" / "mrpc" / "train.jsonl"
+    large = synthesize(args.prepare_rows, work / f"synthetic-{args.prepare_rows}.jsonl")
+    runs = []
+    for round_ in range(args.rounds):
+        for label, file in (("small", small), ("large", large)):
+            result_file = work / f"prepare-{label}-{time.time_ns()}.json"
+            cmd = [sys.executable, __file__, "--worker", "prepare", "--work", str(work), "--result", str(result_file),
+                   "--model", args.model, "--data-file", str(file), "--num-proc", args.num_proc]
+            env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise SystemExit(f"prepare {label} failed:\n{proc.stderr[-4000:]}")
+            result = {**json.loads(result_file.read_text()), "label": label, "round": round_ + 1}
+            runs.append(result)
+            print(f"round {round_ + 1} {label:<6} {result['rows']:>9,} rows  {result['seconds']:7.1f} s  "
+                  f"{result['rows_per_s']:8.0f} rows/s  peak RSS {result['peak_rss_mb']:.0f} MB "
+                  f"(workers {result['children_peak_rss_mb']:.0f} MB)", flush=True)
+    med = {label: {k: statistics.median(r[k] for r in runs if r["label"] == label)
+                   for k in ("rows", "seconds", "rows_per_s", "peak_rss_mb", "children_peak_rss_mb")}
+           for label in ("small", "large")}
+    ratio = med["large"]["peak_rss_mb"] / med["small"]["peak_rss_mb"]
+    lines = [f"Prepare benchmark: {args.model}, MRPC-length pairs, max_length 128, num_proc {args.num_proc}, "
+             f"{args.rounds} round(s), {os.cpu_count()} CPUs", "",
+             "| case | rows | seconds | rows/s | peak RSS MB (main) | peak RSS MB (largest worker) |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for label in ("small", "large"):
+        m = med[label]
+        lines.append(f"| {label} | {m['rows']:,.0f} | {m['seconds']:.1f} | {m['rows_per_s']:,.0f} | "
+                     f"{m['peak_rss_mb']:.0f} | {m['children_peak_rss_mb']:.0f} |")
+    lines += ["", f"- peak RSS, large / small: **{ratio:.2f}x**"]
+    markdown = "\n".join(lines) + "\n"
+    (out / "prepare.json").write_text(json.dumps({"machine": machine(), "median": med, "rss_ratio": ratio,
+                                                  "runs": runs}, indent=2))
+    (out / "prepare.md").write_text(markdown)
+    print()
+    print(markdown)
+
+
 def worker(args) -> None:
     work = Path(args.work)
+    if args.contender == "prepare":
+        Path(args.result).write_text(json.dumps(run_prepare(args, work)))
+        return
     args.model_path = resolve_model(args.model, work)
     if args.contender == "ftcli":
         result = run_ftcli(args, work, args.override or [])
@@ -306,7 +386,11 @@ def main() -> None:
     parser.add_argument("--ablations", nargs="?", const="all", default=None,
                         help="also run ftcli with speed features off: all, or names from "
                              + "; ".join(ABLATIONS) + " (comma-separated)")
+    parser.add_argument("--prepare-rows", type=int, default=None,
+                        help="measure `prepare` of this many synthesized rows (and of MRPC's 3,668) instead")
+    parser.add_argument("--num-proc", default="auto", help="data.num_proc for --prepare-rows")
     parser.add_argument("--out", default="bench-results")
+    parser.add_argument("--data-file", help=argparse.SUPPRESS)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
@@ -319,6 +403,10 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="ftcli-bench-"))
+    if args.prepare_rows:
+        if args.num_proc != "auto":
+            args.num_proc = str(int(args.num_proc))
+        return bench_prepare(args, out, work)
     plan = [(c, c, []) for c in args.contenders.split(",")]
     if args.ablations:
         wanted = list(ABLATIONS) if args.ablations == "all" else [n.strip() for n in args.ablations.split(",")]
