@@ -347,9 +347,8 @@ def class_counts(ids, names: list[str]) -> dict[str, int]:
 def hold_out(data: DataConfig, model, raw: dict[str, datasets.Dataset], names: list[str], multi_label: bool = False):
     """Split `data.holdout` rows off the training split into `data.validation_name`: per class
     (each class gives its share, rounded so the total is exact; a multi-label row counts under its
-    rarest label), at random with `split_seed`. Both
-    parts keep the file's row order. Returns the new splits, what the manifest records, and each
-    part's row indices in the file."""
+    rarest label), at random with `split_seed`. Both parts keep the file's row order. Returns the
+    new splits, what the manifest records, and each part's row indices in the file."""
     import numpy as np
 
     train = raw[data.train_split]

@@ -26,9 +26,13 @@ def is_multi_label(model: ModelConfig, data: DataConfig, raw: dict[str, datasets
     import pyarrow as pa
 
     train = raw.get(data.train_split) or next(iter(raw.values()))
-    listed = data.label_column in train.column_names and (
-        pa.types.is_list(train.data.column(data.label_column).type)
-        or pa.types.is_large_list(train.data.column(data.label_column).type))
+    listed = False
+    if data.label_column in train.column_names:
+        column = train.data.column(data.label_column)
+        listed = pa.types.is_list(column.type) or pa.types.is_large_list(column.type)
+        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):  # JSON lists in CSV cells
+            sample = [v for v in column.slice(0, 200).to_pylist() if v]
+            listed = bool(sample) and all(v.lstrip().startswith("[") for v in sample)
     if model.problem_type == "single_label" and (listed or data.label_separator):
         raise FtcliError(f"{split_source(data, data.train_split)}: column {data.label_column!r} holds label lists "
                          "but model.problem_type is single_label; set it to multi_label or auto")

@@ -448,3 +448,18 @@ def test_init_drafts_a_config_that_trains_as_is(tiny_model, tmp_path):
     trained = run_cli("train", "-c", str(tmp_path / "run.yaml"), "--json")
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert json.loads(trained.stdout)["metric"] == "multilabel"
+
+
+def test_json_lists_in_csv_cells_are_multi_label(tiny_model, tmp_path):
+    import csv
+
+    with open(tmp_path / "tags.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["sentence1", "sentence2", "label"])
+        for r in tag_rows(20, 6):
+            writer.writerow([r["sentence1"], r["sentence2"], json.dumps(r["label"])])
+    raw = config_dict(tiny_model, {"train": tmp_path / "tags.csv"}, tmp_path)
+    raw["model"].pop("labels")
+    p = cache.prepare(config_from_dict(raw), log=lambda *_: None)
+    assert p.is_multi_label and p.label_names == ["a", "b", "c"]
+    assert p.split("train")["labels"][0] == [float(n in tag_rows(20, 6)[0]["label"]) for n in "abc"]
