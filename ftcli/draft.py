@@ -235,7 +235,9 @@ def init(data_file: str | Path, *, validation_file: str | Path | None = None, mo
     table = raw["train"].data.to_pydict()
     tokenizer = load_tokenizer(ModelConfig(name_or_path=model))
     d = draft(table, tokenizer)
-    stem = data_file.stem
+    # runs/<the data's name>: a file called train.jsonl names its folder instead.
+    stem = data_file.stem if data_file.stem.lower() not in ("train", "data", "dataset", "all", "full") \
+        else (data_file.resolve().parent.name or data_file.stem)
     text = render(d, str(data_file), str(validation_file) if validation_file else None, model, f"runs/{stem}")
     import yaml
 
