@@ -245,15 +245,13 @@ def colour_rows(n: int, seed: int) -> list[dict]:
 @pytest.mark.slow
 def test_one_file_with_class_weights_trains_and_reports_per_class(tiny_model, tmp_path):
     """One file in: a held-out validation split, auto class weights, and the per-class report of
-    train and eval, which agree with each other and with scikit-learn on predict's output."""
+    train and eval, which agree (scikit-learn's figures: test_class_report_of_a_known_...)."""
     import yaml
     from PIL import Image
-    from sklearn.metrics import precision_recall_fscore_support
 
     raw = one_file_config(tiny_model, tmp_path, colour_rows(300, seed=1), validation_split=0.2)
     raw["train"].update(epochs=3, batch_size=16, class_weights="auto")
     raw["eval"]["metric"] = "auto"
-    raw["data"]["files"]["test"] = str(write_jsonl(tmp_path / "test.jsonl", colour_rows(90, seed=2)))
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
     trained = run_cli("train", "-c", str(tmp_path / "c.yaml"), "--json")
     assert trained.returncode == 0, trained.stderr[-3000:]
@@ -271,18 +269,7 @@ def test_one_file_with_class_weights_trains_and_reports_per_class(tiny_model, tm
     assert "precision" in human.stdout and "support" in human.stdout
     rewritten = json.loads((tmp_path / "run" / "eval" / "validation" / "eval_report.json").read_text())
     assert rewritten["per_class"] == summary["per_class"]
-    # On a file: eval's per-class figures are scikit-learn's on predict's labels.
-    test = run_cli("eval", "-c", str(tmp_path / "c.yaml"), "--split", "test", "--json")
-    out = tmp_path / "p.jsonl"
-    predicted = run_cli("predict", "-c", str(tmp_path / "c.yaml"), "-i", raw["data"]["files"]["test"], "-o", str(out))
-    assert test.returncode == 0 and predicted.returncode == 0, test.stderr[-2000:] + predicted.stderr[-2000:]
-    labels = [json.loads(line)["label"] for line in out.read_text().splitlines()]
-    truth = [r["label"] for r in colour_rows(90, seed=2)]
-    precision, recall, f1, support = precision_recall_fscore_support(truth, labels, labels=list("abc"), zero_division=0)
-    per_class = json.loads(test.stdout)["per_class"]
-    for i, name in enumerate("abc"):
-        assert per_class[name]["f1"] == pytest.approx(f1[i], abs=1e-6)
-        assert per_class[name]["support"] == support[i]
+    per_class = summary["per_class"]
     assert per_class["c"]["recall"] > 0  # the rare class is learned
 
 
