@@ -212,6 +212,12 @@ class Prepared:
         classes = self.manifest["splits"].get(split, {}).get("classes") or {}
         return [name for name, n in classes.items() if n == 0]
 
+    def absence_warning(self, split: str) -> str | None:
+        """The one-line warning `prepare` and `train` give when labels have no rows in `split`."""
+        absent = self.absent_classes(split)
+        return f"no {split} rows of class(es) {', '.join(absent)}: their recall and F1 are not measured" \
+            if absent else None
+
     def split(self, split: str) -> datasets.Dataset:
         """The tokenized rows of a split (memory-mapped Arrow, not Python objects)."""
         self.split_info(split)

@@ -174,9 +174,8 @@ def prepare(config: ConfigOpt, set_: SetOpt = None, as_json: JsonOpt = False, qu
         typer.echo(f"{state} in {prepared.seconds:.2f}s: {prepared.path}")
         for s in splits:
             typer.echo(f"  {prepared.describe(s)}")
-        if result["absent_from_validation"]:
-            reporter.warn(f"no {validation} rows of class(es) {', '.join(result['absent_from_validation'])}: their "
-                          "recall and F1 are not measured")
+        if warning := prepared.absence_warning(validation):
+            reporter.warn(warning)
 
     _run(go)
 

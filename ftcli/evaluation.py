@@ -84,8 +84,10 @@ def run_eval(accelerator, model, dataloader, metric, *, regression: bool, progre
             else:
                 pred = logits.argmax(-1)
                 loss = F.cross_entropy(logits, labels.clamp(min=0), reduction="none")
+            want_scores = multi_label and keep_predictions
             gathered = accelerator.gather_for_metrics(
                 (pred, labels, loss) + ((logits, row_ids) if keep_outputs else ())
+                + ((torch.sigmoid(logits),) if want_scores else ())
             )
             preds.append(gathered[0].cpu())
             refs.append(gathered[1].cpu())
@@ -93,8 +95,8 @@ def run_eval(accelerator, model, dataloader, metric, *, regression: bool, progre
             if keep_outputs:
                 logits_all.append(gathered[3].cpu())
                 rows_all.append(gathered[4].cpu())
-            elif multi_label and keep_predictions:
-                scores.append(torch.sigmoid(accelerator.gather_for_metrics(logits)).cpu())
+            if want_scores:
+                scores.append(gathered[-1].cpu())
             if progress is not None:
                 progress.update(1)
     model.train()
@@ -125,15 +127,9 @@ def multi_label_report(predictions, references, names: list[str]) -> dict[str, A
     p, r = np.asarray(predictions, dtype=np.int64), np.asarray(references, dtype=np.int64)
     tp, fp, fn = (p & r).sum(0), (p & (1 - r)).sum(0), ((1 - p) & r).sum(0)
     tn = len(r) - tp - fp - fn
-    per_class, counts = {}, {}
-    for i, name in enumerate(names):
-        precision = tp[i] / (tp[i] + fp[i]) if tp[i] + fp[i] else 0.0
-        recall = tp[i] / (tp[i] + fn[i]) if tp[i] + fn[i] else 0.0
-        f1 = 2 * tp[i] / (2 * tp[i] + fp[i] + fn[i]) if tp[i] + fp[i] + fn[i] else 0.0
-        per_class[name] = {"precision": round(float(precision), 6), "recall": round(float(recall), 6),
-                           "f1": round(float(f1), 6), "support": int(tp[i] + fn[i])}
-        counts[name] = {"tp": int(tp[i]), "fp": int(fp[i]), "fn": int(fn[i]), "tn": int(tn[i])}
-    return {"labels": list(names), "per_class": per_class, "label_confusion": counts}
+    counts = {name: {"tp": int(tp[i]), "fp": int(fp[i]), "fn": int(fn[i]), "tn": int(tn[i])}
+              for i, name in enumerate(names)}
+    return {"labels": list(names), "per_class": _per_class(names, tp, fp, fn), "label_confusion": counts}
 
 
 def best_threshold(scores, references) -> dict[str, float]:
@@ -151,26 +147,39 @@ def best_threshold(scores, references) -> dict[str, float]:
     return best
 
 
+def per_class_report(predictions, references, names: list[str], multi_label: bool) -> dict[str, Any]:
+    """The report `eval` and `train` write: `class_report`, or for multi-label data
+    `multi_label_report`."""
+    return (multi_label_report if multi_label else class_report)(predictions, references, names)
+
+
+def _per_class(names: list[str], tp, fp, fn) -> dict[str, dict[str, Any]]:
+    """Each label's precision, recall, F1 and support from its true positives, false positives
+    and false negatives. A label never predicted has precision 0, one never true recall 0
+    (scikit-learn's `zero_division=0`)."""
+    import numpy as np
+
+    tp, fp, fn = (np.asarray(x, dtype=np.float64) for x in (tp, fp, fn))
+    zeros = np.zeros(len(names))
+    precision = np.divide(tp, tp + fp, out=zeros.copy(), where=tp + fp > 0)
+    recall = np.divide(tp, tp + fn, out=zeros.copy(), where=tp + fn > 0)
+    f1 = np.divide(2 * precision * recall, precision + recall, out=zeros.copy(), where=precision + recall > 0)
+    return {name: {"precision": round(float(precision[i]), 6), "recall": round(float(recall[i]), 6),
+                   "f1": round(float(f1[i]), 6), "support": int(tp[i] + fn[i])}
+            for i, name in enumerate(names)}
+
+
 def class_report(predictions, references, names: list[str]) -> dict[str, Any]:
     """Per-class precision, recall, F1 and support, and the confusion matrix (rows: the true
-    label, columns: the predicted one). A class never predicted has precision 0, one absent from
-    the references recall 0 (scikit-learn's `zero_division=0`)."""
+    label, columns: the predicted one)."""
     import numpy as np
 
     k = len(names)
     p, r = np.asarray(predictions, dtype=np.int64), np.asarray(references, dtype=np.int64)
     matrix = np.bincount(r * k + p, minlength=k * k).reshape(k, k)
-    hits, predicted, support = np.diag(matrix), matrix.sum(0), matrix.sum(1)
-    precision = np.divide(hits, predicted, out=np.zeros(k), where=predicted > 0)
-    recall = np.divide(hits, support, out=np.zeros(k), where=support > 0)
-    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(k), where=precision + recall > 0)
-    return {
-        "labels": list(names),
-        "per_class": {name: {"precision": round(float(precision[i]), 6), "recall": round(float(recall[i]), 6),
-                             "f1": round(float(f1[i]), 6), "support": int(support[i])}
-                      for i, name in enumerate(names)},
-        "confusion_matrix": matrix.tolist(),
-    }
+    hits = np.diag(matrix)
+    return {"labels": list(names), "per_class": _per_class(names, hits, matrix.sum(0) - hits, matrix.sum(1) - hits),
+            "confusion_matrix": matrix.tolist()}
 
 
 def write_report(folder: Path, report: dict[str, Any], title: str) -> Path:
@@ -262,7 +271,7 @@ def evaluate_model(config: Config | str | Path, *, model_dir: str | Path | None 
             "failed": gate.failures(list(require), result),
         }
         if prepared.label_names:
-            per_class = (multi_label_report if multi else class_report)(predictions, references, prepared.label_names)
+            per_class = per_class_report(predictions, references, prepared.label_names, multi)
             report = {"split": split, "model": str(folder), **result, **per_class}
             summary["per_class"] = report["per_class"]
             where = Path(report_dir) if report_dir else report_folder(folder, split)

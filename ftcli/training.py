@@ -219,7 +219,7 @@ def _class_report(run: Run, final_eval: dict[str, Any] | None, *, fresh: bool) -
     """The per-class report of the exported model on the validation split (classification). The
     latest evaluation's predictions when they belong to the exported weights; else (the best
     checkpoint's weights, or a run resumed after its last evaluation) one evaluation more."""
-    from ftcli.evaluation import class_report, multi_label_report, run_eval
+    from ftcli.evaluation import per_class_report, run_eval
     from ftcli.fastops import standard_attention
 
     if run.eval_dl is None or not run.prepared.label_names or final_eval is None:
@@ -231,8 +231,7 @@ def _class_report(run: Run, final_eval: dict[str, Any] | None, *, fresh: bool) -
                               keep_predictions=True, multi_label=multi, threshold=run.cfg.eval.threshold)
         run.last_predictions = result["_predictions"], result["_references"]
     metrics = {k: v for k, v in final_eval.items() if k not in ("type", "time", "epoch", "seconds")}
-    report = multi_label_report if multi else class_report
-    return {**metrics, **report(*run.last_predictions, run.prepared.label_names)}
+    return {**metrics, **per_class_report(*run.last_predictions, run.prepared.label_names, multi)}
 
 
 def _check_same_config(cfg: Config, accelerator) -> None:
@@ -262,8 +261,8 @@ def _report_cache(reporter: Reporter, prepared, validation: str) -> None:
         reporter.info(f"data: tokenized in {prepared.seconds:.1f}s ({prepared.why_missed}) -> {prepared.path} ({splits})")
         for split in prepared.manifest["splits"]:  # the first time only: `ftcli prepare` shows it any time
             reporter.info(f"  {prepared.describe(split)}")
-    if absent := prepared.absent_classes(validation):
-        reporter.warn(f"no {validation} rows of class(es) {', '.join(absent)}: their recall and F1 are not measured")
+    if warning := prepared.absence_warning(validation):
+        reporter.warn(warning)
 
 
 def _report_start(run: Run, n_params: int, threads: int, why_separate: str | None) -> None:
