@@ -491,6 +491,11 @@ class SweepConfig(_Section):
     pruner_startup_trials: int = Field(default=2, ge=0)
     """Trials that always run to the end before `median` pruning starts."""
 
+    pruner_warmup_steps: int = Field(default=0, ge=0)
+    """Optimizer steps every trial trains before the pruner may stop it (`median`: Optuna's
+    `n_warmup_steps`; `hyperband`: its `min_resource`, the first rung). Set it past the
+    learning-rate warm-up: F1 measured while the learning rate still climbs ranks trials poorly."""
+
     space: dict[str, ParamRange] = Field(min_length=1)
     """Searched settings by dotted key, e.g. `train.learning_rate: {low: 1e-5, high: 1e-4, log: true}`
     or `train.batch_size: {choices: [8, 16]}`. Integer settings are sampled as integers."""

@@ -93,9 +93,10 @@ def _pruner(sweep: SweepConfig):
     import optuna
 
     if sweep.pruner == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=sweep.pruner_startup_trials)
+        return optuna.pruners.MedianPruner(n_startup_trials=sweep.pruner_startup_trials,
+                                           n_warmup_steps=sweep.pruner_warmup_steps)
     if sweep.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner()
+        return optuna.pruners.HyperbandPruner(min_resource=max(1, sweep.pruner_warmup_steps))
     return optuna.pruners.NopPruner()
 
 

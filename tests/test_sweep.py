@@ -171,3 +171,42 @@ def test_sweep_under_accelerate_launch_trains_each_trial_on_every_process(tiny_m
         else:
             assert t["steps"] == 7  # ceil(200 / (16 x 2 processes)): one epoch
     assert any(t["state"] == "pruned" for t in summary["trials"]), summary["trials"]
+
+
+@pytest.mark.parametrize("pruner", ["median", "hyperband"])
+def test_pruner_warmup_steps_keeps_a_trial_until_then(pruner):
+    """`sweep.pruner_warmup_steps` is the step before which no trial is judged: a trial far behind
+    the others at step 4 is stopped there without a warm-up, and runs on to step 8 with one."""
+    import optuna
+
+    from ftcli.config import SweepConfig
+    from ftcli.sweep import _pruner
+
+    def study_with_two_good_trials(warmup: int):
+        sweep = SweepConfig(space={"train.learning_rate": {"low": 1e-5, "high": 1e-4}}, pruner=pruner,
+                            pruner_startup_trials=1, pruner_warmup_steps=warmup)
+        # hyperband compares a trial only with trials of its bracket: enough good trials, and a
+        # fixed study name (the bracket is a hash of it), put good ones in every bracket
+        study = optuna.create_study(direction="maximize", pruner=_pruner(sweep), study_name="warm-up")
+        for _ in range(6):
+            good = study.ask()
+            for step in (4, 8, 12):
+                good.report(0.9, step)
+                assert not good.should_prune()
+            study.tell(good, 0.9)
+        return study
+
+    def first_pruned_step(study):
+        bad = study.ask()
+        for step in (4, 8, 12):
+            bad.report(0.1, step)
+            if bad.should_prune():
+                return step
+        return None
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        assert first_pruned_step(study_with_two_good_trials(0)) == 4
+        assert first_pruned_step(study_with_two_good_trials(8)) == 8
+    finally:
+        optuna.logging.set_verbosity(optuna.logging.INFO)
