@@ -10,10 +10,11 @@ import contextlib
 import json
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ftcli import labels
+from ftcli import encoding, labels
 from ftcli.config import DATA_FORMATS, Config, DataConfig
 from ftcli.errors import FtcliError
 from ftcli.files import atomic_write_text, checksums
@@ -23,23 +24,20 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 @contextlib.contextmanager
-def quiet_datasets(bars: bool = False):
-    """No `datasets` log lines, and no progress bars unless `bars`, while ftcli reports progress
-    itself; the caller's settings are restored afterwards."""
+def quiet_datasets():
+    """No `datasets` log lines and progress bars while ftcli reports progress itself; the
+    caller's settings are restored afterwards."""
     import datasets as hfds
     from datasets.utils import logging as ds_logging
 
     verbosity, bars_before = ds_logging.get_verbosity(), hfds.is_progress_bar_enabled()
     ds_logging.set_verbosity(ds_logging.CRITICAL)
-    (hfds.enable_progress_bars if bars else hfds.disable_progress_bars)()
+    hfds.disable_progress_bars()
     try:
         yield
     finally:
         ds_logging.set_verbosity(verbosity)
         (hfds.enable_progress_bars if bars_before else hfds.disable_progress_bars)()
-
-
-MODEL_COLUMNS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 def load_hub_dataset(path: str, name: str | None, revision: str | None):
@@ -54,6 +52,12 @@ def load_hub_dataset(path: str, name: str | None, revision: str | None):
             f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}; check the name and your network, "
             "or use data.files with local files"
         ) from None
+
+
+RAW_BATCH_ROWS = 10_000
+"""Rows per record batch of a raw split's Arrow file (datasets writes 1,000). Opening the file
+touches each batch's header, and the kernel maps 64 KB around each touch: with 1,000-row batches
+that made a million rows' file count ~60 MB in resident memory before a row was read."""
 
 
 def load_raw(data: DataConfig, cache_dir: Path | None = None) -> dict[str, datasets.Dataset]:
@@ -76,7 +80,7 @@ def load_raw(data: DataConfig, cache_dir: Path | None = None) -> dict[str, datas
 
                 ds = load_dataset(
                     DATA_FORMATS[suffix], data_files=str(file), split="train",
-                    cache_dir=str(cache_dir) if cache_dir else None, **kwargs,
+                    cache_dir=str(cache_dir) if cache_dir else None, writer_batch_size=RAW_BATCH_ROWS, **kwargs,
                 )
         except Exception as exc:  # noqa: BLE001 - parse errors of any kind
             if "corresponds to no data" in str(exc) or (Path(file).is_file() and Path(file).stat().st_size == 0):
@@ -171,62 +175,67 @@ def _check_columns(data: DataConfig, raw: dict[str, datasets.Dataset], labels_op
         raise FtcliError("\n".join(problems))
 
 
-def build(cfg: Config, parts: dict[str, Any], key: str, tmp: Path, raw, labels_optional: bool) -> dict[str, Any]:
-    """Tokenize every split of the raw data into `tmp/dataset/<split>` and write `tmp/manifest.json`;
-    return the manifest. The caller (ftcli.cache) owns `tmp` and publishes it."""
+def build(cfg: Config, parts: dict[str, Any], key: str, tmp: Path, raw, labels_optional: bool,
+          progress: Callable[..., Any] | None = None) -> dict[str, Any]:
+    """Tokenize every split of the raw data into `tmp/dataset/<split>.arrow` and write
+    `tmp/manifest.json`; return the manifest. The caller (ftcli.cache) owns `tmp` and publishes it.
+    `progress`: `Reporter.progress`, for a display while a large split is tokenized."""
     import datasets as hfds
-    import pyarrow.compute as pc
 
     from ftcli.modeling import load_tokenizer
 
     data, model = cfg.data, cfg.model
     raw = raw if raw is not None else load_raw(data, tmp / "raw")
+    import pyarrow as pa
+
+    pa.default_memory_pool().release_unused()  # what parsing the files used, before tokenizing
     _check_columns(data, raw, labels_optional)
     names = labels.label_names(model, data, raw)
     multi = labels.is_multi_label(model, data, raw)
     sources = {split: labels.split_source(data, split) for split in raw}
-    holdout, origins = None, {}
+    # each output split: the raw split its rows come from, and which of its rows (None: all)
+    plan: dict[str, tuple[str, Any]] = {split: (split, None) for split in raw}
+    holdout = None
     if data.holdout is not None:
-        with quiet_datasets():
-            raw, holdout, origins = hold_out(data, model, raw, names, multi)
+        holdout, rows = hold_out(data, model, raw, names, multi)
+        plan.update({split: (data.train_split, positions) for split, positions in rows.items()})
         sources[data.train_split] = f"{sources[data.train_split]} ({holdout['train_rows']:,} rows kept for training)"
         sources[data.validation_name] = (f"{labels.split_source(data, data.train_split)} "
                                          f"({holdout['rows']:,} rows held out, seed {data.split_seed})")
     tokenizer = load_tokenizer(model)
-    max_length = parts["settings"]["max_length"]
+    encoder = encoding.Encoder(tokenizer, data, parts["settings"]["max_length"])
+    if multi:  # a 0/1 row over the labels
+        label_feature = hfds.List(hfds.Value("float32"), length=len(names))
+    else:
+        label_feature = hfds.Value("float32" if model.is_regression else "int64")
+    schema = encoding.features(encoder.keep, label_feature).arrow_schema
+    (tmp / "dataset").mkdir()
+    label_cache: dict[str, tuple[Any, bool]] = {}
     splits = {}
-    for split, ds in raw.items():
-        ids, labelled = labels.label_ids(model, data, ds, split, names, multi)
-        workers = processes_for(data, ds.num_rows)
-        with quiet_datasets(bars=ds.num_rows >= LARGE_SPLIT and _at_terminal()):
-            tokenized = _tokenize(ds, tokenizer, data, max_length, tmp / f"map-{split}.arrow",
-                                  labels.split_source(data, data.train_split) if split in origins else sources[split],
-                                  origins.get(split), workers, f"tokenizing {split}")
-            if multi:  # a 0/1 row over the labels
-                tokenized = tokenized.add_column("labels", list(ids), feature=hfds.List(hfds.Value("float32"),
-                                                                                         length=len(names)))
-            else:
-                tokenized = tokenized.add_column(
-                    "labels", ids.to_numpy(zero_copy_only=False),
-                    feature=hfds.Value("float32" if model.is_regression else "int64"),
-                )
-            # Shards of at most 64 MB: save_to_disk holds a shard in memory while writing it, so
-            # the default 500 MB shards made peak memory grow with the data.
-            tokenized.save_to_disk(str(tmp / "dataset" / split), max_shard_size="64MB")
-        lengths = tokenized.data.column("length")
+    for split, (origin, positions) in plan.items():
+        ds = raw[origin]
+        if origin not in label_cache:
+            label_cache[origin] = labels.label_ids(model, data, ds, origin, names, multi)
+        ids, labelled = label_cache[origin]
+        rows = ds.num_rows if positions is None else len(positions)
+        with (progress(rows, f"tokenizing {split}", every=1, unit="rows", min_interval=10.0)
+              if progress and rows >= LARGE_SPLIT else contextlib.nullcontext()) as bar:
+            done = encoding.encode_split(
+                ds, encoder, tmp / "dataset" / f"{split}.arrow", schema, ids, positions=positions,
+                threads=threads_for(data, rows), source=labels.split_source(data, origin),
+                advance=bar.update if bar is not None else None)
+        split_ids = ids if positions is None else (ids[positions] if multi else ids.take(positions))
         splits[split] = {
-            "rows": tokenized.num_rows,
+            "rows": done.rows,
             "labeled": labelled,
-            "tokens": int(pc.sum(lengths).as_py()),
-            "max_tokens": int(pc.max(lengths).as_py()),
-            "truncated": int(pc.sum(pc.cast(tokenized.data.column("truncated"), "int64")).as_py()),
+            "tokens": done.tokens,
+            "max_tokens": done.max_tokens,
+            "truncated": done.truncated,
             "source": sources[split],
-            "classes": class_counts(ids, names) if labelled and names else None,
+            "classes": class_counts(split_ids, names) if labelled and names else None,
         }
-        del tokenized
+    del raw
     shutil.rmtree(tmp / "raw", ignore_errors=True)
-    for f in tmp.glob("map-*"):
-        f.unlink()
     from importlib.metadata import version
 
     manifest = {
@@ -235,8 +244,8 @@ def build(cfg: Config, parts: dict[str, Any], key: str, tmp: Path, raw, labels_o
         "label_names": names,
         "problem_type": "regression" if model.is_regression else "multi_label" if multi else "single_label",
         "pad_token_id": int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0),
-        "max_length": max_length,
-        "model_input_names": [c for c in MODEL_COLUMNS if c in tokenizer.model_input_names],
+        "max_length": encoder.max_length,
+        "model_input_names": encoder.keep,
         "splits": splits,
         "holdout": holdout,
         "checksums": checksums(tmp, "dataset"),
@@ -258,79 +267,17 @@ def _installed(dist: str) -> bool:
 
 
 LARGE_SPLIT = 50_000
-"""Rows from which a split is tokenized by several processes (`num_proc: auto`) and shows a bar."""
+"""Rows from which a split is tokenized by a thread per core (`num_proc: auto`) and shows progress."""
 
 
-def processes_for(data: DataConfig, rows: int) -> int | None:
-    """`data.num_proc` for a split of `rows` rows (None: tokenize in this process)."""
+def threads_for(data: DataConfig, rows: int) -> int:
+    """Tokenizer threads for a split of `rows` rows (`data.num_proc`)."""
     import os
 
     if data.num_proc != "auto":
-        return data.num_proc if data.num_proc and data.num_proc > 1 else None
+        return data.num_proc or 1
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return cores if rows >= LARGE_SPLIT and cores > 1 else None
-
-
-def _at_terminal() -> bool:
-    import sys
-
-    return sys.stderr.isatty()
-
-
-def _tokenize(ds, tokenizer, data: DataConfig, max_length: int, cache_file: Path, source: str, origin=None,
-              workers: int | None = None, description: str | None = None):
-    """Tokenize a split. `source` and `origin` (each row's index in the file, when the split is
-    part of one) name a row that cannot be tokenized."""
-    cols = data.text_columns
-    keep = [c for c in MODEL_COLUMNS if c in tokenizer.model_input_names]
-
-    def encode(batch, indices):
-        texts = [batch[c] for c in cols]
-        try:
-            enc = tokenizer(*texts, truncation=data.truncation, max_length=max_length)
-        except Exception as exc:  # noqa: BLE001 - the tokenizers library raises a bare Exception
-            rows = indices if origin is None else [int(origin[i]) for i in indices]
-            raise _truncation_error(tokenizer, texts, rows, data, max_length, source, exc) from None
-        out = {c: enc[c] for c in keep}
-        out["length"] = [len(x) for x in enc["input_ids"]]
-        # A fast tokenizer keeps what it cut off; a slow one does not, and a row that fills
-        # max_length exactly is then counted as cut.
-        out["truncated"] = ([bool(e.overflowing) for e in enc.encodings] if enc.encodings is not None
-                            else [n >= max_length for n in out["length"]])
-        return out
-
-    import datasets as hfds
-
-    features = hfds.Features(
-        {**{c: hfds.List(hfds.Value("int32" if c == "input_ids" else "int8")) for c in keep},
-         "length": hfds.Value("int32"), "truncated": hfds.Value("bool")}
-    )
-    return ds.map(
-        encode,
-        batched=True,
-        with_indices=True,
-        batch_size=1000,
-        remove_columns=ds.column_names,
-        features=features,
-        num_proc=workers,
-        desc=description,
-        cache_file_name=str(cache_file),
-        new_fingerprint=cache_file.stem,
-        load_from_cache_file=False,
-    )
-
-
-def _truncation_error(tokenizer, texts, indices, data: DataConfig, max_length: int, source: str, exc: Exception):
-    """The row a batch failed on, in words: `only_first`/`only_second` cannot fit a row whose
-    other text alone fills max_length."""
-    for i, row in enumerate(indices):
-        try:
-            tokenizer(*[[t[i]] for t in texts], truncation=data.truncation, max_length=max_length)
-        except Exception:  # noqa: BLE001
-            return FtcliError(f"{source}: row {row + 1}: truncation {data.truncation} cannot fit it into max_length "
-                              f"{max_length} (the text it may not cut is that long alone); use truncation: "
-                              "longest_first or a larger data.max_length")
-    return FtcliError(f"{source}: tokenization failed ({str(exc).splitlines()[0][:200]})")
+    return cores if rows >= LARGE_SPLIT else 1
 
 
 def class_counts(ids, names: list[str]) -> dict[str, int]:
@@ -347,8 +294,8 @@ def class_counts(ids, names: list[str]) -> dict[str, int]:
 def hold_out(data: DataConfig, model, raw: dict[str, datasets.Dataset], names: list[str], multi_label: bool = False):
     """Split `data.holdout` rows off the training split into `data.validation_name`: per class
     (each class gives its share, rounded so the total is exact; a multi-label row counts under its
-    rarest label), at random with `split_seed`. Both parts keep the file's row order. Returns the
-    new splits, what the manifest records, and each part's row indices in the file."""
+    rarest label), at random with `split_seed`. Both parts keep the file's row order. Returns what
+    the manifest records, and each part's row indices in the training split (sorted)."""
     import numpy as np
 
     train = raw[data.train_split]
@@ -378,13 +325,9 @@ def hold_out(data: DataConfig, model, raw: dict[str, datasets.Dataset], names: l
         held.append(rng.permutation(rows)[:quotas[g]])
     held = np.sort(np.concatenate(held))
     kept = np.setdiff1d(np.arange(n), held, assume_unique=True)
-    out = {split: ds for split, ds in raw.items() if split != data.train_split}
-    # flatten_indices: the parts become tables of their own (label checks read the Arrow table).
-    out[data.train_split] = train.select(kept).flatten_indices()
-    out[data.validation_name] = train.select(held).flatten_indices()
     info = {"of": data.train_split, "rows": int(len(held)), "train_rows": int(len(kept)),
             "requested": data.holdout, "seed": data.split_seed, "stratified": bool(names)}
-    return out, info, {data.train_split: kept, data.validation_name: held}
+    return info, {data.train_split: kept, data.validation_name: held}
 
 
 def _quotas(sizes: dict[Any, int], want: int) -> dict[Any, int]:

@@ -30,7 +30,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import datasets
 
 
-CACHE_FORMAT = 2
+CACHE_FORMAT = 3
 """Bump when the layout or contents of a prepared dataset change: every old cache then misses.
 2: a `truncated` flag per row; class counts and the held-out split in the manifest."""
 
@@ -222,16 +222,16 @@ class Prepared:
         """The tokenized rows of a split (memory-mapped Arrow, not Python objects)."""
         self.split_info(split)
         if split not in self._splits:
-            from datasets import load_from_disk
+            from datasets import Dataset
 
-            self._splits[split] = load_from_disk(str(self.path / "dataset" / split))
+            self._splits[split] = Dataset.from_file(str(self.path / "dataset" / f"{split}.arrow"))
         return self._splits[split]
 
 
-def prepare(cfg: Config, *, log=print, labels_optional: bool = False) -> Prepared:
+def prepare(cfg: Config, *, log=print, labels_optional: bool = False, progress=None) -> Prepared:
     """Return the prepared dataset for `cfg`, building it when the cache has no valid copy.
     `labels_optional`: splits without the label column are unlabelled rather than an error
-    (prediction inputs)."""
+    (prediction inputs). `progress`: `Reporter.progress`, to show a large split's tokenization."""
     start = time.perf_counter()
     cache_dir = Path(cfg.data.cache_dir)
     memo = _HashMemo(cache_dir)
@@ -266,7 +266,7 @@ def prepare(cfg: Config, *, log=print, labels_optional: bool = False) -> Prepare
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         try:
-            manifest = build(cfg, parts, key, tmp, raw, labels_optional)
+            manifest = build(cfg, parts, key, tmp, raw, labels_optional, progress)
             if folder.exists():  # damaged (we hold the lock, so no other builder is publishing)
                 stale = folder.with_name(folder.name + f".stale-{os.getpid()}")
                 os.replace(folder, stale)

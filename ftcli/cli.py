@@ -152,7 +152,7 @@ def prepare(config: ConfigOpt, set_: SetOpt = None, as_json: JsonOpt = False, qu
         reporter = _reporter(quiet, as_json)
         # Separate commands may prepare at once: one builds under the cache's file lock, the
         # others wait and load the result.
-        prepared = prepare(cfg, log=reporter.info)
+        prepared = prepare(cfg, log=reporter.info, progress=reporter.progress)
         splits = prepared.manifest["splits"]
         validation = cfg.data.validation_name
         result = {

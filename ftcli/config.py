@@ -160,9 +160,9 @@ class DataConfig(_Section):
     """Where `prepare` stores tokenized datasets, one folder per content fingerprint."""
 
     num_proc: int | Literal["auto"] | None = "auto"
-    """Processes for tokenization (`Dataset.map(num_proc=...)`). `auto`: one per CPU core for
-    splits of 50,000 rows or more, one process below (starting workers costs more than it saves
-    on small data). At a terminal, large splits show a progress bar."""
+    """Threads that tokenize (in `prepare`'s one process: a fast tokenizer releases the GIL; a
+    slow one runs in one thread). `auto`: one per CPU core for splits of 50,000 rows or more, one
+    below. Splits that large show progress (a bar at a terminal, a line every 10 s in a pipe)."""
 
     padding: Literal["dynamic", "max_length", "buckets"] = "dynamic"
     """How batches are padded. `dynamic`: to the longest row in the batch (fastest on CPU/GPU).

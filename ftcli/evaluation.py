@@ -237,7 +237,7 @@ def evaluate_model(config: Config | str | Path, *, model_dir: str | Path | None 
     reporter = reporter or Reporter()
     with accelerator_session(cfg.train) as accelerator:
         reporter.enabled = reporter.enabled and accelerator.is_main_process
-        prepared = cache.prepare(cfg, log=reporter.info)  # one builder per cache key (file lock)
+        prepared = cache.prepare(cfg, log=reporter.info, progress=reporter.progress)  # one builder per cache key (file lock)
         info = prepared.split_info(split)
         if not info["labeled"]:
             raise FtcliError(
@@ -334,7 +334,7 @@ def predict(config: Config | str | Path, input_file: str | Path, output_file: st
     with accelerator_session(pcfg.train) as accelerator:
         reporter.enabled = reporter.enabled and accelerator.is_main_process
         kept = _kept_columns(pcfg, source, keep_columns) if keep_columns else {}
-        prepared = cache.prepare(pcfg, log=reporter.info, labels_optional=True)
+        prepared = cache.prepare(pcfg, log=reporter.info, labels_optional=True, progress=reporter.progress)
         model = modeling.load_trained(folder, labels)
         ds = batching.with_row_ids(prepared.split("predict"))
         dl = batching.eval_dataloader(pcfg.data, accelerator, ds, prepared, batch_size=pcfg.train.eval_batch_size,

@@ -164,7 +164,7 @@ def sweep(
         reporter.enabled = reporter.enabled and main
         # Once for the whole sweep: every trial that changes no preprocessing setting hits this
         # cache. (Every process calls it: one builds under the cache's lock, the others then hit.)
-        prepared = prepare(cfg, log=reporter.info)
+        prepared = prepare(cfg, log=reporter.info, progress=reporter.progress)
         reporter.info(f"data: {'cache hit' if prepared.hit else f'tokenized in {prepared.seconds:.1f}s'} {prepared.path}")
         metric = metric_of(cfg, prepared.label_names, prepared.is_multi_label)
         shared = Shared(group)

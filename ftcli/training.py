@@ -117,7 +117,7 @@ def setup(cfg: Config, accelerator, reporter: Reporter) -> Run:
     # One process tokenizes (or finds the cache); the others wait on the cache's file lock, then
     # load the result. A lock rather than `main_process_first`: a barrier would time out when a
     # first tokenization of a large dataset outlasts the collective timeout; a lock never does.
-    prepared = cache.prepare(cfg, log=reporter.info)
+    prepared = cache.prepare(cfg, log=reporter.info, progress=reporter.progress)
     if accelerator.is_main_process:
         _report_cache(reporter, prepared, cfg.data.validation_name)
     # From here on the config holds the values ftcli resolved: the run's config.yaml and the

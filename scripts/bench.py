@@ -15,7 +15,8 @@ ftcli/Trainer and ftcli/plain over the medians. Writes `<out>/bench.json` and `<
 `--prepare-rows N` measures `prepare` instead: the MRPC training file (3,668 rows) and N rows
 synthesized from it (its pairs repeated, each copy numbered so no two rows are equal), each
 prepared from scratch in a fresh process with `data.num_proc: auto`; reported are seconds,
-rows/s and the worker's peak RSS, and the large case's RSS over the small one's.
+rows/s, the process's peak RSS (and its child processes', if any), and the large case's RSS over
+the small one's.
 """
 
 from __future__ import annotations
@@ -276,14 +277,14 @@ def bench_prepare(args, out: Path, work: Path) -> None:
             runs.append(result)
             print(f"round {round_ + 1} {label:<6} {result['rows']:>9,} rows  {result['seconds']:7.1f} s  "
                   f"{result['rows_per_s']:8.0f} rows/s  peak RSS {result['peak_rss_mb']:.0f} MB "
-                  f"(workers {result['children_peak_rss_mb']:.0f} MB)", flush=True)
+                  f"(child processes {result['children_peak_rss_mb']:.0f} MB)", flush=True)
     med = {label: {k: statistics.median(r[k] for r in runs if r["label"] == label)
                    for k in ("rows", "seconds", "rows_per_s", "peak_rss_mb", "children_peak_rss_mb")}
            for label in ("small", "large")}
     ratio = med["large"]["peak_rss_mb"] / med["small"]["peak_rss_mb"]
     lines = [f"Prepare benchmark: {args.model}, MRPC-length pairs, max_length 128, num_proc {args.num_proc}, "
              f"{args.rounds} round(s), {os.cpu_count()} CPUs", "",
-             "| case | rows | seconds | rows/s | peak RSS MB (main) | peak RSS MB (largest worker) |",
+             "| case | rows | seconds | rows/s | peak RSS MB | peak RSS MB (largest child process) |",
              "| --- | --- | --- | --- | --- | --- |"]
     for label in ("small", "large"):
         m = med[label]
