@@ -197,6 +197,8 @@ def accelerator_session(train: TrainConfig, **kwargs):
         _set_tf32(tf32_enabled(train))
     try:
         yield accelerator
+        if owns_group:
+            accelerator.wait_for_everyone()  # see process_group: no process tears down first
     except FtcliError as exc:
         exc.main_process = accelerator.is_main_process  # the CLI reports it once, from the main process
         raise
@@ -234,6 +236,10 @@ def process_group(train: TrainConfig):
     state = PartialState(cpu=use_cpu(), timeout=timedelta(seconds=train.distributed_timeout_s))
     try:
         yield state
+        # Every process is done with the group before any destroys it: a process that closed its
+        # connections while another was still closing made that one abort at exit (SIGABRT,
+        # "terminate called without an active exception"), after a sweep that had succeeded.
+        state.wait_for_everyone()
     finally:
         state.destroy_process_group()
         AcceleratorState._reset_state(reset_partial_state=True)
