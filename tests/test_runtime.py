@@ -75,7 +75,8 @@ def test_tf32_only_where_asked_or_measured(tmp_path, precision, tf32, expected):
 def test_tf32_is_set_for_the_run_and_restored(tmp_path, monkeypatch):
     """On CUDA a run sets TF32 as train.tf32 says, and the next run (or the caller) finds the
     process as it was. The Accelerator is faked: the switch is torch's, not the GPU's."""
-    fake = SimpleNamespace(device=SimpleNamespace(type="cuda"), is_main_process=True, end_training=lambda: None)
+    fake = SimpleNamespace(device=SimpleNamespace(type="cuda"), is_main_process=True, end_training=lambda: None,
+                           wait_for_everyone=lambda: None)
     monkeypatch.setattr(runtime, "make_accelerator", lambda train, **kw: fake)
     before = runtime._tf32()
     runtime._set_tf32(False)
