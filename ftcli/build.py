@@ -181,13 +181,12 @@ def build(cfg: Config, parts: dict[str, Any], key: str, tmp: Path, raw, labels_o
     `tmp/manifest.json`; return the manifest. The caller (ftcli.cache) owns `tmp` and publishes it.
     `progress`: `Reporter.progress`, for a display while a large split is tokenized."""
     import datasets as hfds
+    import pyarrow as pa
 
     from ftcli.modeling import load_tokenizer
 
     data, model = cfg.data, cfg.model
     raw = raw if raw is not None else load_raw(data, tmp / "raw")
-    import pyarrow as pa
-
     pa.default_memory_pool().release_unused()  # what parsing the files used, before tokenizing
     _check_columns(data, raw, labels_optional)
     names = labels.label_names(model, data, raw)
@@ -195,9 +194,16 @@ def build(cfg: Config, parts: dict[str, Any], key: str, tmp: Path, raw, labels_o
     sources = {split: labels.split_source(data, split) for split in raw}
     # each output split: the raw split its rows come from, and which of its rows (None: all)
     plan: dict[str, tuple[str, Any]] = {split: (split, None) for split in raw}
+    label_cache: dict[str, tuple[Any, bool]] = {}  # raw split -> its label ids, parsed once
+
+    def label_ids(split: str) -> tuple[Any, bool]:
+        if split not in label_cache:
+            label_cache[split] = labels.label_ids(model, data, raw[split], split, names, multi)
+        return label_cache[split]
+
     holdout = None
     if data.holdout is not None:
-        holdout, rows = hold_out(data, model, raw, names, multi)
+        holdout, rows = hold_out(data, raw, names, label_ids(data.train_split)[0])
         plan.update({split: (data.train_split, positions) for split, positions in rows.items()})
         sources[data.train_split] = f"{sources[data.train_split]} ({holdout['train_rows']:,} rows kept for training)"
         sources[data.validation_name] = (f"{labels.split_source(data, data.train_split)} "
@@ -210,13 +216,10 @@ def build(cfg: Config, parts: dict[str, Any], key: str, tmp: Path, raw, labels_o
         label_feature = hfds.Value("float32" if model.is_regression else "int64")
     schema = encoding.features(encoder.keep, label_feature).arrow_schema
     (tmp / "dataset").mkdir()
-    label_cache: dict[str, tuple[Any, bool]] = {}
     splits = {}
     for split, (origin, positions) in plan.items():
         ds = raw[origin]
-        if origin not in label_cache:
-            label_cache[origin] = labels.label_ids(model, data, ds, origin, names, multi)
-        ids, labelled = label_cache[origin]
+        ids, labelled = label_ids(origin)
         rows = ds.num_rows if positions is None else len(positions)
         with (progress(rows, f"tokenizing {split}", every=1, unit="rows", min_interval=10.0)
               if progress and rows >= LARGE_SPLIT else contextlib.nullcontext()) as bar:
@@ -291,11 +294,12 @@ def class_counts(ids, names: list[str]) -> dict[str, int]:
     return {name: int(n) for name, n in zip(names, counts)}
 
 
-def hold_out(data: DataConfig, model, raw: dict[str, datasets.Dataset], names: list[str], multi_label: bool = False):
+def hold_out(data: DataConfig, raw: dict[str, datasets.Dataset], names: list[str], ids):
     """Split `data.holdout` rows off the training split into `data.validation_name`: per class
     (each class gives its share, rounded so the total is exact; a multi-label row counts under its
-    rarest label), at random with `split_seed`. Both parts keep the file's row order. Returns what
-    the manifest records, and each part's row indices in the training split (sorted)."""
+    rarest label), at random with `split_seed`. `ids`: the training split's label ids (as
+    `labels.label_ids` gives them). Both parts keep the file's row order. Returns what the
+    manifest records, and each part's row indices in the training split (sorted)."""
     import numpy as np
 
     train = raw[data.train_split]
@@ -309,12 +313,10 @@ def hold_out(data: DataConfig, model, raw: dict[str, datasets.Dataset], names: l
         raise FtcliError(f"data.validation_split: the data already has a split {data.validation_name!r}; use it "
                          f"(validation_split: {data.validation_name}) instead of holding out training rows")
     rng = np.random.default_rng(data.split_seed)
-    if names and multi_label:
-        hot, _ = labels.label_ids(model, data, train, data.train_split, names, True)
-        rarity = np.where(hot > 0, (hot > 0).sum(0)[None, :], np.iinfo(np.int64).max)
-        groups = np.where((hot > 0).any(1), rarity.argmin(1), -1)
+    if names and isinstance(ids, np.ndarray) and ids.ndim == 2:  # multi-label: rows x labels, 0/1
+        rarity = np.where(ids > 0, (ids > 0).sum(0)[None, :], np.iinfo(np.int64).max)
+        groups = np.where((ids > 0).any(1), rarity.argmin(1), -1)
     elif names:  # classification: stratified
-        ids, _ = labels.label_ids(model, data, train, data.train_split, names)
         groups = np.asarray(ids.to_numpy(zero_copy_only=False))
     else:
         groups = np.zeros(n, dtype=np.int64)
