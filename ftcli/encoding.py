@@ -112,15 +112,17 @@ def encode_split(ds: datasets.Dataset, encoder: Encoder, out: Path, schema: pa.S
         np.cumsum(lengths, out=offsets[1:])
         total = int(offsets[-1])
         offsets_array = pa.array(offsets)
-        columns = {
-            "input_ids": pa.ListArray.from_arrays(offsets_array, pa.array(
-                np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int32, count=total))),
-            # no padding is stored, so every stored token is attended to
-            "attention_mask": pa.ListArray.from_arrays(offsets_array, pa.array(np.ones(total, dtype=np.int8))),
-        }
+
+        def rows_of(values: np.ndarray) -> pa.ListArray:  # one list per row, cut at the offsets
+            return pa.ListArray.from_arrays(offsets_array, pa.array(values))
+
+        def flat(lists, dtype) -> np.ndarray:
+            return np.fromiter(itertools.chain.from_iterable(lists), dtype=dtype, count=total)
+
+        # no padding is stored, so every stored token is attended to
+        columns = {"input_ids": rows_of(flat(ids, np.int32)), "attention_mask": rows_of(np.ones(total, np.int8))}
         if types is not None:
-            columns["token_type_ids"] = pa.ListArray.from_arrays(offsets_array, pa.array(
-                np.fromiter(itertools.chain.from_iterable(types), dtype=np.int8, count=total)))
+            columns["token_type_ids"] = rows_of(flat(types, np.int8))
         columns["length"] = pa.array(lengths)
         columns["truncated"] = pa.array(cut, type=pa.bool_())
         if multi:
