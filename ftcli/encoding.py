@@ -52,9 +52,11 @@ class Encoder:
     def __init__(self, tokenizer, data: DataConfig, max_length: int):
         self.tokenizer, self.data, self.max_length = tokenizer, data, max_length
         self.keep = [c for c in MODEL_COLUMNS if c in tokenizer.model_input_names]
-        self.backend = None
+        self.backend = self.ascii = None
         if getattr(tokenizer, "is_fast", False) and getattr(tokenizer, "backend_tokenizer", None) is not None:
             from tokenizers import Tokenizer
+
+            from ftcli.bert_ascii import AsciiBert
 
             backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
             backend.no_padding()
@@ -63,26 +65,54 @@ class Encoder:
             self.backend = backend
             # encode_batch_fast skips character offsets, which ftcli does not keep
             self._encode_batch = getattr(backend, "encode_batch_fast", backend.encode_batch)
+            self.ascii = AsciiBert.of(backend)
 
     @property
     def threads_help(self) -> bool:
         """Whether threads run in parallel: only the Rust tokenizer releases the GIL."""
         return self.backend is not None
 
-    def encode(self, texts: list[list[str]]) -> tuple[list[list[int]], list[list[int]] | None, list[bool]]:
-        """Token ids, token type ids (None when the model takes none) and whether each row was cut."""
+    def encode(self, texts: list[pa.Array]) -> tuple[list[list[int]], list[list[int]] | None, list[bool]]:
+        """Token ids, token type ids (None when the model takes none) and whether each row was cut,
+        for the rows of one or two Arrow string arrays (the text columns)."""
         types_wanted = "token_type_ids" in self.keep
         if self.backend is not None:
-            encodings = self._encode_batch(list(zip(*texts)) if len(texts) == 2 else texts[0])
+            encodings = self._encodings(texts)
             ids = [e.ids for e in encodings]
             types = [e.type_ids for e in encodings] if types_wanted else None
             # the Rust tokenizer keeps what it cut off: a row that fills max_length exactly is not cut
             return ids, types, [bool(e.overflowing) for e in encodings]
-        enc = self.tokenizer(*texts, truncation=self.data.truncation, max_length=self.max_length)
+        enc = self.tokenizer(*[t.to_pylist() for t in texts], truncation=self.data.truncation,
+                             max_length=self.max_length)
         ids = enc["input_ids"]
         types = enc["token_type_ids"] if types_wanted else None
         # A slow tokenizer does not say what it cut: a row that fills max_length counts as cut.
         return ids, types, [len(x) >= self.max_length for x in ids]
+
+    def _encodings(self, texts: list[pa.Array]) -> list:
+        """The Rust tokenizer's encodings of the rows, the ASCII ones through the shortcut."""
+        if self.ascii is None:
+            return self._encode_batch(_inputs(texts))
+        import numpy as np
+        import pyarrow as pa
+
+        takes, normalized = self.ascii.split(texts)
+        shortcut = self.ascii.encode_batch(_inputs(normalized))
+        if takes.all():
+            return shortcut
+        rest = np.flatnonzero(~takes)
+        encodings = [None] * len(takes)
+        for i, e in zip(np.flatnonzero(takes).tolist(), shortcut):
+            encodings[i] = e
+        for i, e in zip(rest.tolist(), self._encode_batch(_inputs([t.take(pa.array(rest)) for t in texts]))):
+            encodings[i] = e
+        return encodings
+
+
+def _inputs(texts: list[pa.Array]) -> list:
+    """The tokenizers library's batch input: the texts, or pairs of them."""
+    lists = [t.to_pylist() for t in texts]
+    return list(zip(*lists)) if len(lists) == 2 else lists[0]
 
 
 def encode_split(ds: datasets.Dataset, encoder: Encoder, out: Path, schema: pa.Schema, labels: Any,
@@ -102,7 +132,7 @@ def encode_split(ds: datasets.Dataset, encoder: Encoder, out: Path, schema: pa.S
 
     def work(piece: tuple[pa.RecordBatch, np.ndarray]) -> tuple[pa.RecordBatch, Encoded]:
         batch, rows = piece
-        texts = [batch.column(c).to_pylist() for c in text_columns]
+        texts = [batch.column(c) for c in text_columns]
         try:
             ids, types, cut = encoder.encode(texts)
         except Exception as exc:  # noqa: BLE001 - the tokenizers library raises a bare Exception
@@ -208,13 +238,13 @@ def raw_batches(ds: datasets.Dataset) -> Iterator[pa.RecordBatch]:
             yield from table.to_batches()
 
 
-def _row_error(encoder: Encoder, texts: list[list[str]], rows, source: str, exc: Exception) -> FtcliError:
+def _row_error(encoder: Encoder, texts: list[pa.Array], rows, source: str, exc: Exception) -> FtcliError:
     """The row a batch failed on, in words: `only_first`/`only_second` cannot fit a row whose
     other text alone fills max_length."""
     data = encoder.data
     for i, row in enumerate(rows):
         try:
-            encoder.encode([[t[i]] for t in texts])
+            encoder.encode([t.slice(i, 1) for t in texts])
         except Exception:  # noqa: BLE001
             return FtcliError(f"{source}: row {int(row) + 1}: truncation {data.truncation} cannot fit it into "
                               f"max_length {encoder.max_length} (the text it may not cut is that long alone); "

@@ -56,19 +56,25 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
+def bert_tokenizer(vocab: list[str], folder: Path, lower: bool = True):
+    """A fast BERT tokenizer (BertNormalizer, BertPreTokenizer, WordPiece) over `vocab`."""
+    from transformers import BertTokenizerFast
+
+    try:  # transformers 5 takes the vocabulary itself (`vocab=`)
+        return BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=lower, model_max_length=64)
+    except TypeError:  # transformers 4 (scripts/test_min_versions.sh): a vocab file
+        (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+        return BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=lower, model_max_length=64)
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     """A 2-layer, hidden-32 BERT with random weights and a WordPiece vocab covering WORDS."""
-    from transformers import BertConfig, BertModel, BertTokenizerFast
+    from transformers import BertConfig, BertModel
 
     folder = tmp_path_factory.mktemp("tiny-bert")
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(set(WORDS)), *"abcdefghijklmnopqrstuvwxyz"]
-    try:  # transformers 5 takes the vocabulary itself (`vocab=`)
-        tok = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True, model_max_length=64)
-    except TypeError:  # transformers 4 (scripts/test_min_versions.sh): a vocab file
-        (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
-        tok = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True, model_max_length=64)
-    tok.save_pretrained(folder)
+    bert_tokenizer(vocab, folder).save_pretrained(folder)
     config = BertConfig(
         vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
         intermediate_size=64, max_position_embeddings=64, type_vocab_size=2,

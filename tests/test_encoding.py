@@ -43,7 +43,7 @@ def test_the_encoder_matches_the_tokenizer_call_and_knows_which_rows_were_cut(to
         keep[:] = [" ".join(t.split()[:5]) for t in keep]
     encoder = encoding.Encoder(tokenizer, data_config(truncation), max_length=16)
     assert encoder.backend is not None  # the fast path is what is tested here
-    ids, types, cut = encoder.encode([a, b])
+    ids, types, cut = encoder.encode([pa.array(a), pa.array(b)])
     expected = tokenizer(a, b, truncation=truncation, max_length=16)
     assert ids == expected["input_ids"] and types == expected["token_type_ids"]
     full = [len(x) for x in tokenizer(a, b)["input_ids"]]
@@ -58,7 +58,7 @@ def test_the_slow_path_gives_the_same_tokens(tokenizer):
     slow = encoding.Encoder(tokenizer, data_config(), max_length=16)
     slow.backend = None  # as for a tokenizer without a Rust side
     a, b = [r["a"] for r in rows], [r["b"] for r in rows]
-    assert fast.encode([a, b])[:2] == slow.encode([a, b])[:2]
+    assert fast.encode([pa.array(a), pa.array(b)])[:2] == slow.encode([pa.array(a), pa.array(b)])[:2]
 
 
 def encode_file(tmp_path, tokenizer, rows, name, *, threads=1, positions=None, truncation="longest_first"):
