@@ -225,7 +225,7 @@ def _label_ids_from_column(model: ModelConfig, data: DataConfig, ds: datasets.Da
         raise FtcliError(
             f"{where}: column {data.label_column!r} has type {col.type}; labels must be names or integer ids"
         )
-    n_missing = pc.sum(pc.cast(missing, pa.int64())).as_py() or 0
+    n_missing = pc.sum(missing).as_py() or 0  # a boolean sum counts the trues, with no int64 copy
     if 0 < n_missing < len(col):
         _raise_for_rows(missing, lambda row: f"{where}: row {row + 1}: label is missing while other rows have one; "
                                              "label every row or none")
