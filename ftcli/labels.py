@@ -7,6 +7,7 @@ then a count), each naming the file and row.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ftcli.config import DataConfig, ModelConfig
@@ -41,47 +42,106 @@ def is_multi_label(model: ModelConfig, data: DataConfig, raw: dict[str, datasets
     return model.problem_type == "multi_label" or listed or data.label_separator is not None
 
 
-def _row_labels(value: Any, data: DataConfig) -> list | None:
-    """One row's labels as a list (multi-label), or None when the row has no label at all."""
-    if value is None:
-        return None
-    if isinstance(value, list):
-        return value
-    if isinstance(value, str):
-        if data.label_separator is not None:
-            return [part.strip() for part in value.split(data.label_separator) if part.strip()]
-        if value.lstrip().startswith("["):  # a JSON list in a CSV cell
-            import json
+DIGITS = "^[0-9]+$"
+"""A label written as a number: a label id, where the label names are not numbers themselves."""
 
-            try:
-                parsed = json.loads(value)
-            except ValueError:
-                return [value]
-            return parsed if isinstance(parsed, list) else [value]
-        return [value]
-    return [value]
+
+@dataclass
+class LabelLists:
+    """A multi-label column, flattened: every row's labels in row order (as strings; null for a
+    null inside a list), and the row each came from."""
+
+    values: Any  # pa.StringArray
+    rows: Any  # np.ndarray of int64
+    missing: Any  # np.ndarray of bool: the row has no label value at all
+    blank_strings: Any  # np.ndarray of bool: the row is a non-blank string that holds no label once split
+    kind: str  # what the labels are written as: "str", "int", "none" (no labels) or "mixed"
+
+
+def label_lists(data: DataConfig, column) -> LabelLists:
+    """Each row's labels: a list column, strings split on `data.label_separator`, JSON lists in
+    CSV cells, or one label a row. With Arrow's kernels, not row by row in Python."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    col = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if pa.types.is_dictionary(col.type):
+        col = col.dictionary_decode()
+    n = len(col)
+    missing = np.asarray(pc.is_null(col).to_numpy(zero_copy_only=False), dtype=bool)
+    blank = np.zeros(n, dtype=bool)
+    is_string = pa.types.is_string(col.type) or pa.types.is_large_string(col.type)
+    if is_string and data.label_separator is None and pc.any(pc.starts_with(
+            pc.utf8_ltrim_whitespace(col), "[")).as_py():  # JSON lists in CSV cells: parsed in Python
+        return _json_label_lists(col, missing)
+    if pa.types.is_list(col.type) or pa.types.is_large_list(col.type):
+        values, rows = pc.list_flatten(col), pc.list_parent_indices(col)
+    elif is_string and data.label_separator is not None:
+        parts = pc.split_pattern(col, data.label_separator)
+        values, rows = pc.utf8_trim_whitespace(pc.list_flatten(parts)), pc.list_parent_indices(parts)
+        kept = pc.not_equal(values, "")
+        values, rows = values.filter(kept), rows.filter(kept)
+        blank = np.asarray(pc.fill_null(pc.not_equal(pc.utf8_trim_whitespace(col), ""), False)
+                           .to_numpy(zero_copy_only=False), dtype=bool)
+    else:  # one label a row
+        present = pc.is_valid(col)
+        values, rows = col.filter(present), pa.array(np.flatnonzero(~missing))
+    kind = ("str" if pa.types.is_string(values.type) or pa.types.is_large_string(values.type) else
+            "int" if pa.types.is_integer(values.type) else "none" if pa.types.is_null(values.type) else "mixed")
+    rows = np.asarray(rows.to_numpy(zero_copy_only=False), dtype=np.int64)
+    if blank.any():
+        blank[rows] = False  # rows with at least one label are not blank
+    return LabelLists(pc.cast(values, pa.string()), rows, missing, blank, kind)
+
+
+def _json_label_lists(col, missing) -> LabelLists:
+    import json
+
+    import numpy as np
+    import pyarrow as pa
+
+    values, rows, kinds = [], [], set()
+    for row, text in enumerate(col.to_pylist()):
+        if text is None:
+            continue
+        try:
+            parsed = json.loads(text) if text.lstrip().startswith("[") else [text]
+        except ValueError:
+            parsed = [text]
+        for value in parsed if isinstance(parsed, list) else [text]:
+            kinds.add("int" if isinstance(value, int) and not isinstance(value, bool) else
+                      "str" if isinstance(value, str) else "none" if value is None else "mixed")
+            values.append(None if value is None else str(value))
+            rows.append(row)
+    kinds.discard("none")
+    kind = kinds.pop() if len(kinds) == 1 else "mixed" if kinds else "none"
+    return LabelLists(pa.array(values, type=pa.string()), np.array(rows, dtype=np.int64), missing,
+                      np.zeros(len(col), dtype=bool), kind)
 
 
 def _multi_label_names(model: ModelConfig, data: DataConfig, train: datasets.Dataset) -> list[str]:
-    values = set()
-    for value in train.data.column(data.label_column).to_pylist():
-        values.update(v for v in (_row_labels(value, data) or []) if v is not None)
+    import pyarrow.compute as pc
+
+    lists = label_lists(data, train.data.column(data.label_column))
+    values = lists.values.drop_null()
     where = split_source(data, data.train_split)
-    if not values:
+    if not len(values):
         raise FtcliError(f"{where}: no labels in column {data.label_column!r}; declare model.labels")
-    digits = all(isinstance(v, int) and not isinstance(v, bool) or isinstance(v, str) and v.isdigit()
-                 for v in values)
-    if digits:  # ids: 0..K-1
-        ids = {int(v) for v in values}
-        k = model.num_labels or max(ids) + 1
-        if max(ids) >= k:
-            raise FtcliError(f"{where}: label id {max(ids)} is not below model.num_labels {k}; fix num_labels or "
+    numbers = lists.kind == "str" and pc.all(pc.match_substring_regex(values, DIGITS)).as_py() and \
+        pc.max(pc.utf8_length(values)).as_py() <= 9  # longer ones are codes, not ids
+    if lists.kind == "int" or numbers:
+        ids = pc.cast(values, "int64")  # ids: 0..K-1
+        top = pc.max(ids).as_py()
+        k = model.num_labels or top + 1
+        if top >= k:
+            raise FtcliError(f"{where}: label id {top} is not below model.num_labels {k}; fix num_labels or "
                              "list the names in model.labels")
         return [str(i) for i in range(k)]
-    if not all(isinstance(v, str) for v in values):
+    if lists.kind != "str":
         raise FtcliError(f"{where}: column {data.label_column!r} mixes label names and other values; "
                          "declare model.labels")
-    return sorted(values)
+    return sorted(pc.unique(values).to_pylist())
 
 
 def label_names(model: ModelConfig, data: DataConfig, raw: dict[str, datasets.Dataset]) -> list[str]:
@@ -143,47 +203,62 @@ def label_ids(model: ModelConfig, data: DataConfig, ds: datasets.Dataset, split:
 
 
 def _multi_hot(data: DataConfig, ds: datasets.Dataset, split: str, names: list[str]) -> tuple[Any, bool]:
-    """Each row's label set as a 0/1 row over `names`; labels may be names or ids. Every bad row
-    is reported: an unknown label, an empty list (unless allowed), a string that splits into
-    nothing, a missing label among labelled rows."""
+    """Each row's label set as a 0/1 row over `names`; labels may be names or ids (numbers, where
+    no name is a number). Every bad row is reported: an unknown label, an empty list (unless
+    allowed), a string that splits into nothing, a missing label among labelled rows."""
     import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
 
     where = split_source(data, split)
-    index = {name: i for i, name in enumerate(names)}
-    out = np.zeros((ds.num_rows, len(names)), dtype=np.float32)
-    problems, missing = [], []
-    for row, value in enumerate(ds.data.column(data.label_column).to_pylist()):
-        found = _row_labels(value, data)
-        if found is None:
-            missing.append(row)
-            out[row] = UNLABELED
-            continue
-        if not found and not data.allow_empty_labels:
-            if isinstance(value, str) and value.strip():
-                problems.append(f"{where}: row {row + 1}: label {value!r} holds no labels when split on "
-                                f"{data.label_separator!r}; fix the row or data.label_separator")
-            else:
-                problems.append(f"{where}: row {row + 1}: empty label list; give at least one label, or set "
-                                "data.allow_empty_labels: true if rows may have none")
-            continue
-        for label in found:
-            key = str(label) if not isinstance(label, str) else label
-            if key in index:
-                out[row, index[key]] = 1
-            elif key.isdigit() and int(key) < len(names):
-                out[row, int(key)] = 1  # an id
-            else:
-                problems.append(f"{where}: row {row + 1}: label {label!r} is not one of the labels {names[:20]}"
-                                f"{' ...' if len(names) > 20 else ''}; fix the row or model.labels")
-    if 0 < len(missing) < ds.num_rows:
-        problems += [f"{where}: row {row + 1}: label is missing while other rows have one; label every row or none"
-                     for row in missing]
+    column = ds.data.column(data.label_column)
+    lists = label_lists(data, column)
+    values = lists.values
+    ids = pc.index_in(values, value_set=pa.array(names, type=pa.string()))
+    if not any(name.isdigit() for name in names):  # a number is an id, where it can be one
+        small = pc.and_(pc.match_substring_regex(values, DIGITS), pc.less_equal(pc.utf8_length(values), 9))
+        number = pc.cast(pc.if_else(small, values, pa.scalar(None, pa.string())), pa.int64())
+        ids = pc.coalesce(ids, pc.if_else(pc.less(number, len(names)), number, pa.scalar(None, pa.int64())))
+    ids = np.asarray(pc.fill_null(pc.cast(ids, pa.int64()), -1).to_numpy(zero_copy_only=False))
+    n = ds.num_rows
+    out = np.zeros((n, len(names)), dtype=np.float32)
+    known = ids >= 0
+    out[lists.rows[known], ids[known]] = 1
+    out[lists.missing] = UNLABELED
+    empty = ~lists.missing & (np.bincount(lists.rows, minlength=n) == 0)
+    # bad labels and empty rows, in row order; each described only if shown
+    unknown = np.flatnonzero(~known)
+    empty_rows = np.zeros(0, dtype=np.int64) if data.allow_empty_labels else np.flatnonzero(empty)
+    bad_rows = np.concatenate([lists.rows[unknown], empty_rows])
+    refs = np.concatenate([unknown, np.full(len(bad_rows) - len(unknown), -1)])
+    order = np.argsort(bad_rows, kind="stable")
+    missing = np.flatnonzero(lists.missing) if 0 < lists.missing.sum() < n else np.zeros(0, dtype=np.int64)
+    total = len(order) + len(missing)
+    problems = []
+    for k in order[:MAX_ROW_ERRORS]:
+        row, ref = int(bad_rows[k]), int(refs[k])
+        if ref >= 0:
+            problems.append(f"{where}: row {row + 1}: label {_as_written(values[ref].as_py(), lists.kind)!r} is not "
+                            f"one of the labels {names[:20]}{' ...' if len(names) > 20 else ''}; fix the row or "
+                            "model.labels")
+        elif lists.blank_strings[row]:
+            problems.append(f"{where}: row {row + 1}: label {column[row].as_py()!r} holds no labels when split on "
+                            f"{data.label_separator!r}; fix the row or data.label_separator")
+        else:
+            problems.append(f"{where}: row {row + 1}: empty label list; give at least one label, or set "
+                            "data.allow_empty_labels: true if rows may have none")
+    problems += [f"{where}: row {row + 1}: label is missing while other rows have one; label every row or none"
+                 for row in missing[:MAX_ROW_ERRORS - len(problems)].tolist()]
+    if total > len(problems):
+        problems.append(f"... and {total - len(problems)} more rows like these")
     if problems:
-        shown = problems[:MAX_ROW_ERRORS]
-        if len(problems) > MAX_ROW_ERRORS:
-            shown.append(f"... and {len(problems) - MAX_ROW_ERRORS} more rows like these")
-        raise FtcliError("\n".join(shown))
-    return out, len(missing) == 0
+        raise FtcliError("\n".join(problems))
+    return out, not lists.missing.any()
+
+
+def _as_written(value: str | None, kind: str) -> Any:
+    """A label as the data wrote it: a number for an integer column."""
+    return int(value) if kind == "int" and value is not None else value
 
 
 def _label_ids_from_column(model: ModelConfig, data: DataConfig, ds: datasets.Dataset, split: str,
