@@ -263,8 +263,7 @@ def eval_(
             reporter.results(f"{result['split']} - {result['model']}", shown)
             if "per_class" in result:
                 reporter.class_table(result["per_class"])
-                picture = "" if "threshold" in result else " (and confusion_matrix.png beside it)"
-                reporter.info(f"report: {result['report']}{picture}")
+                reporter.info(f"report: {result['report']} (and confusion_matrix.png beside it)")
             if "best_threshold" in result:
                 best = result["best_threshold"]
                 reporter.info(f"best single threshold on {result['split']}: {best['threshold']:.2f} "

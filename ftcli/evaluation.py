@@ -183,15 +183,17 @@ def class_report(predictions, references, names: list[str]) -> dict[str, Any]:
 
 
 def write_report(folder: Path, report: dict[str, Any], title: str) -> Path:
-    """`eval_report.json` and, for single-label data, `confusion_matrix.png` in `folder`;
-    returns the JSON's path."""
+    """`eval_report.json` and `confusion_matrix.png` (for multi-label data, a 2 x 2 matrix per
+    label) in `folder`; returns the JSON's path."""
     from ftcli.files import atomic_write_text
-    from ftcli.plot import plot_confusion_matrix
+    from ftcli.plot import plot_confusion_matrix, plot_label_confusion
 
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_text(folder / "eval_report.json", json.dumps(report, indent=2))
     if "confusion_matrix" in report:
         plot_confusion_matrix(report["confusion_matrix"], report["labels"], folder / "confusion_matrix.png", title)
+    elif "label_confusion" in report:
+        plot_label_confusion(report["label_confusion"], folder / "confusion_matrix.png", title)
     return folder / "eval_report.json"
 
 

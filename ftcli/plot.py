@@ -110,3 +110,47 @@ def plot_confusion_matrix(matrix: list[list[int]], labels: list[str], output: Pa
     fig.savefig(tmp, dpi=100)
     os.replace(tmp, output)
     return output
+
+
+def plot_label_confusion(counts: dict[str, dict[str, int]], output: Path, title: str) -> Path:
+    """Multi-label data: a 2 x 2 confusion matrix per label (true positives, false positives,
+    false negatives, true negatives), each normalized by true value like the single-label picture,
+    in a grid of panels; 30 labels stay readable."""
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    names = list(counts)
+    columns = min(len(names), 6)
+    rows = -(-len(names) // columns)
+    fig = Figure(figsize=(2.3 * columns + 1.2, 2.3 * rows + 0.6), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = np.atleast_1d(fig.subplots(rows, columns, squeeze=False)).ravel()
+    image = None
+    for ax, name in zip(axes, names):
+        c = counts[name]
+        matrix = np.array([[c["tn"], c["fp"]], [c["fn"], c["tp"]]], dtype=float)
+        totals = matrix.sum(1, keepdims=True)
+        share = np.divide(matrix, totals, out=np.zeros_like(matrix), where=totals > 0)
+        image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+        for i in range(2):
+            for j in range(2):
+                ax.text(j, i, f"{share[i, j]:.2f}\n({int(matrix[i, j])})", ha="center", va="center", fontsize=8,
+                        color="white" if share[i, j] > 0.5 else "black")
+        ax.set_xticks([0, 1], ["no", "yes"], fontsize=8)
+        ax.set_yticks([0, 1], ["no", "yes"], fontsize=8)
+        ax.set_title(name, fontsize=9)
+    for ax in axes[len(names):]:
+        ax.set_axis_off()
+    for ax in axes[::columns]:
+        ax.set_ylabel("true", fontsize=8)
+    for ax in axes[(rows - 1) * columns:]:
+        ax.set_xlabel("predicted", fontsize=8)
+    if image is not None:
+        fig.colorbar(image, ax=list(axes), shrink=0.6, label="share of the rows with that true value")
+    fig.suptitle(title, fontsize=10)
+    output = Path(output)
+    tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    os.replace(tmp, output)
+    return output

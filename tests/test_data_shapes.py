@@ -228,6 +228,34 @@ def test_class_report_of_a_known_confusion_matrix_matches_scikit_learn(tmp_path)
         assert image.format == "PNG" and min(image.size) >= 1200
 
 
+def test_multi_label_report_matches_scikit_learn_and_draws_a_panel_per_label(tmp_path):
+    from PIL import Image
+    from sklearn.metrics import multilabel_confusion_matrix, precision_recall_fscore_support
+
+    from ftcli.evaluation import multi_label_report, write_report
+
+    rng = np.random.default_rng(1)
+    names = [f"topic_{i:02d}" for i in range(30)]
+    refs = (rng.random((400, 30)) < 0.2).astype(int)
+    preds = np.where(rng.random((400, 30)) < 0.8, refs, 1 - refs)
+    report = multi_label_report(preds, refs, names)
+    for i, matrix in enumerate(multilabel_confusion_matrix(refs, preds)):  # [[tn, fp], [fn, tp]]
+        c = report["label_confusion"][names[i]]
+        assert [[c["tn"], c["fp"]], [c["fn"], c["tp"]]] == matrix.tolist()
+    precision, recall, f1, support = precision_recall_fscore_support(refs, preds, zero_division=0)
+    row = report["per_class"][names[7]]
+    assert (row["precision"], row["recall"], row["f1"], row["support"]) == pytest.approx(
+        (precision[7], recall[7], f1[7], support[7]), abs=1e-6)
+    path = write_report(tmp_path / "r", report, "30 labels")
+    assert json.loads(path.read_text())["label_confusion"] == report["label_confusion"]
+    with Image.open(tmp_path / "r" / "confusion_matrix.png") as image:  # 5 rows of 6 panels
+        assert image.format == "PNG" and image.size[0] >= 1400 and image.size[1] >= 1200
+        wide = image.size
+    write_report(tmp_path / "two", multi_label_report(preds[:, :2], refs[:, :2], names[:2]), "2 labels")
+    with Image.open(tmp_path / "two" / "confusion_matrix.png") as image:  # sized by the labels
+        assert image.size[0] < wide[0] / 2 and image.size[1] < wide[1] / 3
+
+
 def colour_rows(n: int, seed: int) -> list[dict]:
     """Learnable and imbalanced: the first word of sentence1 names the class (red a, blue b,
     green c), in proportions 6:3:1."""
