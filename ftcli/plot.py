@@ -70,10 +70,7 @@ def plot_run(run_dir: str | Path, output: str | Path | None = None) -> Path:
     if names:
         right.legend()
     fig.suptitle(str(run_dir))
-    tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, output)
-    return output
+    return _save(fig, output, dpi=110)
 
 
 def plot_confusion_matrix(matrix: list[list[int]], labels: list[str], output: Path, title: str) -> Path:
@@ -105,11 +102,7 @@ def plot_confusion_matrix(matrix: list[list[int]], labels: list[str], output: Pa
                     ax.text(j, i, f"{share[i, j]:.2f}", ha="center", va="center", fontsize=font - 1,
                             color="white" if share[i, j] > 0.5 else "black")
     ax.set_title(title, fontsize=10)
-    output = Path(output)
-    tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    os.replace(tmp, output)
-    return output
+    return _save(fig, Path(output), dpi=100)
 
 
 def plot_label_confusion(counts: dict[str, dict[str, int]], output: Path, title: str) -> Path:
@@ -149,8 +142,12 @@ def plot_label_confusion(counts: dict[str, dict[str, int]], output: Path, title:
     if image is not None:
         fig.colorbar(image, ax=list(axes), shrink=0.6, label="share of the rows with that true value")
     fig.suptitle(title, fontsize=10)
-    output = Path(output)
+    return _save(fig, Path(output), dpi=100)
+
+
+def _save(fig, output: Path, dpi: int) -> Path:
+    """Write the figure to `output` atomically: a reader never sees half a PNG."""
     tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    fig.savefig(tmp, dpi=dpi)
     os.replace(tmp, output)
     return output
