@@ -269,7 +269,8 @@ def bench_prepare(args, out: Path, work: Path) -> None:
             result_file = work / f"prepare-{label}-{time.time_ns()}.json"
             cmd = [sys.executable, __file__, "--worker", "prepare", "--work", str(work), "--result", str(result_file),
                    "--model", args.model, "--data-file", str(file), "--num-proc", args.num_proc]
-            env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+            # TOKENIZERS_PARALLELISM as the user has it: prepare sets what it needs itself
+            env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
             if proc.returncode != 0:
                 raise SystemExit(f"prepare {label} failed:\n{proc.stderr[-4000:]}")

@@ -123,3 +123,30 @@ def test_raw_rows_are_read_from_the_file_or_else_the_selection(tmp_path):
     assert read.select(ds.column_names).equals(ds.data.table)
     selected = ds.select([2, 1, 0])  # not the file as it is: the selected rows, in their order
     assert pa.Table.from_batches(list(encoding.raw_batches(selected))).to_pylist() == selected.to_list()
+
+
+@pytest.mark.parametrize("before", [None, "true"])
+def test_the_rust_thread_pool_is_off_while_tokenizing_and_as_it_was_after(tmp_path, tokenizer, monkeypatch, before):
+    import os
+
+    from ftcli.errors import FtcliError
+
+    if before is None:
+        monkeypatch.delenv("TOKENIZERS_PARALLELISM", raising=False)
+    else:
+        monkeypatch.setenv("TOKENIZERS_PARALLELISM", before)
+    seen = []
+    real = encoding.Encoder.encode
+
+    def encode(self, texts):
+        seen.append(os.environ.get("TOKENIZERS_PARALLELISM"))
+        return real(self, texts)
+
+    monkeypatch.setattr(encoding.Encoder, "encode", encode)
+    encode_file(tmp_path, tokenizer, texts(20, seed=6), "pool", threads=2)
+    assert seen and set(seen) == {"false"}
+    assert os.environ.get("TOKENIZERS_PARALLELISM") == before
+    monkeypatch.setattr(encoding.Encoder, "encode", lambda *_: 1 / 0)  # restored after a failure too
+    with pytest.raises(FtcliError, match=r"^fails\.jsonl: row 1: tokenization failed \(division by zero\)$"):
+        encode_file(tmp_path, tokenizer, texts(20, seed=6), "fails", threads=2)
+    assert os.environ.get("TOKENIZERS_PARALLELISM") == before
