@@ -123,7 +123,8 @@ class DataConfig(_Section):
 
     label_column: str = "label"
     """Column holding the labels: names or integer ids; floats for regression; for multi-label
-    data, a list of names or ids per row (a JSON list, or a string split by `label_separator`)."""
+    data, a list of names or ids per row (a JSON list, or a string split by `label_separator`).
+    A number is a label id only where no label name is itself a number."""
 
     label_separator: str | None = None
     """Split string labels on this (e.g. `","` for `"4,27"`): each row then carries the set of
