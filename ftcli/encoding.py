@@ -30,7 +30,7 @@ if TYPE_CHECKING:  # pragma: no cover
 BATCH_ROWS = 500
 """Rows a thread tokenizes at a time. The Rust tokenizer's encodings of a batch are allocated in
 the thread's malloc arena, which keeps its high-water mark: at 1,000,000 rows and 2 threads,
-2,000-row batches left 60 MB more resident than 500-row ones, at the same speed."""
+2,000-row batches left ~50 MB more resident than 500-row ones, at the same speed."""
 
 MODEL_COLUMNS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -188,8 +188,8 @@ PARALLELISM = "TOKENIZERS_PARALLELISM"
 def rust_threads_off():
     """The tokenizers library's own thread pool off while ftcli's threads tokenize, as it was
     afterwards. By default each batch call splits its rows over a Rust thread pool: tiny tasks,
-    and encodings freed by other threads than made them. At 1M rows on 2 cores, two ftcli threads
-    with it on reached 12,800 to 16,100 rows/s, and with it off 19,400 to 20,100. The library
+    and encodings freed by other threads than made them. On 200k MRPC pairs and 2 cores, two ftcli
+    threads with it on reached 12,800 to 16,100 rows/s, and with it off 19,400 to 20,100. The library
     reads TOKENIZERS_PARALLELISM at every call; it is set only before ftcli's threads start and
     restored after they end."""
     import os

@@ -96,6 +96,7 @@ def label_lists(data: DataConfig, column) -> LabelLists:
 
 
 def _json_label_lists(col, missing) -> LabelLists:
+    """`label_lists` for strings holding JSON lists (CSV cells), row by row: rare, and small."""
     import json
 
     import numpy as np
