@@ -32,7 +32,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 CACHE_FORMAT = 3
 """Bump when the layout or contents of a prepared dataset change: every old cache then misses.
-2: a `truncated` flag per row; class counts and the held-out split in the manifest."""
+2: a `truncated` flag per row; class counts and the held-out split in the manifest.
+3: one Arrow stream file per split (`dataset/<split>.arrow`) instead of `save_to_disk` shards."""
 
 
 def tokenizer_fingerprint(folder: Path) -> dict[str, str]:
