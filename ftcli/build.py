@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from ftcli import encoding, labels
 from ftcli.config import DATA_FORMATS, Config, DataConfig
-from ftcli.errors import FtcliError
+from ftcli.errors import FtcliError, is_disk_full, shorten
 from ftcli.files import atomic_write_text, checksums
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -69,6 +69,10 @@ def load_raw(data: DataConfig, cache_dir: Path | None = None) -> dict[str, datas
         suffix = Path(file).suffix.lower()
         kwargs = {"delimiter": "\t"} if suffix == ".tsv" else {}
         if suffix in (".csv", ".tsv"):
+            # CSV has no types: a text cell is the text written, so "NA", "None" or "null" and
+            # "007" stay as written. Only the label column reads missing-value words as missing.
+            kwargs.update(keep_default_na=False, na_values={data.label_column: MISSING_WORDS},
+                          converters={col: str for col in data.text_columns})
             # The CSV reader fills a short row with nulls without a word: check every row's
             # field count first (a cache miss only; ~1 s per 250k rows).
             located = locate_parse_error(Path(file), suffix)
@@ -83,6 +87,8 @@ def load_raw(data: DataConfig, cache_dir: Path | None = None) -> dict[str, datas
                     cache_dir=str(cache_dir) if cache_dir else None, writer_batch_size=RAW_BATCH_ROWS, **kwargs,
                 )
         except Exception as exc:  # noqa: BLE001 - parse errors of any kind
+            if is_disk_full(exc):
+                raise  # not the file's fault: ftcli.cache says where the disk is full
             if "corresponds to no data" in str(exc) or (Path(file).is_file() and Path(file).stat().st_size == 0):
                 raise FtcliError(f"{file}: split {split!r} has no rows; add data or remove the split") from None
             located = locate_parse_error(Path(file), suffix)
@@ -90,8 +96,30 @@ def load_raw(data: DataConfig, cache_dir: Path | None = None) -> dict[str, datas
                 raise FtcliError(f"{file}: {located}") from None
             detail = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
             raise FtcliError(f"{file}: cannot read it as {suffix[1:]} ({detail[:200]}); fix the file") from None
-        out[split] = ds
+        out[split] = _plain_json_column(ds, data.label_column)
     return out
+
+
+MISSING_WORDS = ["", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
+                 "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"]
+"""Cells of a CSV label column read as "no label" (pandas' defaults, which text cells do not get)."""
+
+
+def _plain_json_column(ds: datasets.Dataset, column: str) -> datasets.Dataset:
+    """A JSON Lines column whose rows mix kinds (a list in one row, a string in another) comes as
+    Arrow's JSON type, each cell its JSON text. Give it the form a CSV column of the same labels
+    has (a list stays a JSON list, a string becomes itself), so one rule reads both."""
+    import pyarrow as pa
+
+    if column not in ds.column_names or getattr(ds.data.column(column).type, "extension_name", "") != "arrow.json":
+        return ds
+    from datasets import Dataset
+
+    cells = [None if text is None else json.loads(text) for c in ds.data.column(column).chunks
+             for text in c.storage.to_pylist()]
+    plain = pa.array([v if v is None or isinstance(v, str) else json.dumps(v) for v in cells], type=pa.string())
+    table = ds.data.table
+    return Dataset(table.set_column(table.column_names.index(column), column, plain))
 
 
 def locate_parse_error(path: Path, suffix: str) -> str | None:
@@ -165,14 +193,34 @@ def _check_columns(data: DataConfig, raw: dict[str, datasets.Dataset], labels_op
                 )
         for col in data.text_columns:
             if col in ds.column_names:
-                column = ds.data.column(col)
-                if column.null_count:
-                    import pyarrow.compute as pc
-
-                    problems += labels.row_lines(pc.is_null(column).combine_chunks(), lambda row: (
-                        f"{where}: row {row + 1}: column {col!r} is empty; fill in or drop the row"))
+                problems += _text_problems(ds.data.column(col), col, where)
     if problems:
         raise FtcliError("\n".join(problems))
+
+
+def _text_problems(column, name: str, where: str) -> list[str]:
+    """What is wrong with a text column: not text, or rows without text (missing, or only white
+    space, which tokenizes to nothing). Numbers are refused rather than turned into text: a JSON
+    or Parquet file that stores a column as numbers more likely names the wrong column (an id)
+    than a text; CSV cells are read as the text written, so there it cannot happen."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    kind = column.type
+    if getattr(kind, "extension_name", "") == "arrow.json":  # JSON Lines rows of mixed kinds
+        cells = [None if t is None else json.loads(t) for c in column.chunks for t in c.storage.to_pylist()]
+        odd = pa.array([v is not None and not isinstance(v, str) for v in cells])
+        return labels.row_lines(odd, lambda row: (
+            f"{where}: row {row + 1}: column {name!r} holds {shorten(cells[row])}, not a text; write it as a "
+            "string (in quotes) or fix data.text_columns"))
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+        shown = "numbers" if pa.types.is_integer(kind) or pa.types.is_floating(kind) else f"values of type {kind}"
+        return [f"{where}: column {name!r} holds {shown}, not texts; fix data.text_columns, or write the texts as "
+                "strings (in quotes)"]
+    column = column.combine_chunks()
+    empty = pc.fill_null(pc.equal(pc.utf8_trim_whitespace(column), ""), True)
+    return labels.row_lines(empty, lambda row: (
+        f"{where}: row {row + 1}: column {name!r} is empty; fill in or drop the row"))
 
 
 def build(cfg: Config, parts: dict[str, Any], key: str, tmp: Path, raw, labels_optional: bool,

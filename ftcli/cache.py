@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from ftcli.build import build, load_raw
 from ftcli.config import Config, DataConfig
-from ftcli.errors import FtcliError
+from ftcli.errors import FtcliError, disk_full_error, is_disk_full
 from ftcli.files import atomic_write_text, sha256_file, verify_checksums
 from ftcli.sources import TOKENIZER_FILES, tokenizer_folder
 
@@ -263,19 +264,53 @@ def prepare(cfg: Config, *, log=print, labels_optional: bool = False, progress=N
             why = "the cached copy was damaged"
         else:
             why = _why_missed(cache_dir, parts)
-        tmp = cache_dir / f".tmp-{key}-{os.getpid()}"
+        for leftover in remove_orphans(cache_dir):
+            log(f"removed {leftover}, left by a prepare that was killed")
+        tmp = cache_dir / f"{TMP_PREFIX}{key}-{os.getpid()}@{socket.gethostname()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         try:
             manifest = build(cfg, parts, key, tmp, raw, labels_optional, progress)
             if folder.exists():  # damaged (we hold the lock, so no other builder is publishing)
-                stale = folder.with_name(folder.name + f".stale-{os.getpid()}")
+                stale = folder.with_name(folder.name + f".stale-{os.getpid()}@{socket.gethostname()}")
                 os.replace(folder, stale)
                 shutil.rmtree(stale, ignore_errors=True)
             os.replace(tmp, folder)
+        except Exception as exc:
+            if is_disk_full(exc):
+                raise disk_full_error(f"data.cache_dir {str(cache_dir)!r}",
+                                      instead="set data.cache_dir to a folder on another disk") from None
+            raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return Prepared(folder, manifest, hit=False, why_missed=why, seconds=time.perf_counter() - start)
+
+
+TMP_PREFIX = ".tmp-"
+"""A cache folder being built: `.tmp-<key>-<pid>@<host>`, renamed to its final name when complete."""
+
+
+def remove_orphans(cache_dir: Path) -> list[Path]:
+    """Delete the half-built folders whose builder process is gone (killed mid-build; they can
+    hold gigabytes). Folders of builders still running, or on other hosts, are left alone."""
+    from ftcli import owners
+
+    removed = []
+    for path in cache_dir.iterdir():
+        name = path.name
+        if name.startswith(TMP_PREFIX):
+            tail = name[len(TMP_PREFIX):].partition("-")[2]  # the key is hex: the first "-" ends it
+        elif ".stale-" in name:
+            tail = name.rpartition(".stale-")[2]
+        else:
+            continue
+        pid, _, host = tail.partition("@")  # no host: written by a version that did not record it
+        if not pid.isdigit() or not path.is_dir():
+            continue
+        if owners.gone({"host": host or socket.gethostname(), "pid": int(pid)}):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
 
 
 def _slug(d: DataConfig) -> str:

@@ -59,13 +59,16 @@ def _reporter(quiet: bool, as_json: bool):
 def _run(fn: Callable[[], Any]) -> Any:
     """Call a library function; turn ftcli's exceptions into one-line messages and exit codes."""
     try:
-        return fn()
+        try:
+            return fn()
+        except OSError as exc:
+            raise _environment_error(exc) or exc
     except FtcliError as exc:
         if _state["debug"]:
             raise
         if _said_by_this_process(exc):  # under `accelerate launch`: once, from the main process
             for line in str(exc).splitlines() or [type(exc).__name__]:
-                typer.echo(f"error: {line}", err=True)
+                typer.echo(f"error: {_cap(line)}", err=True)
         raise typer.Exit(EXIT_BAD_INPUT) from None
     except TrainingInterrupted as exc:
         if str(exc):  # empty on processes other than the main one
@@ -80,9 +83,29 @@ def _run(fn: Callable[[], Any]) -> Any:
         if _state["debug"]:
             raise
         text = str(exc).strip().splitlines()
-        typer.echo(f"error: unexpected {type(exc).__name__}: {text[0] if text else ''} "
+        typer.echo(f"error: unexpected {type(exc).__name__}: {_cap(text[0]) if text else ''} "
                    "(rerun with --debug for the traceback)", err=True)
         raise typer.Exit(EXIT_UNEXPECTED) from None
+
+
+def _cap(line: str, limit: int = 1000) -> str:
+    """A message line quoting a huge value stays readable (values are capped where they are quoted;
+    this is the last guard)."""
+    return line if len(line) <= limit else f"{line[:limit]}... ({len(line):,} characters)"
+
+
+def _environment_error(exc: OSError) -> FtcliError | None:
+    """A full disk or an impossible path met anywhere: one line naming the path, not a crash."""
+    import errno
+
+    from ftcli.errors import disk_full_error, shorten
+
+    if exc.errno == errno.ENOSPC:
+        return disk_full_error(shorten(str(exc.filename or '')))
+    if exc.errno == errno.ENAMETOOLONG:
+        return FtcliError(f"{shorten(str(exc.filename or ''))}: the path is too long for the filesystem; "
+                          "check the value given")
+    return None
 
 
 def _said_by_this_process(exc: FtcliError) -> bool:

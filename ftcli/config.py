@@ -21,7 +21,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from ftcli.errors import FtcliError
+from ftcli.errors import FtcliError, shorten
 
 DATA_FORMATS = {
     ".csv": "csv",
@@ -31,6 +31,17 @@ DATA_FORMATS = {
     ".parquet": "parquet",
 }
 """Local data file extensions and the `datasets` builder that reads each."""
+
+def check_path_length(value: str) -> str:
+    """A path no filesystem can hold (longer than PATH_MAX, or a part longer than NAME_MAX) is
+    refused when the config is read; otherwise the first lookup fails with `File name too long`."""
+    size = len(value.encode("utf-8", "surrogateescape"))
+    longest = max((len(part.encode("utf-8", "surrogateescape")) for part in re.split(r"[/\\]", value)), default=0)
+    if size > 4095 or longest > 255:
+        raise ValueError(f"{shorten(value, 40)} is too long to be a path or a model id ({size:,} bytes; a path "
+                         "holds at most 4,095 and each of its parts 255)")
+    return value
+
 
 class _Section(BaseModel):
     # extra="forbid": a misspelt key is an error, never silently ignored.
@@ -70,6 +81,11 @@ class ModelConfig(_Section):
     attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2"] = "auto"
     """Attention kernels. `auto`: the transformers default (sdpa), or ftcli's eager attention
     with fast dropout when `train.fast_dropout` applies."""
+
+    @field_validator("name_or_path", "tokenizer")
+    @classmethod
+    def _short(cls, value):
+        return value if value is None else check_path_length(value)
 
     @model_validator(mode="after")
     def _labels_agree(self) -> ModelConfig:
@@ -142,10 +158,33 @@ class DataConfig(_Section):
 
     validation_split: str | int | float = "validation"
     """The split evaluated during training (each epoch and at the end): a split's name, or, for
-    data that comes as one file, a fraction (`0.1`) or a row count (`200`) of the training split
+    data that comes as one file, a fraction (`0.1` or `"10%"`) or a row count (`200`) of the training split
     to hold out as a split named `validation`. Held-out rows are drawn per class (stratified,
     seeded by `split_seed`) when the data is prepared: the same rows on every run and for any
     number of processes, and part of the cache key."""
+
+    @field_validator("path", "cache_dir")
+    @classmethod
+    def _short(cls, value):
+        return value if value is None else check_path_length(value)
+
+    @field_validator("files")
+    @classmethod
+    def _short_files(cls, value):
+        for split, file in (value or {}).items():
+            try:
+                check_path_length(file)
+            except ValueError as exc:
+                raise ValueError(f"{split}: {exc}") from None
+        return value
+
+    @field_validator("validation_split", mode="before")
+    @classmethod
+    def _percent(cls, value):
+        # "10%" is how people write a fraction; anything else that is a string names a split.
+        if isinstance(value, str) and (match := re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*%\s*", value)):
+            return float(match.group(1)) / 100
+        return value
 
     split_seed: int = 42
     """Seed of a held-out validation split. Apart from `train.seed`, so that trying seeds does
@@ -201,8 +240,8 @@ class DataConfig(_Section):
         if isinstance(held, bool):
             raise ValueError("validation_split: give a split name, a fraction (0.1) or a row count (200)")
         if isinstance(held, float) and not 0 < held < 1:
-            raise ValueError(f"validation_split: a fraction must lie between 0 and 1, not {held}; or give a row "
-                             "count (200)")
+            raise ValueError(f"validation_split: a fraction must lie between 0 and 1, not {held:g} (or 0% and 100%); "
+                             "or give a row count (200)")
         if isinstance(held, int) and held < 1:
             raise ValueError(f"validation_split: hold out at least 1 row, not {held}")
         if self.holdout is not None and self.files is not None and HOLDOUT_SPLIT in self.files:
@@ -368,6 +407,11 @@ class TrainConfig(_Section):
     """Timeout of collective operations between processes, in seconds. Raise it if a long
     first-time tokenization on the main process makes the others give up waiting (or run
     `ftcli prepare` first)."""
+
+    @field_validator("output_dir")
+    @classmethod
+    def _short(cls, value):
+        return check_path_length(value)
 
     @field_validator("mixed_precision", mode="before")
     @classmethod
@@ -613,6 +657,7 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raise FtcliError(f"{label}: cannot read config file ({exc})") from None
     try:
         raw = yaml.safe_load(text)
+        _refuse_duplicate_keys(yaml.compose(text), label)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
@@ -623,6 +668,31 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     if not isinstance(raw, dict):
         raise FtcliError(f"{label}: the config must be a mapping of sections (model, data, train, eval)")
     return config_from_dict(raw, overrides, source=label, yaml_text=text)
+
+
+def _refuse_duplicate_keys(root, label: str) -> None:
+    """A key given twice in one mapping: YAML loaders keep the last silently (`epochs: 1`, later
+    `epochs: 30`), so the file would not mean what its first line says."""
+    problems = []
+
+    def walk(node, prefix):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[str, int] = {}
+            for knode, vnode in node.value:
+                key, line = str(knode.value), knode.start_mark.line + 1
+                dotted = f"{prefix}.{key}" if prefix else key
+                if key in seen and key != "<<":
+                    problems.append(f"{label}:{line}: {shorten(dotted)} is given twice (lines {seen[key]} and {line}); "
+                                    "keep one")
+                seen.setdefault(key, line)
+                walk(vnode, dotted)
+        elif isinstance(node, yaml.SequenceNode):
+            for item in node.value:
+                walk(item, prefix)
+
+    walk(root, "")
+    if problems:
+        raise FtcliError("\n".join(problems))
 
 
 def config_from_dict(
@@ -651,7 +721,7 @@ def config_from_dict(
     except ValidationError as exc:
         lines = _line_index(yaml_text) if yaml_text else {}
         # A cross-field check may find several problems: one message line each.
-        errors = [{**err, "msg": line} for err in exc.errors() for line in err["msg"].splitlines()]
+        errors = [{**err, "msg": line} for err in _one_per_union(exc.errors()) for line in err["msg"].splitlines()]
         msgs = [_format_error(err, source, lines, set_keys) for err in errors]
         raise FtcliError("\n".join(dict.fromkeys(msgs))) from None
     cfg._source_path = source
@@ -730,6 +800,76 @@ def _line_index(yaml_text: str) -> dict[str, int]:
     return out
 
 
+def _field_at(loc: tuple) -> tuple[int, Any]:
+    """How many leading parts of an error's `loc` name config fields, and the last one's type."""
+    import typing
+
+    model: Any = Config
+    annotation = None
+    for depth, part in enumerate(loc):
+        field = model.model_fields.get(str(part)) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if field is None:
+            return depth, annotation
+        annotation = field.annotation
+        inner = [a for a in typing.get_args(annotation) if a is not type(None)]
+        model = inner[0] if len(inner) == 1 and typing.get_origin(annotation) in (typing.Union, _UnionType) \
+            else annotation
+    return len(loc), annotation
+
+
+try:
+    from types import UnionType as _UnionType
+except ImportError:  # pragma: no cover - Python < 3.10
+    _UnionType = None
+
+
+def _is_union(annotation: Any) -> bool:
+    import typing
+
+    return typing.get_origin(annotation) in (typing.Union, _UnionType)
+
+
+def _one_per_union(errors: list[dict]) -> list[dict]:
+    """pydantic reports a value that fits no branch of a union field once per branch, under the
+    branch's internal name (`class_weights.literal['auto']`, `class_weights.list[float].0`): fold
+    those into one error on the field that says what it accepts."""
+    out, seen = [], set()
+    for err in errors:
+        depth, annotation = _field_at(tuple(err["loc"]))
+        branches = [a for a in getattr(annotation, "__args__", ()) if a is not type(None)]
+        # Optional[X] is not reported per branch: only unions of two or more types are
+        if depth == len(err["loc"]) or not _is_union(annotation) or len(branches) < 2 or err["type"] == "value_error":
+            out.append(err)
+            continue
+        loc = tuple(err["loc"][:depth])
+        if loc in seen:
+            continue
+        seen.add(loc)
+        value = err.get("input")
+        for other in errors:  # the branch errors of a list report its items: quote the whole value
+            if tuple(other["loc"][:depth]) == loc and len(other["loc"]) == depth + 1:
+                value = other.get("input", value)
+        out.append({"type": "union", "loc": loc, "msg": f"give {_accepts(annotation)}", "input": value})
+    return out
+
+
+def _accepts(annotation: Any) -> str:
+    """What a field's type accepts, in words: `auto, a list of numbers, or null`."""
+    import typing
+
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if _is_union(annotation):
+        parts = [_accepts(a) for a in args if a is not type(None)] + (["null"] if type(None) in args else [])
+        return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + ", or " + parts[-1]
+    if origin is Literal:
+        return " or ".join(str(a) for a in args)
+    if origin in (list, tuple):
+        return f"a list of {_accepts(args[0]).removeprefix('a ').removeprefix('an ')}s" if args else "a list"
+    if origin is dict:
+        return "a mapping"
+    return {int: "an integer", float: "a number", str: "a text", bool: "true or false"}.get(annotation, "a value")
+
+
 def _section_fields(loc: tuple) -> list[str]:
     """Valid keys at the place `loc` points to (for 'did you mean' suggestions)."""
     model: type[BaseModel] | None = Config
@@ -769,7 +909,7 @@ def _format_error(err: dict, source: str, lines: dict[str, int], set_keys: set[s
     got = err.get("input")
     if kind == "string_type" and isinstance(got, bool):
         return f"{prefix}: {msg} (got {got!r}: YAML reads yes/no/on/off/true/false as booleans; quote it)"
-    return f"{prefix}: {msg} (got {got!r})"
+    return f"{prefix}: {msg} (got {shorten(got)})"
 
 
 def render_with_origins(cfg: Config) -> str:

@@ -15,6 +15,15 @@ EXIT_SIGINT = 130
 EXIT_SIGTERM = 143
 
 
+def shorten(value: object, limit: int = 80) -> str:
+    """`repr(value)`, cut to `limit` characters with its full length said: an error quotes what
+    the user gave, and a 10 MB value must not become a 10 MB message."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit - 3]}... ({len(text):,} characters)"
+
+
 class FtcliError(Exception):
     """Bad input the user can fix (config, data, paths, checkpoints).
 
@@ -35,3 +44,27 @@ class TrainingInterrupted(Exception):
     def __init__(self, message: str, exit_code: int):
         super().__init__(message)
         self.exit_code = exit_code
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether `exc`, or an exception it was raised from, is "no space left on device". Libraries
+    wrap it: datasets in its own error, torch's checkpoint writer in a RuntimeError whose text only
+    says `file write failed`."""
+    import errno
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(exc) or "Disk quota exceeded" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def disk_full_error(where, instead: str = "") -> FtcliError:
+    """The one line for a full disk: where ftcli was writing, and what to do (`instead`: the
+    setting that moves the writes elsewhere)."""
+    return FtcliError(f"no space left on the disk holding {where}: free some space"
+                      + (f", or {instead}" if instead else ""))

@@ -14,6 +14,7 @@ from typing import Any
 from ftcli.config import Config, EvalConfig
 from ftcli.console import Reporter
 from ftcli.errors import FtcliError
+from ftcli.files import check_output, check_output_folder
 from ftcli.gate import Requirement
 
 METRIC_SCRIPT = Path(__file__).parent / "metrics" / "ftcli_glue.py"
@@ -236,6 +237,8 @@ def evaluate_model(config: Config | str | Path, *, model_dir: str | Path | None 
         modeling.load_trained(folder)  # raises the one-line error naming the folder
     split = split or cfg.eval.split
     build.check_splits(cfg.data, split)
+    where = Path(report_dir) if report_dir else report_folder(folder, split)
+    check_output_folder(where, "--report-dir" if report_dir else "report folder")
     reporter = reporter or Reporter()
     with accelerator_session(cfg.train) as accelerator:
         reporter.enabled = reporter.enabled and accelerator.is_main_process
@@ -276,7 +279,6 @@ def evaluate_model(config: Config | str | Path, *, model_dir: str | Path | None 
             per_class = per_class_report(predictions, references, prepared.label_names, multi)
             report = {"split": split, "model": str(folder), **result, **per_class}
             summary["per_class"] = report["per_class"]
-            where = Path(report_dir) if report_dir else report_folder(folder, split)
             if accelerator.is_main_process:
                 summary["report"] = str(write_report(where, report, f"{split}: {folder}"))
         return summary
@@ -323,6 +325,7 @@ def predict(config: Config | str | Path, input_file: str | Path, output_file: st
     output = Path(output_file) if output_file else Path(cfg.train.output_dir) / "predictions" / f"{source.stem}.jsonl"
     if output.suffix.lower() not in (".jsonl", ".csv"):
         raise FtcliError(f"--output {output}: write .jsonl or .csv")
+    check_output(output, "--output", inputs=(source,))  # before the model runs, not after
     labels = trained_labels(folder)
     multi = modeling.read_json(folder / "config.json").get("problem_type") == "multi_label_classification"
     raw = cfg.to_dict()

@@ -58,3 +58,50 @@ def fsync_dir(path: Path) -> None:
         pass  # e.g. a filesystem without directory fsync: the rename is still atomic
     finally:
         os.close(fd)
+
+
+def check_output(path: Path, what: str, inputs: tuple[Path, ...] = ()) -> None:
+    """Refuse, before any work, an output file that cannot be written or would destroy an input:
+    it is (a link to) one of `inputs`, is a folder, or has a file where a parent folder must go.
+    `what` names the option or setting in the message."""
+    from ftcli.errors import FtcliError, shorten
+
+    shown = shorten(str(path))
+    try:
+        for source in inputs:
+            if path.exists() and source.exists() and os.path.samefile(path, source):
+                raise FtcliError(f"{what} {shown} is the input file {shorten(str(source))}: writing it would "
+                                 "destroy the input; choose another output")
+        if path.is_dir():
+            raise FtcliError(f"{what} {shown} is a folder; give a file name inside it")
+        _check_parents(path, what, shown)
+    except OSError as exc:  # a path the filesystem cannot hold (too long, a loop of links)
+        raise FtcliError(f"{what} {shown}: {exc.strerror or exc}; choose another output") from None
+
+
+def check_output_folder(path: Path, what: str) -> None:
+    """Like `check_output`, for a folder that ftcli creates or writes into."""
+    from ftcli.errors import FtcliError, shorten
+
+    shown = shorten(str(path))
+    try:
+        if path.exists() and not path.is_dir():
+            raise FtcliError(f"{what} {shown} is a file, not a folder; choose another folder")
+        _check_parents(path / "_", what, shown)
+    except OSError as exc:
+        raise FtcliError(f"{what} {shown}: {exc.strerror or exc}; choose another folder") from None
+
+
+def _check_parents(path: Path, what: str, shown: str) -> None:
+    """The nearest existing parent of `path` is a writable folder (the rest will be created)."""
+    from ftcli.errors import FtcliError, shorten
+
+    for parent in path.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise FtcliError(f"{what} {shown}: {shorten(str(parent))} is a file, not a folder; "
+                                 "choose another place")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise FtcliError(f"{what} {shown}: folder {shorten(str(parent))} is not writable; "
+                                 "choose another place")
+            return

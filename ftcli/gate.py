@@ -6,6 +6,7 @@ and a metric name is checked against the metrics the evaluation will report befo
 
 from __future__ import annotations
 
+import math
 import operator
 import re
 from dataclasses import dataclass
@@ -39,9 +40,12 @@ def parse(text: str) -> Requirement:
                          f"{', '.join(OPERATORS)}, e.g. 'f1>=0.85' or 'loss<0.5'")
     name, op, number = match.groups()
     try:
-        return Requirement(name, op, float(number))
+        threshold = float(number)
     except ValueError:
         raise FtcliError(f"--require {text!r}: {number!r} is not a number") from None
+    if not math.isfinite(threshold):  # 'f1>=nan' never passes, 'f1<=inf' always does
+        raise FtcliError(f"--require {text!r}: the bound must be a finite number, not {number}")
+    return Requirement(name, op, threshold)
 
 
 def check_names(requirements: list[Requirement], available: list[str]) -> None:

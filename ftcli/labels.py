@@ -7,11 +7,12 @@ then a count), each naming the file and row.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ftcli.config import DataConfig, ModelConfig
-from ftcli.errors import FtcliError
+from ftcli.errors import FtcliError, shorten
 
 if TYPE_CHECKING:  # pragma: no cover
     import datasets
@@ -31,9 +32,8 @@ def is_multi_label(model: ModelConfig, data: DataConfig, raw: dict[str, datasets
     if data.label_column in train.column_names:
         column = train.data.column(data.label_column)
         listed = pa.types.is_list(column.type) or pa.types.is_large_list(column.type)
-        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):  # JSON lists in CSV cells
-            sample = [v for v in column.slice(0, 200).to_pylist() if v]
-            listed = bool(sample) and all(v.lstrip().startswith("[") for v in sample)
+        if (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)) and data.label_separator is None:
+            listed = bool(json_list_rows(column.combine_chunks()))  # JSON lists in CSV cells (or mixed JSON Lines)
     if model.problem_type == "single_label" and (listed or data.label_separator):
         raise FtcliError(f"{split_source(data, data.train_split)}: column {data.label_column!r} holds label lists "
                          "but model.problem_type is single_label; set it to multi_label or auto")
@@ -58,7 +58,7 @@ class LabelLists:
     kind: str  # what the labels are written as: "str", "int", "none" (no labels) or "mixed"
 
 
-def label_lists(data: DataConfig, column) -> LabelLists:
+def label_lists(data: DataConfig, column, where: str) -> LabelLists:
     """Each row's labels: a list column, strings split on `data.label_separator`, JSON lists in
     CSV cells, or one label a row. With Arrow's kernels, not row by row in Python."""
     import numpy as np
@@ -72,9 +72,8 @@ def label_lists(data: DataConfig, column) -> LabelLists:
     missing = np.asarray(pc.is_null(col).to_numpy(zero_copy_only=False), dtype=bool)
     blank = np.zeros(n, dtype=bool)
     is_string = pa.types.is_string(col.type) or pa.types.is_large_string(col.type)
-    if is_string and data.label_separator is None and pc.any(pc.starts_with(
-            pc.utf8_ltrim_whitespace(col), "[")).as_py():  # JSON lists in CSV cells: parsed in Python
-        return _json_label_lists(col, missing)
+    if is_string and data.label_separator is None and json_list_rows(col):  # JSON lists in CSV cells
+        return _json_label_lists(col, missing, where)
     if pa.types.is_list(col.type) or pa.types.is_large_list(col.type):
         values, rows = pc.list_flatten(col), pc.list_parent_indices(col)
     elif is_string and data.label_separator is not None:
@@ -95,22 +94,51 @@ def label_lists(data: DataConfig, column) -> LabelLists:
     return LabelLists(pc.cast(values, pa.string()), rows, missing, blank, kind)
 
 
-def _json_label_lists(col, missing) -> LabelLists:
-    """`label_lists` for strings holding JSON lists (CSV cells), row by row: rare, and small."""
+def json_list_rows(col) -> dict[int, list]:
+    """The rows of a string column whose cell is a JSON list, parsed: how multi-label data is
+    written in a CSV cell (and what a JSON Lines column mixing lists and strings becomes, see
+    `build.load_raw`). Only cells that start with `[` are parsed."""
     import json
 
     import numpy as np
+    import pyarrow.compute as pc
+
+    opens = pc.fill_null(pc.starts_with(pc.utf8_ltrim_whitespace(col), "["), False)
+    found = {}
+    for row in np.flatnonzero(np.asarray(opens.to_numpy(zero_copy_only=False), dtype=bool)).tolist():
+        try:
+            parsed = json.loads(col[row].as_py())
+        except ValueError:
+            continue
+        if isinstance(parsed, list):
+            found[row] = parsed
+    return found
+
+
+def _json_label_lists(col, missing, where: str) -> LabelLists:
+    """`label_lists` for strings holding JSON lists (CSV cells), row by row: rare, and small.
+    Every labelled row must hold a list once one does: a bare label among lists (or a list among
+    bare labels) is reported by row, whichever is rarer, rather than read one way or the other."""
+    import numpy as np
     import pyarrow as pa
 
+    lists = json_list_rows(col)
+    texts = col.to_pylist()
+    single = [row for row, text in enumerate(texts) if text is not None and row not in lists]
+    if single:
+        bad, other = (single, next(iter(lists))) if len(single) <= len(lists) else (sorted(lists), single[0])
+        lines = [f"{where}: row {row + 1}: label {shorten(texts[row])} is "
+                 + (f"one label, but other rows (row {other + 1}) hold lists; write it as a list "
+                    f"({shorten(json.dumps([texts[row]]))})" if row not in lists else
+                    f"a list, but other rows (row {other + 1}) hold one label each; write one label, or "
+                    "every row as a list")
+                 for row in bad[:MAX_ROW_ERRORS]]
+        if len(bad) > MAX_ROW_ERRORS:
+            lines.append(f"... and {len(bad) - MAX_ROW_ERRORS} more rows like these")
+        raise FtcliError("\n".join(lines))
     values, rows, kinds = [], [], set()
-    for row, text in enumerate(col.to_pylist()):
-        if text is None:
-            continue
-        try:
-            parsed = json.loads(text) if text.lstrip().startswith("[") else [text]
-        except ValueError:
-            parsed = [text]
-        for value in parsed if isinstance(parsed, list) else [text]:
+    for row, parsed in sorted(lists.items()):
+        for value in parsed:
             kinds.add("int" if isinstance(value, int) and not isinstance(value, bool) else
                       "str" if isinstance(value, str) else "none" if value is None else "mixed")
             values.append(None if value is None else str(value))
@@ -124,9 +152,9 @@ def _json_label_lists(col, missing) -> LabelLists:
 def _multi_label_names(model: ModelConfig, data: DataConfig, train: datasets.Dataset) -> list[str]:
     import pyarrow.compute as pc
 
-    lists = label_lists(data, train.data.column(data.label_column))
-    values = lists.values.drop_null()
     where = split_source(data, data.train_split)
+    lists = label_lists(data, train.data.column(data.label_column), where)
+    values = lists.values.drop_null()
     if not len(values):
         raise FtcliError(f"{where}: no labels in column {data.label_column!r}; declare model.labels")
     numbers = lists.kind == "str" and pc.all(pc.match_substring_regex(values, DIGITS)).as_py() and \
@@ -213,7 +241,7 @@ def _multi_hot(data: DataConfig, ds: datasets.Dataset, split: str, names: list[s
 
     where = split_source(data, split)
     column = ds.data.column(data.label_column)
-    lists = label_lists(data, column)
+    lists = label_lists(data, column, where)
     values = lists.values
     ids = pc.index_in(values, value_set=pa.array(names, type=pa.string()))
     if not any(name.isdigit() for name in names):  # a number is an id, where it can be one

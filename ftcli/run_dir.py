@@ -25,7 +25,7 @@ from typing import Any
 from ftcli.checkpoint import CHECKPOINTS, STATE_FILE
 from ftcli.config import Config, load_config
 from ftcli.errors import FtcliError
-from ftcli.files import atomic_write_text
+from ftcli.files import atomic_write_text, check_output_folder
 
 CONFIG_FILE = "config.yaml"
 
@@ -84,7 +84,14 @@ class MetricsLog:
         """On resume: drop lines the interrupted run logged after its checkpoint."""
         if not self.enabled or not self.path.is_file():
             return
-        kept = [line for line in self.path.read_text().splitlines() if json.loads(line).get("step", 0) <= step]
+        kept = []
+        for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue  # a line half-written when the run was killed (as plot.read_log skips it)
+            if isinstance(record, dict) and record.get("step", 0) <= step:
+                kept.append(line)
         atomic_write_text(self.path, "".join(line + "\n" for line in kept))
 
 
@@ -140,6 +147,7 @@ def claim_output_dir(out: Path, resume: str | None, overwrite: bool) -> None:
     check has passed."""
     if out.exists() and not out.is_dir():
         raise FtcliError(f"train.output_dir {str(out)!r} is a file, not a folder; choose another output_dir")
+    check_output_folder(out, "train.output_dir")
     existing = [name for name in OWN_ENTRIES if (out / name).exists()]
     if not existing or resume:
         return
