@@ -18,7 +18,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from ftcli.errors import FtcliError
+from ftcli.errors import FtcliError, disk_full_error, is_disk_full
 from ftcli.files import checksums, fsync_dir, verify_checksums
 from ftcli.state import CheckpointRecord, Fingerprint, TrainState
 
@@ -66,21 +66,41 @@ def save(accelerator, output_dir: Path, state: TrainState, fingerprint: Fingerpr
         base.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp), safe_serialization=True)
-    accelerator.wait_for_everyone()
-    fault_point("checkpoint-write", step, accelerator.process_index)
+    try:
+        accelerator.save_state(str(tmp), safe_serialization=True)
+        accelerator.wait_for_everyone()
+        fault_point("checkpoint-write", step, accelerator.process_index)
+        if accelerator.is_main_process:
+            record = CheckpointRecord(state, fingerprint, checksums(tmp))
+            with open(tmp / STATE_FILE, "w", encoding="utf-8") as f:
+                json.dump(record.to_json(), f, indent=2)
+                f.flush()
+                os.fsync(f.fileno())
+    except Exception as exc:
+        full = is_disk_full(exc) or _nearly_full(base)  # torch's writer only says "file write failed"
+        shutil.rmtree(tmp, ignore_errors=True)  # a partial checkpoint must not keep the disk full
+        if full:
+            error = disk_full_error(f"the checkpoints in {base}", instead="set train.checkpoint_every: null (or a larger "
+                                    "interval), or a train.output_dir on another disk")
+            error.main_process = accelerator.is_main_process
+            raise error from None
+        raise
     if accelerator.is_main_process:
-        record = CheckpointRecord(state, fingerprint, checksums(tmp))
-        with open(tmp / STATE_FILE, "w", encoding="utf-8") as f:
-            json.dump(record.to_json(), f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
         if final.exists():  # re-saving a step after a resume: replace the old copy
             shutil.rmtree(final)
         os.replace(tmp, final)
         fsync_dir(base)
     accelerator.wait_for_everyone()
     return final
+
+
+def _nearly_full(folder: Path) -> bool:
+    """Under 64 MiB free where a checkpoint was being written (checked before its partial files
+    are removed): too little for any model's checkpoint."""
+    try:
+        return shutil.disk_usage(folder).free < 64 * 2**20
+    except OSError:
+        return False
 
 
 def read_state(ckpt: Path) -> CheckpointRecord:

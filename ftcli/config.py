@@ -559,7 +559,8 @@ class SweepConfig(_Section):
 
     heartbeat_s: int = Field(default=60, ge=1)
     """A running trial records a heartbeat this often (database storages); a trial silent for
-    twice as long died with its process: it is marked failed and retried once."""
+    twice as long died with its process: it is marked failed and retried once. A trial whose
+    process is gone from this machine is marked failed at once, heartbeat or not."""
 
 
 class Config(_Section):

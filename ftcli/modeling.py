@@ -102,12 +102,14 @@ def load_trained(model_dir: str | Path, label_names: list[str] | None = None):
     except (OSError, ValueError, RuntimeError) as exc:
         raise FtcliError(f"model folder {str(folder)!r}: cannot load it ({_first_line(exc)})") from None
     if label_names is not None:
-        have = [model.config.id2label[i] for i in range(model.config.num_labels)] if label_names else []
-        if model.config.num_labels == 1 and not label_names:
-            return model
-        if have != label_names:
+        regression = model.config.num_labels == 1 or model.config.problem_type == "regression"
+        have = [] if regression else [model.config.id2label[i] for i in range(model.config.num_labels)]
+        if have != list(label_names):  # [] is regression: a classifier must not pass as one
+            def says(names, verb=""):
+                return f"labels{verb} {names}" if names else "a regression target (no labels)"
+
             raise FtcliError(
-                f"model folder {str(folder)!r} predicts labels {have} but the data's labels are {label_names}; "
+                f"model folder {str(folder)!r} predicts {says(have)} but the data's {says(list(label_names), ' are')}; "
                 "evaluate it with the config it was trained with"
             )
     return model

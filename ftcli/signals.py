@@ -34,10 +34,15 @@ class StopFlag:
             signal.signal(sig, handler)
         self._old.clear()
 
-    def agreed(self, acc) -> bool:
-        """Whether any process was signalled (one tiny all-reduce when there are several)."""
+    def agreed(self, acc, due: bool) -> bool:
+        """Whether any process was signalled. One process reads its own flag at every step. Several
+        agree only where `due` (the same steps on every process: the log cadence, checkpoints and
+        the last step) with one tiny all-reduce, since reading its result is a host-device sync
+        that would stall a GPU's queue at every step; a signal is acted on at the next such step."""
         if acc.num_processes == 1:
             return self.signum is not None
+        if not due:
+            return False
         import torch
 
         code = torch.tensor([float(self.signum or 0)], device=acc.device)
@@ -45,4 +50,3 @@ class StopFlag:
         if code.item() and self.signum is None:
             self.signum = signal.SIGTERM
         return bool(code.item())
-

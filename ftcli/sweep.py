@@ -27,13 +27,15 @@ from typing import Any
 
 import yaml
 
+from ftcli import owners
 from ftcli.config import Config, SweepConfig, config_from_dict
 from ftcli.console import Reporter, format_duration
 from ftcli.errors import FtcliError, TrainingInterrupted
-from ftcli.files import atomic_write_text
+from ftcli.files import atomic_write_text, check_output, check_output_folder
 
 TRIALS = "trials"
 RETRY_OF = "ftcli_retry_of"  # user attribute of a trial that re-runs a failed one
+OWNER = "ftcli_owner"  # user attribute: the host and process running the trial (ftcli.owners)
 
 
 def metric_of(cfg: Config, label_names: list[str], multi_label: bool = False) -> str:
@@ -57,6 +59,14 @@ def storage_url(sweep: SweepConfig, out: Path, override: str | None) -> str:
         raise FtcliError(f"sweep storage {url!r}: give an SQLAlchemy URL (sqlite:///sweep.db, postgresql://..., "
                          "mysql://...) or journal:PATH")
     return url
+
+
+def check_storage_path(url: str) -> None:
+    """A file storage (journal:PATH, sqlite:///PATH) must be creatable where it points."""
+    if url.startswith("journal:"):
+        check_output(Path(url.removeprefix("journal:")), "sweep storage journal:")
+    elif url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        check_output(Path(url.removeprefix("sqlite:///").partition("?")[0]), "sweep storage sqlite:///")
 
 
 def open_storage(url: str, heartbeat_s: int):
@@ -153,7 +163,9 @@ def sweep(
     out = Path(cfg.train.output_dir)
     if out.exists() and not out.is_dir():
         raise FtcliError(f"train.output_dir {str(out)!r} is a file, not a folder; choose another output_dir")
+    check_output_folder(out, "train.output_dir")
     url = storage_url(cfg.sweep, out, storage)
+    check_storage_path(url)  # before the data is prepared, not after
     reporter = reporter or Reporter()
     from ftcli.build import check_splits
     from ftcli.cache import prepare
@@ -263,6 +275,7 @@ def _run_trial(trial, cfg: Config, metric: str, out: Path, table: TrialTable, sh
     values = suggest(trial, cfg)
     run = out / TRIALS / f"{trial.number:04d}"
     trial.set_user_attr("run_dir", str(run))
+    trial.set_user_attr(OWNER, owners.this_process())  # so a later command can tell it died
     table.trial_started(trial.number, values)
 
     def report(step: int, result: dict[str, Any]) -> bool:
@@ -306,12 +319,26 @@ def _check_same_search(study, cfg: Config, metric: str) -> None:
                          "not this config's sweep; use another --study name or output_dir")
 
 
+def _fail_orphans(study) -> None:
+    """Mark failed, at once, the running trials whose process is gone from this machine (killed):
+    a heartbeat takes twice `sweep.heartbeat_s` to say so, and a journal storage has none."""
+    from optuna.trial import TrialState
+
+    storage = study._storage  # noqa: SLF001 - Study offers no public handle on its storage
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        owner = t.user_attrs.get(OWNER)
+        if isinstance(owner, dict) and owners.gone(owner):
+            trial_id = storage.get_trial_id_from_study_id_trial_number(study._study_id, t.number)  # noqa: SLF001
+            storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
+
+
 def _retry_failed(study) -> list[int]:
     """Queue each failed trial's values once more (a trial that died with its process, or was
     interrupted); a retry that fails too is not retried again."""
     from optuna.storages import fail_stale_trials
     from optuna.trial import TrialState
 
+    _fail_orphans(study)
     with warnings_off():  # marked experimental
         fail_stale_trials(study)  # running trials whose heartbeat stopped: their process died
     trials = study.get_trials(deepcopy=False)

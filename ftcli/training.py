@@ -129,6 +129,10 @@ def setup(cfg: Config, accelerator, reporter: Reporter) -> Run:
     eval_split = cfg.data.validation_name if cfg.data.validation_name in prepared.manifest["splits"] else None
     if eval_split and not prepared.split_info(eval_split)["labeled"]:
         eval_split = None
+    if eval_split is None and _named_validation(cfg):
+        raise FtcliError(f"data.validation_split: the data has no labelled split {cfg.data.validation_name!r} "
+                         f"(splits: {', '.join(prepared.manifest['splits'])}); name one, or give a fraction (0.1) "
+                         "or a row count (200) to hold out")
     if eval_split is None:
         reporter.warn(f"no labelled split {cfg.data.validation_name!r}: training without evaluation "
                       "(data.validation_split: 0.1 holds out a tenth of the training rows)")
@@ -251,6 +255,15 @@ def _check_same_config(cfg: Config, accelerator) -> None:
         raise FtcliError(f"the {len(everyone)} processes of this launch were given different configs: {key} ({values})"
                          + (f" and {len(differ) - 1} more setting(s)" if len(differ) > 1 else "")
                          + "; give every process the same config file and --set options")
+
+
+def _named_validation(cfg: Config) -> bool:
+    """Whether `data.validation_split` names a split other than the default one: that split must
+    exist (a typo must not train without evaluation). Without the default `validation` split a
+    run trains without evaluation, with a warning."""
+    from ftcli.config import DataConfig
+
+    return cfg.data.holdout is None and cfg.data.validation_split != DataConfig.model_fields["validation_split"].default
 
 
 def _report_cache(reporter: Reporter, prepared, validation: str) -> None:
@@ -382,7 +395,8 @@ def after_step(run: Run, state: TrainState, log, epoch: int, *, end_of_epoch: bo
                 stopping = "early_stopping"
         if _main_says_stop(run, step, result):
             stopping = "pruned"
-    if run.stop is not None and run.stop.agreed(run.accelerator):
+    if run.stop is not None and run.stop.agreed(run.accelerator, due=step % t.log_every == 0 or last or stopping is not None
+                                                or t.checkpoint_every is not None and due(t.checkpoint_every)):
         stopping = "signal"
     if end_of_epoch:
         state.epoch, state.batch_in_epoch = epoch + 1, 0
@@ -607,13 +621,18 @@ def train(
         raise FtcliError("--resume and --overwrite exclude each other: continue the run, or replace it")
     spec = "auto" if resume in (None, "auto") else str(run_dir.check_resume_target(cfg, resume) or "auto")
     check_splits(cfg.data, cfg.data.train_split)
+    if _named_validation(cfg):
+        check_splits(cfg.data, cfg.data.validation_name)
     check_trackers(cfg.train.report_to)
     run_dir.claim_output_dir(out, resume, overwrite)  # before the start-up summary: a refusal comes first
     with accelerator_session(cfg.train, gradient_accumulation_steps=cfg.train.gradient_accumulation_steps,
                              log_with=cfg.train.report_to or None, project_dir=str(out / "tracking")) as acc:
+        # The checkpoint is found and its checksums verified before anything heavy loads: a damaged
+        # one is refused at once, not after the model and the start-up summary.
+        found = _find_checkpoint(acc, out, spec, reporter) if resume else None
         run = setup(cfg, acc, reporter)  # every bad-input check happens here, before any write
         run.on_eval = on_eval
-        state, ckpt = _resume(run, resume, spec, allow_changes) if resume else (TrainState(), None)
+        state, ckpt = _resume(run, resume, found, allow_changes) if resume else (TrainState(), None)
         acc.wait_for_everyone()
         if acc.is_main_process:
             _start_outputs(run, state, ckpt, overwrite)
@@ -631,15 +650,20 @@ def train(
         return _finish(run, state, result, ckpt)
 
 
-def _resume(run: Run, resume: str, spec: str, allow_changes: bool) -> tuple[TrainState, Path | None]:
-    """The state to continue from: a verified checkpoint's (loaded into the Accelerator), or a
-    fresh one when `--resume auto` finds none in a folder that holds no run."""
+def _find_checkpoint(acc, out: Path, spec: str, reporter: Reporter) -> Path | None:
+    """The verified checkpoint to resume (None: there is none), the same on every process."""
     from accelerate.utils import broadcast_object_list
 
+    found = [checkpoint.find(out, spec, reporter.info) if acc.is_main_process else None]
+    if acc.num_processes > 1:
+        broadcast_object_list(found)  # one process verifies checksums; all resume the same one
+    return found[0]
+
+
+def _resume(run: Run, resume: str, ckpt: Path | None, allow_changes: bool) -> tuple[TrainState, Path | None]:
+    """The state to continue from: the verified checkpoint's (loaded into the Accelerator), or a
+    fresh one when `--resume auto` finds none in a folder that holds no run."""
     acc, out = run.accelerator, run.output_dir
-    found = [checkpoint.find(out, spec, run.reporter.info) if acc.is_main_process else None]
-    broadcast_object_list(found)  # one process verifies checksums; all resume the same one
-    ckpt = found[0]
     if ckpt is None:
         if any((out / name).exists() for name in run_dir.OWN_ENTRIES):
             raise FtcliError(f"--resume {resume}: {str(out)!r} holds a run but no intact checkpoint to resume; "
