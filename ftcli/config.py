@@ -683,7 +683,7 @@ def _refuse_duplicate_keys(root, label: str) -> None:
                 key, line = str(knode.value), knode.start_mark.line + 1
                 dotted = f"{prefix}.{key}" if prefix else key
                 if key in seen and key != "<<":
-                    problems.append(f"{label}:{line}: {shorten(dotted)} is given twice (lines {seen[key]} and {line}); "
+                    problems.append(f"{label}:{line}: {dotted[:200]} is given twice (lines {seen[key]} and {line}); "
                                     "keep one")
                 seen.setdefault(key, line)
                 walk(vnode, dotted)

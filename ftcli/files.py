@@ -60,17 +60,23 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def shorten_path(path) -> str:
+    from ftcli.errors import shorten
+
+    return shorten(str(path), 300)
+
+
 def check_output(path: Path, what: str, inputs: tuple[Path, ...] = ()) -> None:
     """Refuse, before any work, an output file that cannot be written or would destroy an input:
     it is (a link to) one of `inputs`, is a folder, or has a file where a parent folder must go.
     `what` names the option or setting in the message."""
-    from ftcli.errors import FtcliError, shorten
+    from ftcli.errors import FtcliError
 
-    shown = shorten(str(path))
+    shown = shorten_path(path)
     try:
         for source in inputs:
             if path.exists() and source.exists() and os.path.samefile(path, source):
-                raise FtcliError(f"{what} {shown} is the input file {shorten(str(source))}: writing it would "
+                raise FtcliError(f"{what} {shown} is the input file {shorten_path(source)}: writing it would "
                                  "destroy the input; choose another output")
         if path.is_dir():
             raise FtcliError(f"{what} {shown} is a folder; give a file name inside it")
@@ -81,9 +87,9 @@ def check_output(path: Path, what: str, inputs: tuple[Path, ...] = ()) -> None:
 
 def check_output_folder(path: Path, what: str) -> None:
     """Like `check_output`, for a folder that ftcli creates or writes into."""
-    from ftcli.errors import FtcliError, shorten
+    from ftcli.errors import FtcliError
 
-    shown = shorten(str(path))
+    shown = shorten_path(path)
     try:
         if path.exists() and not path.is_dir():
             raise FtcliError(f"{what} {shown} is a file, not a folder; choose another folder")
@@ -94,14 +100,14 @@ def check_output_folder(path: Path, what: str) -> None:
 
 def _check_parents(path: Path, what: str, shown: str) -> None:
     """The nearest existing parent of `path` is a writable folder (the rest will be created)."""
-    from ftcli.errors import FtcliError, shorten
+    from ftcli.errors import FtcliError
 
-    for parent in path.absolute().parents:
+    for parent in path.parents:  # as given (relative ones end at '.')
         if parent.exists():
             if not parent.is_dir():
-                raise FtcliError(f"{what} {shown}: {shorten(str(parent))} is a file, not a folder; "
+                raise FtcliError(f"{what} {shown}: {shorten_path(parent)} is a file, not a folder; "
                                  "choose another place")
             if not os.access(parent, os.W_OK | os.X_OK):
-                raise FtcliError(f"{what} {shown}: folder {shorten(str(parent))} is not writable; "
+                raise FtcliError(f"{what} {shown}: folder {shorten_path(parent)} is not writable; "
                                  "choose another place")
             return

@@ -73,6 +73,41 @@ CASES = [
     ("eval-unknown-split", {"trained": True}, ["eval", "--split", "dev"], "split 'dev' is not in data.files (available: "),
     ("eval-unlabelled-split", {"trained": True}, ["eval", "--split", "test"], "has no labels to evaluate against; use `ftcli predict`"),
     ("train-unknown-split", {"set": {"data.train_split": "training"}}, ["train"], "split 'training' is not in data.files"),
+    # What a hostile new user found (issue 19): each of these trained, crashed or lost data before.
+    ("yaml-duplicate-key", {"append_yaml": "eval: {metric: accuracy}\n"}, ["train"],
+     "eval is given twice (lines 23 and 25); keep one"),
+    ("yaml-duplicate-nested-key", {"config_text_from": lambda text: text.replace("  epochs: 8\n", "  epochs: 1\n  epochs: 30\n")},
+     ["train"], "train.epochs is given twice (lines 18 and 19); keep one"),
+    ("union-list-of-words", {"set": {"train.class_weights": ["heavy", "light"]}}, ["train"],
+     "train.class_weights: give auto, a list of numbers, or null (got ['heavy', 'light'])"),
+    ("union-word", {}, ["train", "--set", "train.class_weights=balanced"],
+     "--set train.class_weights: give auto, a list of numbers, or null (got 'balanced')"),
+    ("union-eval-every", {"set": {"train.eval_every": "often"}}, ["train"], "train.eval_every: give an integer, or epoch (got 'often')"),
+    ("huge-value-in-file", {"set": {"model.name_or_path": "x" * 10_000_000}}, ["prepare"],
+     "model.name_or_path: 'xxxxxxxx"),
+    ("huge-value-on-command-line", {}, ["prepare", "--set", "data.files.train=" + "y" * 100_000],
+     "is too long to be a path or a model id (100,000 bytes"),
+    ("validation-split-typo", {"set": {"data.validation_split": "valid"}}, ["train"],
+     "split 'valid' is not in data.files (available: train, validation, test)"),
+    ("validation-split-percent-too-big", {"set": {"data.validation_split": "150%"}}, ["train"],
+     "data.validation_split: a fraction must lie between 0 and 1, not 1.5"),
+    ("text-empty-string", {"rows": {6: {"sentence1": ""}}}, ["prepare"], "row 7: column 'sentence1' is empty"),
+    ("text-only-spaces", {"rows": {3: {"sentence2": "   "}}}, ["prepare"], "row 4: column 'sentence2' is empty"),
+    ("text-empty-csv-cell", {"train_text": "sentence1,sentence2,label\na,b,1\n,d,0\n", "suffix": ".csv"}, ["prepare"],
+     "row 2: column 'sentence1' is empty"),
+    ("text-column-of-numbers", {"column_values": {"sentence2": "idx"}}, ["prepare"],
+     "column 'sentence2' holds numbers, not texts; fix data.text_columns"),
+    ("text-number-in-one-row", {"rows": {2: {"sentence1": 42}}}, ["prepare"],
+     "row 3: column 'sentence1' holds 42, not a text"),
+    ("labels-list-among-names-jsonl", {"rows": {3: {"label": ["no", "yes"]}}, "string_labels": True}, ["prepare"],
+     "row 4: label '[\"no\", \"yes\"]' is a list, but other rows (row 1) hold one label each"),
+    ("labels-name-among-lists-csv", {"train_text": 'sentence1,sentence2,label\na,b,"[""no"",""yes""]"\nc,d,no\ne,f,"[""yes""]"\n',
+                                     "suffix": ".csv"}, ["prepare"],
+     "row 2: label 'no' is one label, but other rows (row 1) hold lists; write it as a list ('[\"no\"]')"),
+    ("require-nan", {"trained": True}, ["eval", "--require", "f1>=nan"], "the bound must be a finite number, not nan"),
+    ("require-inf", {"trained": True}, ["eval", "--require", "f1<=inf"], "the bound must be a finite number, not inf"),
+    ("report-dir-under-a-file", {"trained": True, "a_file": "notes.txt"}, ["eval", "--report-dir", "notes.txt/eval"],
+     "--report-dir 'notes.txt/eval': 'notes.txt' is a file, not a folder"),
 ]
 
 
@@ -88,7 +123,9 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(
         rows = [{**r, "label": ["no", "yes"][r["label"]]} for r in rows]
     for index, change in setup.get("rows", {}).items():
         rows[index] = {**rows[index], **change}
-    if "rows" in setup:
+    for column, source in setup.get("column_values", {}).items():
+        rows = [{**r, column: r[source]} for r in rows]
+    if "rows" in setup or "column_values" in setup:
         cfg["data"]["files"]["train"] = _rows_file(tmp_path, "bad.jsonl", rows)
     if setup.get("empty_train"):
         (tmp_path / "empty.jsonl").write_text("")
@@ -109,16 +146,21 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(
         _mutate(cfg, key, value)
     if setup.get("trained"):
         cfg["train"]["output_dir"] = str(tiny_classifier)
+    if "a_file" in setup:
+        (tmp_path / setup["a_file"]).write_text("the user's own file")
     config_path = tmp_path / setup.get("config_path", "config.yaml")
     if "config_path" not in setup:
-        config_path.write_text(setup.get("config_text") or yaml.safe_dump(cfg))
+        text = setup.get("config_text") or yaml.safe_dump(cfg, sort_keys=False)
+        text = setup.get("config_text_from", lambda t: t)(text) + setup.get("append_yaml", "")
+        config_path.write_text(text)
     before = {p for p in tmp_path.rglob("*")}
 
     result = runner.invoke(app, [command[0], "-c", str(config_path), *command[1:]])
 
     assert result.exit_code == 2, result.output
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert errors and any(expected in e for e in errors), result.stderr  # one line per problem
+    assert errors and any(expected in e for e in errors), result.stderr[:3000]  # one line per problem
+    assert all(len(e) < 1000 for e in errors), "a value quoted in an error must be capped"
     assert "Traceback" not in result.output
     # Progress lines may precede the error (e.g. data prepared fine before a later check failed).
     assert all(line.startswith(("error: ", "data: ", "ftcli train", "  ")) for line in result.stderr.splitlines())
