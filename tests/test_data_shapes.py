@@ -479,3 +479,75 @@ def test_json_lists_in_csv_cells_are_multi_label(tiny_model, tmp_path):
     p = cache.prepare(config_from_dict(raw), log=lambda *_: None)
     assert p.is_multi_label and p.label_names == ["a", "b", "c"]
     assert p.split("train")["labels"][0] == [float(n in tag_rows(20, 6)[0]["label"]) for n in "abc"]
+
+
+def test_csv_text_cells_are_read_as_written_and_only_labels_have_missing_words(tiny_model, tmp_path):
+    """`NA`, `None`, `null` and `007` are texts; in the label column a blank or `NA` is no label."""
+    from ftcli.build import load_raw
+
+    (tmp_path / "t.csv").write_text('sentence1,sentence2,label\nNA,None,a\nnull,007,b\n1.50,"",NA\nn/a,x,\n')
+    raw = config_dict(tiny_model, {"train": tmp_path / "t.csv"}, tmp_path)
+    data = config_from_dict(raw).data
+    ds = load_raw(data, tmp_path / "raw")["train"]
+    assert ds["sentence1"] == ["NA", "null", "1.50", "n/a"]
+    assert ds["sentence2"] == ["None", "007", "", "x"]
+    assert ds["label"] == ["a", "b", None, None]
+
+
+def test_a_percentage_holds_out_the_same_rows_as_the_fraction(tiny_model, tmp_path):
+    rows = imbalanced_rows(200)
+    as_fraction = prepared(one_file_config(tiny_model, tmp_path, rows, validation_split=0.1))
+    as_percent = prepared(one_file_config(tiny_model, tmp_path, rows, validation_split="10%"))
+    assert as_percent.hit and as_percent.path == as_fraction.path
+    assert as_percent.manifest["splits"]["validation"]["rows"] == 20
+
+
+def test_killed_prepare_leftovers_are_removed_by_the_next_prepare(tiny_model, tmp_path):
+    """A build killed mid-way leaves `.tmp-<key>-<pid>@<host>`: the next prepare removes those
+    whose process is gone (and old-style ones without a host), never a live builder's."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    raw = one_file_config(tiny_model, tmp_path, imbalanced_rows(60))
+    cache_dir = tmp_path / "cache"
+    cache_dir.mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(dead.stdout)
+    gone = [cache_dir / f".tmp-0123456789abcdef-{pid}@{socket.gethostname()}", cache_dir / f".tmp-00000000000000ff-{pid}",
+            cache_dir / f"one-0123456789abcdef.stale-{pid}@{socket.gethostname()}"]
+    alive = [cache_dir / f".tmp-0123456789abcdef-{os.getpid()}@{socket.gethostname()}",
+             cache_dir / f".tmp-0123456789abcdef-{pid}@another-host"]
+    for folder in gone + alive:
+        (folder / "dataset").mkdir(parents=True)
+        (folder / "dataset" / "train.arrow").write_bytes(b"x" * 1000)
+    prepared(raw)
+    assert not any(folder.exists() for folder in gone)
+    assert all(folder.exists() for folder in alive)
+
+
+def test_prepare_killed_with_sigkill_mid_build_leaves_nothing_after_the_next_one(tiny_model, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    raw = one_file_config(tiny_model, tmp_path, imbalanced_rows(3000))
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
+    cache_dir = tmp_path / "cache"
+    proc = subprocess.Popen([sys.executable, "-m", "ftcli", "prepare", "-c", str(tmp_path / "c.yaml")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (cache_dir.is_dir() and list(cache_dir.glob(".tmp-*"))) and time.time() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    leftovers = list(cache_dir.glob(".tmp-*"))
+    assert leftovers, "the build finished before the kill"
+    result = run_cli("prepare", "-c", str(tmp_path / "c.yaml"))
+    assert result.returncode == 0, result.stderr
+    assert f"removed {leftovers[0]}, left by a prepare that was killed" in result.stdout + result.stderr
+    assert not list(cache_dir.glob(".tmp-*"))

@@ -105,6 +105,32 @@ def test_predict_bad_input(make_config, tiny_classifier, tmp_path):
     assert bad_out.exit_code == 2 and "write .jsonl or .csv" in bad_out.stderr
 
 
+@pytest.mark.parametrize("output", ["same", "symlink", "hardlink", "parent-is-a-file", "a-folder"])
+def test_predict_refuses_an_output_that_would_destroy_the_input_before_any_work(
+        make_config, tiny_classifier, tmp_path, monkeypatch, output):
+    import os
+
+    cfg = make_config()
+    source = write_jsonl(tmp_path / "rows.jsonl", make_rows(5, seed=4, labelled=False))
+    before = source.read_bytes()
+    target = {"same": source, "symlink": tmp_path / "link.jsonl", "hardlink": tmp_path / "hard.jsonl",
+              "parent-is-a-file": source / "out.jsonl", "a-folder": tmp_path / "dir.jsonl"}[output]
+    if output == "symlink":
+        target.symlink_to(source)
+    elif output == "hardlink":
+        os.link(source, target)
+    elif output == "a-folder":
+        target.mkdir()
+    import ftcli.cache
+
+    monkeypatch.setattr(ftcli.cache, "prepare", lambda *a, **k: pytest.fail("work started before the check"))
+    result = invoke("predict", "-c", cfg, "--model", tiny_classifier, "--input", source, "--output", target)
+    assert result.exit_code == 2, result.output
+    expected = {"parent-is-a-file": "is a file, not a folder", "a-folder": "is a folder; give a file name inside it"}
+    assert expected.get(output, "is the input file") in result.stderr, result.stderr
+    assert len(result.stderr.splitlines()) == 1 and source.read_bytes() == before
+
+
 def test_plot_redraws_from_a_run_in_progress(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
