@@ -192,3 +192,26 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 4 MiB tmpfs mounted at tmp_path/small (root only; skipped where mounting is not allowed),
+    for disk-full cases. `fill(free_bytes)` fills it up to leave about that much space free."""
+    import shutil
+
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("needs root and tmpfs mounts to make a small disk")
+
+    def fill(free_bytes: int) -> None:
+        free = shutil.disk_usage(mount).free
+        with open(mount / "filler", "ab") as f:
+            f.write(b"\0" * max(0, free - free_bytes))
+
+    try:
+        yield mount, fill
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)

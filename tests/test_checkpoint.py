@@ -200,6 +200,8 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_previous(reference, tmp_pat
     bad = run_cli("train", "-c", str(reference["config"]), *CKPT, *out, "--resume", str(ckpts[-1]))
     assert bad.returncode == 2
     assert f"error: --resume {ckpts[-1]}: checkpoint is not usable: model.safetensors is truncated" in bad.stderr
+    # Verified before anything heavy: no data summary, no model, no start-up table first.
+    assert len(bad.stderr.strip().splitlines()) == 1, bad.stderr
     auto = run_cli("train", "-c", str(reference["config"]), *CKPT, *out, "--resume", "auto")
     assert auto.returncode == 0, auto.stderr
     assert "step-0000020 is damaged (model.safetensors is truncated" in auto.stderr
@@ -277,3 +279,17 @@ def test_unit_rotate_and_find(tmp_path):
     logs = []
     assert checkpoint.find(out, "auto", logs.append).name == "step-0000015"
     assert "does not match its checksum" in logs[0]
+
+
+def test_disk_full_during_a_checkpoint_says_so_and_removes_the_partial_one(make_config, tmp_path, small_disk):
+    mount, fill = small_disk
+    cfg = make_config(output_dir=str(mount / "run"), max_steps=6, checkpoint_every=2)
+    fill(96 * 1024)  # the config and logs fit; a checkpoint (~300 KB) does not
+    result = run_cli("train", "-c", str(cfg), "--quiet")
+    assert result.returncode == 2, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: no space left on the disk holding the checkpoints in {mount / 'run' / 'checkpoints'}: "
+                      "free some space, or set train.checkpoint_every: null (or a larger interval), or a "
+                      "train.output_dir on another disk"], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and "inline_container" not in result.stderr
+    assert not list((mount / "run" / "checkpoints").glob(".tmp-*"))

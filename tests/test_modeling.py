@@ -33,6 +33,9 @@ def test_trained_model_must_match_the_data_labels(tiny_classifier):
     modeling.load_trained(tiny_classifier, ["no", "yes"])
     with pytest.raises(FtcliError, match=r"predicts labels \['no', 'yes'\] but the data's labels are \['neg', 'pos'\]"):
         modeling.load_trained(tiny_classifier, ["neg", "pos"])
+    # [] means regression data: a two-label classifier must not pass as a regression model.
+    with pytest.raises(FtcliError, match=r"predicts labels \['no', 'yes'\] but the data's a regression target"):
+        modeling.load_trained(tiny_classifier, [])
 
 
 def test_remote_code_is_off_unless_asked(tiny_model, tmp_path, monkeypatch):

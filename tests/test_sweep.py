@@ -62,6 +62,12 @@ def test_unknown_metric_or_storage_is_bad_input(tiny_model, sweep_files, tmp_pat
     cfg = sweep_config(tiny_model, sweep_files, tmp_path)
     bad = run_cli("sweep", "-c", str(cfg), "--storage", "redis://x")
     assert bad.returncode == 2 and "sweep storage 'redis://x': give an SQLAlchemy URL" in bad.stderr
+    (tmp_path / "notes.txt").write_text("the user's file")
+    for url in (f"journal:{tmp_path / 'notes.txt' / 'sweep.log'}", f"sqlite:///{tmp_path / 'notes.txt' / 's.db'}"):
+        under_a_file = CliRunner().invoke(app, ["sweep", "-c", str(cfg), "--storage", url])
+        assert under_a_file.exit_code == 2, under_a_file.output
+        assert f"{tmp_path / 'notes.txt'}' is a file, not a folder" in under_a_file.stderr
+        assert "data:" not in under_a_file.stderr  # refused before the data is prepared
     metric = run_cli("sweep", "-c", str(cfg), "--set", "sweep.metric=bleu")
     assert metric.returncode == 2
     assert "error: sweep.metric: 'bleu' is not reported by metric 'mrpc'; choose one of accuracy, f1, loss" in metric.stderr
@@ -102,7 +108,8 @@ def test_sweep_end_to_end_and_best_yaml_reproduces_the_best_trial(tiny_model, sw
 
 @pytest.mark.slow
 def test_kill_9_mid_sweep_then_the_same_command_completes_the_study(tiny_model, sweep_files, tmp_path):
-    cfg = sweep_config(tiny_model, sweep_files, tmp_path, pruner="none", heartbeat_s=1)
+    # The default heartbeat (60 s): the rerun must see at once that the trial's process is gone.
+    cfg = sweep_config(tiny_model, sweep_files, tmp_path, pruner="none")
     doc = yaml.safe_load(cfg.read_text())
     doc["train"].update(log_every=1, checkpoint_every=4)
     cfg.write_text(yaml.safe_dump(doc))
@@ -114,7 +121,6 @@ def test_kill_9_mid_sweep_then_the_same_command_completes_the_study(tiny_model, 
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    time.sleep(2.5)  # past the dead trial's heartbeat grace period (2 x heartbeat_s)
     resumed = run_cli("sweep", "-c", str(cfg), "--json")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "retrying failed trial(s) 1" in resumed.stderr
