@@ -270,6 +270,9 @@ def eval_(
 
         requirements = [gate.parse(g) for g in require or []]
         cfg = _load(config, set_)
+        from ftcli.runtime import openmp_wait_for, set_openmp_wait
+
+        set_openmp_wait(openmp_wait_for(cfg.train))  # before torch loads (train.openmp_wait)
         from ftcli.evaluation import evaluate_model
 
         reporter = _reporter(quiet, as_json)
@@ -318,6 +321,9 @@ def predict(
 
     def go():
         cfg = _load(config, set_)
+        from ftcli.runtime import openmp_wait_for, set_openmp_wait
+
+        set_openmp_wait(openmp_wait_for(cfg.train))  # before torch loads (train.openmp_wait)
         from ftcli.evaluation import predict as predict_fn
 
         reporter = _reporter(quiet, as_json)

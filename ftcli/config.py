@@ -358,6 +358,14 @@ class TrainConfig(_Section):
     blocks to the OS after each step: the 47 MB word-embedding gradient of a BERT-base vocabulary
     then costs no page faults every step (measured ~15 ms of a ~135 ms MiniLM step)."""
 
+    openmp_wait: Literal["auto", "spin", "passive"] = "auto"
+    """How OpenMP threads wait for each other on CPU (GNU OpenMP; set by the `ftcli` commands
+    before torch loads). `spin`: spin ~3 ms before sleeping, fastest on an idle machine.
+    `passive`: sleep at once, which loses far less beside other busy processes (measured on 2
+    cores beside one CPU hog: 1.55x the idle step time, against 3.0x spinning; idle, ~20% slower).
+    `auto`: passive when other processes keep half a core or more busy as the command starts.
+    OMP_WAIT_POLICY or GOMP_SPINCOUNT in the environment win."""
+
     compile: bool = False
     """`torch.compile` the model (inductor). Off by default: compile time is not repaid in
     short fine-tuning runs (see the benchmark)."""

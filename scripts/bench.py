@@ -5,6 +5,7 @@ the hardware) vs the course's plain Accelerate loop.
     python scripts/bench.py --ablations           # also ftcli with each speed feature switched off
     python scripts/bench.py --device cuda --model bert-base-random --steps 300
     python scripts/bench.py --prepare-rows 1000000  # `prepare` of MRPC-length pairs: rows/s, peak RSS
+    python scripts/bench.py --contended --contenders ftcli,plain  # also beside a CPU hog (a shared machine)
 
 Every contender runs the same model, data, seed, batch size, learning rate and number of steps,
 each in a fresh process (so no setting of one leaks into another), alternating round by round.
@@ -17,6 +18,10 @@ synthesized from it (its pairs repeated, each copy numbered so no two rows are e
 prepared from scratch in a fresh process with `data.num_proc: auto`; reported are seconds,
 rows/s, the process's peak RSS (and its child processes', if any), and the large case's RSS over
 the small one's.
+
+`--contended` runs every contender twice a round, idle and beside one single-threaded CPU hog
+(`while True: pass`, as a CI runner's other job or a laptop's browser would be), and reports each
+one's slowdown: ftcli must lose no more than the plain loop does.
 """
 
 from __future__ import annotations
@@ -44,7 +49,10 @@ ABLATIONS = {
     "no fast dropout": ["train.fast_dropout=false"],
     "sdpa attention, standard dropout": ["model.attn_implementation=sdpa"],
     "torch.compile": ["train.compile=true"],
+    "OpenMP waits spin": ["train.openmp_wait=spin"],
+    "OpenMP waits passive": ["train.openmp_wait=passive"],
 }
+"""Speed features switched off (or settings forced) one at a time, as `--set` overrides."""
 
 
 # ------------------------------------------------------------------------------------------------
@@ -305,6 +313,12 @@ def worker(args) -> None:
     if args.contender == "prepare":
         Path(args.result).write_text(json.dumps(run_prepare(args, work)))
         return
+    if args.contender == "ftcli":  # what the `ftcli` command does first, before torch loads
+        from ftcli.config import TrainConfig
+        from ftcli.runtime import openmp_wait_for, set_openmp_wait
+
+        chosen = [o.partition("=")[2] for o in args.override or [] if o.startswith("train.openmp_wait=")]
+        set_openmp_wait(openmp_wait_for(TrainConfig(openmp_wait=chosen[-1] if chosen else "auto")))
     args.model_path = resolve_model(args.model, work)
     if args.contender == "ftcli":
         result = run_ftcli(args, work, args.override or [])
@@ -328,12 +342,18 @@ def launch(args, contender: str, work: Path, overrides: list[str] = ()) -> dict:
     cmd = [sys.executable, __file__, "--worker", contender, "--work", str(work), "--result", str(result_file),
            "--model", args.model, "--steps", str(args.steps), "--batch-size", str(args.batch_size),
            "--lr", str(args.lr), "--seed", str(args.seed), "--device", args.device]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     for o in overrides:
         cmd += ["--override", o]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     if args.device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.hogs)]
+    try:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
     if proc.returncode != 0:
         raise SystemExit(f"{contender} failed:\n{proc.stderr[-4000:]}")
     return json.loads(result_file.read_text())
@@ -391,6 +411,10 @@ def main() -> None:
     parser.add_argument("--prepare-rows", type=int, default=None,
                         help="measure `prepare` of this many synthesized rows (and of MRPC's 3,668) instead")
     parser.add_argument("--num-proc", default="auto", help="data.num_proc for --prepare-rows")
+    parser.add_argument("--contended", action="store_true",
+                        help="run every contender idle and beside one single-threaded CPU hog (a shared "
+                             "machine), alternating, and report each one's slowdown under load")
+    parser.add_argument("--hogs", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--out", default="bench-results")
     parser.add_argument("--data-file", help=argparse.SUPPRESS)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -416,10 +440,14 @@ def main() -> None:
         if unknown:
             parser.error(f"unknown ablation(s) {unknown}; choose from {list(ABLATIONS)}")
         plan += [(f"ftcli, {name}", "ftcli", ABLATIONS[name]) for name in wanted]
+    if args.contended:  # each contender idle, then beside one CPU hog
+        plan = [(f"{label}{suffix}", contender, overrides) for label, contender, overrides in plan
+                for suffix in ("", ", beside a CPU hog")]
     runs = []
     for round_ in range(args.rounds):
         for label, contender, overrides in plan:  # alternating: drift in machine speed hits all alike
             started = time.time()
+            args.hogs = 1 if label.endswith(", beside a CPU hog") else 0
             result = launch(args, contender, work, overrides)
             result.update(label=label, round=round_ + 1, wall_s=round(time.time() - started, 1))
             runs.append(result)
@@ -440,6 +468,11 @@ def main() -> None:
             "precision": mine[0]["precision"],
         }
     ratios = {}
+    for label in list(contenders):
+        loaded = contenders.get(f"{label}, beside a CPU hog")
+        if loaded:
+            ratios[f"{label}: step time beside a CPU hog / idle"] = \
+                contenders[label]["samples_per_s"] / loaded["samples_per_s"]
     if "ftcli" in contenders:
         for other, name in (("trainer", "ftcli / Trainer (best settings)"), ("plain", "ftcli / plain course loop")):
             if other in contenders:

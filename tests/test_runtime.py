@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from types import SimpleNamespace
 
 import pytest
@@ -92,3 +93,50 @@ def test_tf32_is_set_for_the_run_and_restored(tmp_path, monkeypatch):
         assert runtime._tf32() == on
     finally:
         runtime._restore_tf32(before)
+
+
+@pytest.mark.parametrize("policy, passive", [("passive", True), ("spin", False)])
+def test_openmp_wait_policy_is_set_for_the_torch_import_only(policy, passive):
+    """GNU OpenMP reads OMP_WAIT_POLICY as torch loads it (OMP_DISPLAY_ENV prints what it read);
+    the variable is gone from the environment afterwards."""
+    import subprocess
+    import sys
+
+    code = ("import os; from ftcli.runtime import set_openmp_wait; print(set_openmp_wait(%r)); import torch; "
+            "print('OMP_WAIT_POLICY' in os.environ)" % policy)
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**env, "OMP_DISPLAY_ENV": "true"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [str(passive), "False"]
+    assert ("OMP_WAIT_POLICY = 'PASSIVE'" in done.stderr) is passive
+
+
+def test_auto_openmp_wait_follows_the_load_of_other_processes(monkeypatch):
+    from ftcli import runtime
+    from ftcli.config import TrainConfig
+
+    monkeypatch.setattr(runtime, "cpu_load_of_others", lambda: 0.9)
+    assert runtime.openmp_wait_for(TrainConfig()) == "passive"
+    assert runtime.openmp_wait_for(TrainConfig(openmp_wait="spin")) == "spin"
+    monkeypatch.setattr(runtime, "cpu_load_of_others", lambda: 0.1)
+    assert runtime.openmp_wait_for(TrainConfig()) == "spin"
+    assert runtime.openmp_wait_for(TrainConfig(openmp_wait="passive")) == "passive"
+
+
+def test_the_load_of_other_processes_is_measured():
+    """A busy loop in another process counts as about one core; this process's own work does not."""
+    import subprocess
+    import sys
+    import time
+
+    from ftcli.runtime import cpu_load_of_others
+
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        busy = cpu_load_of_others(0.5)
+    finally:
+        hog.kill()
+        hog.wait()
+    assert 0.5 < busy <= 2.05, busy  # the hog (another test worker may add up to a core)
