@@ -206,6 +206,10 @@ def _text_problems(column, name: str, where: str) -> list[str]:
     import pyarrow as pa
     import pyarrow.compute as pc
 
+    if pa.types.is_dictionary(column.type):  # e.g. a pandas category written to Parquet
+        column = pa.chunked_array([c.dictionary_decode() for c in column.chunks], type=column.type.value_type)
+    if pa.types.is_null(column.type):  # no row has a value
+        column = pa.chunked_array([pa.nulls(len(c), pa.string()) for c in column.chunks], type=pa.string())
     kind = column.type
     if getattr(kind, "extension_name", "") == "arrow.json":  # JSON Lines rows of mixed kinds
         cells = [None if t is None else json.loads(t) for c in column.chunks for t in c.storage.to_pylist()]
