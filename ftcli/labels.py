@@ -103,7 +103,7 @@ def json_list_rows(col) -> dict[int, list]:
     import numpy as np
     import pyarrow.compute as pc
 
-    opens = pc.fill_null(pc.starts_with(pc.utf8_ltrim_whitespace(col), "["), False)
+    opens = pc.fill_null(pc.match_substring_regex(col, r"^\s*\["), False)  # booleans, no copy of the texts
     found = {}
     for row in np.flatnonzero(np.asarray(opens.to_numpy(zero_copy_only=False), dtype=bool)).tolist():
         try:

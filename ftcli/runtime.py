@@ -291,7 +291,7 @@ def openmp_wait_for(train: TrainConfig) -> str:
     return "passive" if cpu_load_of_others() >= 0.5 else "spin"
 
 
-def cpu_load_of_others(seconds: float = 0.2) -> float:
+def cpu_load_of_others(seconds: float = 0.1) -> float:
     """Cores kept busy by other processes over `seconds` (Linux /proc/stat, less this process's
     own time); 0.0 where it cannot be read."""
     import time

@@ -62,10 +62,13 @@ def test_eval_is_exact_across_processes(make_config, tiny_classifier, tmp_path, 
     assert one["loss"] == pytest.approx(two["loss"], rel=1e-6)
 
 
+@pytest.mark.integration
 def test_two_processes_of_4_train_like_one_of_8(make_config, tiny_model_no_dropout, tmp_path):
     """Same seed, no dropout: 2 processes x batch 4 see the same global batches (the sampler's
     order does not depend on the process count) and reach the same weights as 1 x 8, including the
-    last, short batch (100 rows = 12 x 8 + 4)."""
+    last, short batch (100 rows = 12 x 8 + 4). So do two machines of one process each: two
+    `accelerate launch --num_machines 2 --machine_rank 0|1` over loopback (one shared folder
+    stands in for the shared filesystem)."""
     from safetensors.numpy import load_file
 
     from ftcli.training import train
@@ -96,6 +99,25 @@ def test_two_processes_of_4_train_like_one_of_8(make_config, tiny_model_no_dropo
     assert w1.keys() == w2.keys()
     worst = max(float(abs(w1[k] - w2[k]).max()) for k in w1)
     assert worst < 1e-4, worst
+
+    machines_cfg = make_config("machines.yaml", output_dir=str(tmp_path / "machines"), batch_size=4, **common)
+    port = str(_free_port())
+    machines = [subprocess.Popen(
+        [sys.executable, "-m", "accelerate.commands.launch",
+         "--config_file", str(REPO / "configs" / "accelerate" / "multi-cpu.yaml"),
+         "--num_machines", "2", "--num_processes", "2", "--machine_rank", str(rank),
+         "--main_process_ip", "127.0.0.1", "--main_process_port", port,
+         "-m", "ftcli", "train", "-c", str(machines_cfg), "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        for rank in (0, 1)]
+    outputs = [m.communicate(timeout=600) for m in machines]
+    assert [m.returncode for m in machines] == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
+    result = json.loads(outputs[0][0])  # machine 0 holds the main process: it alone prints the result
+    assert outputs[1][0].strip() == ""
+    assert result["processes"] == 2 and result["global_batch"] == 8
+    assert losses("machines") == pytest.approx(losses("one"), abs=1e-5)
+    assert result["eval"]["loss"] == pytest.approx(one["eval"]["loss"], abs=1e-6)
+    assert result["eval"]["accuracy"] == one["eval"]["accuracy"]
 
 
 def test_prepare_under_launch_builds_once_and_prints_once(make_config, tmp_path):
@@ -175,43 +197,3 @@ def test_fsdp_launch_config_on_the_cpu_is_refused_once(make_config, tmp_path):
     assert "asks for FSDP, which shards over GPUs, but this run is on the CPU" in out.stderr
     assert not (tmp_path / "run").exists()
 
-
-@pytest.mark.integration
-def test_two_machines_of_one_process_train_like_one_of_8(make_config, tiny_model_no_dropout, tmp_path):
-    """Two `accelerate launch --num_machines 2 --machine_rank 0|1` launches of one process each,
-    over loopback (a shared folder stands in for the shared filesystem): with dropout off they
-    train like 1 process x 8 rows, step by step, and reach the same evaluation."""
-    from ftcli.config import load_config
-    from ftcli.console import Reporter
-    from ftcli.training import train
-
-    files = {"train": write_jsonl(tmp_path / "train100.jsonl", make_rows(100, seed=4)),
-             "validation": write_jsonl(tmp_path / "val.jsonl", make_rows(12, seed=5))}
-    common = dict(data={"files": {k: str(v) for k, v in files.items()}},
-                  model={"name_or_path": str(tiny_model_no_dropout)}, epochs=2, log_every=1)
-    one = train(load_config(make_config("one.yaml", output_dir=str(tmp_path / "one"), **common)),
-                reporter=Reporter(mode="quiet"))
-    two_cfg = make_config("two.yaml", output_dir=str(tmp_path / "two"), batch_size=4, **common)
-    port = str(_free_port())
-    machines = [subprocess.Popen(
-        [sys.executable, "-m", "accelerate.commands.launch",
-         "--config_file", str(REPO / "configs" / "accelerate" / "multi-cpu.yaml"),
-         "--num_machines", "2", "--num_processes", "2", "--machine_rank", str(rank),
-         "--main_process_ip", "127.0.0.1", "--main_process_port", port,
-         "-m", "ftcli", "train", "-c", str(two_cfg), "--json"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-        for rank in (0, 1)]
-    outputs = [m.communicate(timeout=600) for m in machines]
-    assert [m.returncode for m in machines] == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
-    two = json.loads(outputs[0][0])  # machine 0 holds the main process: it alone prints the result
-    assert outputs[1][0].strip() == ""
-    assert two["processes"] == 2 and two["global_batch"] == one["global_batch"] == 8
-
-    def losses(run):
-        lines = (tmp_path / run / "metrics.jsonl").read_text().splitlines()
-        return [json.loads(x)["loss"] for x in lines if json.loads(x)["type"] == "train"]
-
-    assert len(losses("two")) == len(losses("one")) == 26
-    assert losses("two") == pytest.approx(losses("one"), abs=1e-5)
-    assert two["eval"]["loss"] == pytest.approx(one["eval"]["loss"], abs=1e-6)
-    assert two["eval"]["accuracy"] == one["eval"]["accuracy"]
