@@ -72,8 +72,8 @@ def label_lists(data: DataConfig, column, where: str) -> LabelLists:
     missing = np.asarray(pc.is_null(col).to_numpy(zero_copy_only=False), dtype=bool)
     blank = np.zeros(n, dtype=bool)
     is_string = pa.types.is_string(col.type) or pa.types.is_large_string(col.type)
-    if is_string and data.label_separator is None and json_list_rows(col):  # JSON lists in CSV cells
-        return _json_label_lists(col, missing, where)
+    if is_string and data.label_separator is None and (lists := json_list_rows(col)):  # JSON lists in CSV cells
+        return _json_label_lists(col, lists, missing, where)
     if pa.types.is_list(col.type) or pa.types.is_large_list(col.type):
         values, rows = pc.list_flatten(col), pc.list_parent_indices(col)
     elif is_string and data.label_separator is not None:
@@ -98,8 +98,6 @@ def json_list_rows(col) -> dict[int, list]:
     """The rows of a string column whose cell is a JSON list, parsed: how multi-label data is
     written in a CSV cell (and what a JSON Lines column mixing lists and strings becomes, see
     `build.load_raw`). Only cells that start with `[` are parsed."""
-    import json
-
     import numpy as np
     import pyarrow.compute as pc
 
@@ -115,14 +113,13 @@ def json_list_rows(col) -> dict[int, list]:
     return found
 
 
-def _json_label_lists(col, missing, where: str) -> LabelLists:
+def _json_label_lists(col, lists: dict[int, list], missing, where: str) -> LabelLists:
     """`label_lists` for strings holding JSON lists (CSV cells), row by row: rare, and small.
     Every labelled row must hold a list once one does: a bare label among lists (or a list among
     bare labels) is reported by row, whichever is rarer, rather than read one way or the other."""
     import numpy as np
     import pyarrow as pa
 
-    lists = json_list_rows(col)
     texts = col.to_pylist()
     single = [row for row, text in enumerate(texts) if text is not None and row not in lists]
     if single:

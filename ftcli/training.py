@@ -395,8 +395,11 @@ def after_step(run: Run, state: TrainState, log, epoch: int, *, end_of_epoch: bo
                 stopping = "early_stopping"
         if _main_says_stop(run, step, result):
             stopping = "pruned"
-    if run.stop is not None and run.stop.agreed(run.accelerator, due=step % t.log_every == 0 or last or stopping is not None
-                                                or t.checkpoint_every is not None and due(t.checkpoint_every)):
+    # Processes agree on a signal at steps they all know (no sync at every step): log lines,
+    # checkpoints, the last step, and a stop decided anyway.
+    agree_now = step % t.log_every == 0 or last or stopping is not None or \
+        t.checkpoint_every is not None and due(t.checkpoint_every)
+    if run.stop is not None and run.stop.agreed(run.accelerator, due=agree_now):
         stopping = "signal"
     if end_of_epoch:
         state.epoch, state.batch_in_epoch = epoch + 1, 0
