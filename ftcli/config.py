@@ -821,21 +821,15 @@ def _field_at(loc: tuple) -> tuple[int, Any]:
             return depth, annotation
         annotation = field.annotation
         inner = [a for a in typing.get_args(annotation) if a is not type(None)]
-        model = inner[0] if len(inner) == 1 and typing.get_origin(annotation) in (typing.Union, _UnionType) \
-            else annotation
+        model = inner[0] if len(inner) == 1 and _is_union(annotation) else annotation
     return len(loc), annotation
 
 
-try:
-    from types import UnionType as _UnionType
-except ImportError:  # pragma: no cover - Python < 3.10
-    _UnionType = None
-
-
 def _is_union(annotation: Any) -> bool:
+    import types
     import typing
 
-    return typing.get_origin(annotation) in (typing.Union, _UnionType)
+    return typing.get_origin(annotation) in (typing.Union, types.UnionType)
 
 
 def _one_per_union(errors: list[dict]) -> list[dict]:
