@@ -115,11 +115,15 @@ def _plain_json_column(ds: datasets.Dataset, column: str) -> datasets.Dataset:
         return ds
     from datasets import Dataset
 
-    cells = [None if text is None else json.loads(text) for c in ds.data.column(column).chunks
-             for text in c.storage.to_pylist()]
+    cells = _json_cells(ds.data.column(column))
     plain = pa.array([v if v is None or isinstance(v, str) else json.dumps(v) for v in cells], type=pa.string())
     table = ds.data.table
     return Dataset(table.set_column(table.column_names.index(column), column, plain))
+
+
+def _json_cells(column) -> list:
+    """The values of a column of Arrow's JSON type (each cell stored as its JSON text)."""
+    return [None if text is None else json.loads(text) for chunk in column.chunks for text in chunk.storage.to_pylist()]
 
 
 def locate_parse_error(path: Path, suffix: str) -> str | None:
@@ -212,7 +216,7 @@ def _text_problems(column, name: str, where: str) -> list[str]:
         column = pa.chunked_array([pa.nulls(len(c), pa.string()) for c in column.chunks], type=pa.string())
     kind = column.type
     if getattr(kind, "extension_name", "") == "arrow.json":  # JSON Lines rows of mixed kinds
-        cells = [None if t is None else json.loads(t) for c in column.chunks for t in c.storage.to_pylist()]
+        cells = _json_cells(column)
         odd = pa.array([v is not None and not isinstance(v, str) for v in cells])
         return labels.row_lines(odd, lambda row: (
             f"{where}: row {row + 1}: column {name!r} holds {shorten(cells[row])}, not a text; write it as a "

@@ -266,13 +266,13 @@ def prepare(cfg: Config, *, log=print, labels_optional: bool = False, progress=N
             why = _why_missed(cache_dir, parts)
         for leftover in remove_orphans(cache_dir):
             log(f"removed {leftover}, left by a prepare that was killed")
-        tmp = cache_dir / f"{TMP_PREFIX}{key}-{os.getpid()}@{socket.gethostname()}"
+        tmp = cache_dir / f"{TMP_PREFIX}{key}-{_owner_tag()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         try:
             manifest = build(cfg, parts, key, tmp, raw, labels_optional, progress)
             if folder.exists():  # damaged (we hold the lock, so no other builder is publishing)
-                stale = folder.with_name(folder.name + f".stale-{os.getpid()}@{socket.gethostname()}")
+                stale = folder.with_name(f"{folder.name}.stale-{_owner_tag()}")
                 os.replace(folder, stale)
                 shutil.rmtree(stale, ignore_errors=True)
             os.replace(tmp, folder)
@@ -288,6 +288,11 @@ def prepare(cfg: Config, *, log=print, labels_optional: bool = False, progress=N
 
 TMP_PREFIX = ".tmp-"
 """A cache folder being built: `.tmp-<key>-<pid>@<host>`, renamed to its final name when complete."""
+
+
+def _owner_tag() -> str:
+    """`<pid>@<host>`, the end of a folder this process builds (read back by `remove_orphans`)."""
+    return f"{os.getpid()}@{socket.gethostname()}"
 
 
 def remove_orphans(cache_dir: Path) -> list[Path]:

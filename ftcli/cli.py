@@ -16,7 +16,7 @@ from typing import Annotated, Any, Callable, Optional
 import typer
 
 from ftcli.errors import (EXIT_BAD_INPUT, EXIT_QUALITY_GATE, EXIT_SIGINT, EXIT_UNEXPECTED, FtcliError,
-                          TrainingInterrupted)
+                          TrainingInterrupted, disk_full_error, shorten)
 
 app = typer.Typer(
     name="ftcli",
@@ -97,8 +97,6 @@ def _cap(line: str, limit: int = 1000) -> str:
 def _environment_error(exc: OSError) -> FtcliError | None:
     """A full disk or an impossible path met anywhere: one line naming the path, not a crash."""
     import errno
-
-    from ftcli.errors import disk_full_error, shorten
 
     if exc.errno == errno.ENOSPC:
         return disk_full_error(shorten(str(exc.filename or '')))

@@ -10,6 +10,8 @@ import hashlib
 import os
 from pathlib import Path
 
+from ftcli.errors import FtcliError, shorten
+
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
@@ -61,8 +63,7 @@ def fsync_dir(path: Path) -> None:
 
 
 def shorten_path(path) -> str:
-    from ftcli.errors import shorten
-
+    """A path as quoted in an error: whole unless absurdly long."""
     return shorten(str(path), 300)
 
 
@@ -70,8 +71,6 @@ def check_output(path: Path, what: str, inputs: tuple[Path, ...] = ()) -> None:
     """Refuse, before any work, an output file that cannot be written or would destroy an input:
     it is (a link to) one of `inputs`, is a folder, or has a file where a parent folder must go.
     `what` names the option or setting in the message."""
-    from ftcli.errors import FtcliError
-
     shown = shorten_path(path)
     try:
         for source in inputs:
@@ -87,8 +86,6 @@ def check_output(path: Path, what: str, inputs: tuple[Path, ...] = ()) -> None:
 
 def check_output_folder(path: Path, what: str) -> None:
     """Like `check_output`, for a folder that ftcli creates or writes into."""
-    from ftcli.errors import FtcliError
-
     shown = shorten_path(path)
     try:
         if path.exists() and not path.is_dir():
@@ -100,8 +97,6 @@ def check_output_folder(path: Path, what: str) -> None:
 
 def _check_parents(path: Path, what: str, shown: str) -> None:
     """The nearest existing parent of `path` is a writable folder (the rest will be created)."""
-    from ftcli.errors import FtcliError
-
     for parent in path.parents:  # as given (relative ones end at '.')
         if parent.exists():
             if not parent.is_dir():
