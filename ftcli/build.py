@@ -181,7 +181,7 @@ def check_splits(data: DataConfig, *splits: str) -> None:
             )
 
 
-def _check_columns(data: DataConfig, raw: dict[str, datasets.Dataset], labels_optional: bool = False) -> None:
+def check_columns(data: DataConfig, raw: dict[str, datasets.Dataset], labels_optional: bool = False) -> None:
     problems = []
     for split, ds in raw.items():
         where = labels.split_source(data, split)
@@ -245,7 +245,7 @@ def build(cfg: Config, parts: dict[str, Any], key: str, tmp: Path, raw, labels_o
     data, model = cfg.data, cfg.model
     raw = raw if raw is not None else load_raw(data, tmp / "raw")
     pa.default_memory_pool().release_unused()  # what parsing the files used, before tokenizing
-    _check_columns(data, raw, labels_optional)
+    check_columns(data, raw, labels_optional)
     names = labels.label_names(model, data, raw)
     multi = labels.is_multi_label(model, data, raw)
     sources = {split: labels.split_source(data, split) for split in raw}
@@ -293,6 +293,8 @@ def build(cfg: Config, parts: dict[str, Any], key: str, tmp: Path, raw, labels_o
             "truncated": done.truncated,
             "source": sources[split],
             "classes": class_counts(split_ids, names) if labelled and names else None,
+            # multi-label rows whose label set is empty (data.allow_empty_labels)
+            "no_label": int((split_ids.sum(1) == 0).sum()) if labelled and multi else None,
         }
     del raw
     shutil.rmtree(tmp / "raw", ignore_errors=True)
@@ -314,6 +316,29 @@ def build(cfg: Config, parts: dict[str, Any], key: str, tmp: Path, raw, labels_o
     }
     atomic_write_text(tmp / "manifest.json", json.dumps(manifest, indent=2))
     return manifest
+
+
+def split_texts(cfg: Config, split: str, names: list[str], multi: bool) -> tuple[dict[str, list], list[int]]:
+    """The texts of a prepared split's rows, read again from the raw data (the cache keeps only
+    token ids), and each row's index in its source file. A held-out split is held out again the
+    same way (`hold_out` is deterministic), so row i here is row i of the prepared split."""
+    import tempfile
+
+    data = cfg.data
+    held = data.holdout is not None and split in (data.train_split, data.validation_name)
+    origin = data.train_split if held else split
+    with tempfile.TemporaryDirectory(prefix="ftcli-texts-") as tmp:
+        with quiet_datasets():
+            raw = load_raw(data, Path(tmp))
+        if origin not in raw:
+            raise FtcliError(f"split {split!r} is not in the data (available: {', '.join(raw)})")
+        ds = raw[origin]
+        positions = list(range(ds.num_rows))
+        if held:
+            ids = labels.label_ids(cfg.model, data, ds, origin, names, multi)[0]
+            positions = hold_out(data, raw, names, ids)[1][split].tolist()
+        texts = {c: ds.data.column(c).take(positions).to_pylist() for c in data.text_columns}
+    return texts, positions
 
 
 def _installed(dist: str) -> bool:

@@ -207,6 +207,8 @@ class Prepared:
             return line + ", unlabelled"
         if i.get("classes"):
             line += "; classes: " + ", ".join(f"{name} {n:,} ({n / i['rows']:.0%})" for name, n in i["classes"].items())
+        if i.get("no_label") is not None:  # multi-label
+            line += f"; {i['no_label']:,} rows ({i['no_label'] / i['rows']:.0%}) with no label"
         return line
 
     def absent_classes(self, split: str) -> list[str]:
@@ -347,6 +349,8 @@ def _why_missed(cache_dir: Path, parts: dict[str, Any]) -> str:
             old = json.loads(manifest_path.read_text())["parts"]
         except (OSError, ValueError, KeyError):
             continue
+        if _source(old.get("data")) != _source(parts["data"]):
+            continue  # a cache of other data says nothing about this build
         changed = []
         for section in ("format", "data", "tokenizer"):
             if old.get(section) != parts[section]:
@@ -359,3 +363,13 @@ def _why_missed(cache_dir: Path, parts: dict[str, Any]) -> str:
     if best is None:
         return "first build"
     return "changed: " + ", ".join(best[1]) if best[1] else "rebuilt"
+
+
+def _source(data: dict[str, Any] | None) -> Any:
+    """Where a fingerprint's data comes from (its files' paths, or the Hub dataset), not its
+    contents: an edited file is changed data; another file is another dataset."""
+    data = data or {}
+    if "files" in data:
+        return {split: str(Path(f["file"]).resolve()) for split, f in data["files"].items()}
+    hub = data.get("hub") or {}
+    return (hub.get("path"), hub.get("name"))

@@ -77,6 +77,10 @@ def label_lists(data: DataConfig, column, where: str) -> LabelLists:
     if pa.types.is_list(col.type) or pa.types.is_large_list(col.type):
         values, rows = pc.list_flatten(col), pc.list_parent_indices(col)
     elif is_string and data.label_separator is not None:
+        if lists := json_list_rows(col):  # a JSON list in a separated column: `[]` is no labels, not a label
+            texts = col.to_pylist()
+            col = pa.array([data.label_separator.join(map(str, lists[row])) if row in lists else text
+                            for row, text in enumerate(texts)], type=pa.string())
         parts = pc.split_pattern(col, data.label_separator)
         values, rows = pc.utf8_trim_whitespace(pc.list_flatten(parts)), pc.list_parent_indices(parts)
         kept = pc.not_equal(values, "")
@@ -230,8 +234,10 @@ def label_ids(model: ModelConfig, data: DataConfig, ds: datasets.Dataset, split:
 
 def _multi_hot(data: DataConfig, ds: datasets.Dataset, split: str, names: list[str]) -> tuple[Any, bool]:
     """Each row's label set as a 0/1 row over `names`; labels may be names or ids (numbers, where
-    no name is a number). Every bad row is reported: an unknown label, an empty list (unless
-    allowed), a string that splits into nothing, a missing label among labelled rows."""
+    no name is a number). A row with no labels (a blank cell, `[]`, a null among labelled rows) is
+    an empty label set: allowed with `data.allow_empty_labels`, otherwise reported in one line with
+    a count. A split where no row has a label value is unlabelled (a test split). Every other bad
+    row is reported: an unknown label, a string that splits into nothing."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -250,36 +256,37 @@ def _multi_hot(data: DataConfig, ds: datasets.Dataset, split: str, names: list[s
     out = np.zeros((n, len(names)), dtype=np.float32)
     known = ids >= 0
     out[lists.rows[known], ids[known]] = 1
-    out[lists.missing] = UNLABELED
-    empty = ~lists.missing & (np.bincount(lists.rows, minlength=n) == 0)
-    # bad labels and empty rows, in row order; each described only if shown
+    if lists.missing.all():  # no row has a label value: an unlabelled split
+        return np.full((n, len(names)), UNLABELED, dtype=np.float32), False
+    # Rows with no label: missing (a blank CSV cell, a null), an empty list, a string of separators.
+    empty = np.bincount(lists.rows, minlength=n) == 0
+    problems, shown = [], set()
     unknown = np.flatnonzero(~known)
-    empty_rows = np.zeros(0, dtype=np.int64) if data.allow_empty_labels else np.flatnonzero(empty)
-    bad_rows = np.concatenate([lists.rows[unknown], empty_rows])
-    refs = np.concatenate([unknown, np.full(len(bad_rows) - len(unknown), -1)])
-    order = np.argsort(bad_rows, kind="stable")
-    missing = np.flatnonzero(lists.missing) if 0 < lists.missing.sum() < n else np.zeros(0, dtype=np.int64)
-    total = len(order) + len(missing)
-    problems = []
-    for k in order[:MAX_ROW_ERRORS]:
-        row, ref = int(bad_rows[k]), int(refs[k])
+    # ", ," : most likely a typo, so named by row (unless rows may have no labels)
+    separators_only = np.flatnonzero(lists.blank_strings) if not data.allow_empty_labels else np.zeros(0, np.int64)
+    bad = sorted([(int(lists.rows[k]), int(k)) for k in unknown] + [(int(row), -1) for row in separators_only])
+    for row, ref in bad[:MAX_ROW_ERRORS]:
+        shown.add(row)
         if ref >= 0:
             problems.append(f"{where}: row {row + 1}: label {_as_written(values[ref].as_py(), lists.kind)!r} is not "
                             f"one of the labels {names[:20]}{' ...' if len(names) > 20 else ''}; fix the row or "
                             "model.labels")
-        elif lists.blank_strings[row]:
+        else:
             problems.append(f"{where}: row {row + 1}: label {column[row].as_py()!r} holds no labels when split on "
                             f"{data.label_separator!r}; fix the row or data.label_separator")
-        else:
-            problems.append(f"{where}: row {row + 1}: empty label list; give at least one label, or set "
-                            "data.allow_empty_labels: true if rows may have none")
-    problems += [f"{where}: row {row + 1}: label is missing while other rows have one; label every row or none"
-                 for row in missing[:MAX_ROW_ERRORS - len(problems)].tolist()]
-    if total > len(problems):
-        problems.append(f"... and {total - len(problems)} more rows like these")
+    more = len({row for row, _ in bad} - shown)
+    if more:
+        problems.append(f"... and {more:,} more rows like these")
+    no_labels = np.flatnonzero(empty & ~lists.blank_strings)
+    if len(no_labels) and not data.allow_empty_labels:
+        first = ", ".join(str(r + 1) for r in no_labels[:5]) + (", ..." if len(no_labels) > 5 else "")
+        many = len(no_labels) > 1
+        problems.append(f"{where}: {len(no_labels):,} of {n:,} rows {'have' if many else 'has'} no labels "
+                        f"(row{'s' if many else ''} {first}); in a multi-label column a blank cell or [] is an empty label set: set "
+                        "data.allow_empty_labels: true if rows may have none, or label them")
     if problems:
         raise FtcliError("\n".join(problems))
-    return out, not lists.missing.any()
+    return out, True
 
 
 def _as_written(value: str | None, kind: str) -> Any:

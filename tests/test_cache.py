@@ -85,6 +85,17 @@ def test_label_column_is_part_of_the_key(tiny_model, tmp_path):
     assert other.split("train")["labels"] == first.split("train")["labels"]
 
 
+def test_other_data_in_a_shared_cache_is_a_first_build(tiny_model, files, tmp_path):
+    """A cache folder shared by two datasets: the second one's build is its first, not a change
+    of the first one's data and settings."""
+    prep(cfg_for(tiny_model, files, tmp_path))
+    other = {split: write_jsonl(tmp_path / f"other-{split}.jsonl", make_rows(12, seed=5 + i))
+             for i, split in enumerate(files)}
+    raw = cfg_for(tiny_model, other, tmp_path).to_dict()
+    raw["data"]["max_length"] = 24
+    assert prep(config_from_dict(raw)).why_missed == "first build"
+
+
 def test_a_changed_data_file_is_a_miss(tiny_model, files, tmp_path):
     cfg = cfg_for(tiny_model, files, tmp_path)
     first = prep(cfg)

@@ -405,7 +405,8 @@ def test_multi_label_training_is_exact_on_two_processes(tiny_model_no_dropout, t
 
 @pytest.mark.parametrize("label, data, expected", [
     (["a", "purple"], {}, "row 3: label 'purple' is not one of the labels ['a', 'b', 'c']"),
-    ([], {}, "row 3: empty label list; give at least one label, or set data.allow_empty_labels: true"),
+    ([], {}, "1 of 6 rows has no labels (row 3); in a multi-label column a blank cell or [] is an empty label set: "
+             "set data.allow_empty_labels: true"),
     (",", {"label_separator": ","}, "row 3: label ',' holds no labels when split on ','"),
 ])
 def test_bad_multi_label_rows_are_one_line_naming_file_and_row(tiny_model, tmp_path, label, data, expected):

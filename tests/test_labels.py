@@ -128,5 +128,42 @@ def test_bad_rows_are_named_in_row_order_then_counted():
         "t.jsonl: row 13: label 'bad' is not one of the labels ['art', 'bio', 'cs', 'econ']; fix the row or "
         "model.labels",
     ]
-    # 16 problems and the missing row 28: ten shown, the rest counted
-    assert len(lines) == labels.MAX_ROW_ERRORS + 1 and lines[-1] == "... and 7 more rows like these"
+    # 16 problems in 15 rows: ten lines shown (rows 4, 6, 10 twice, 13-18); the count is of the
+    # 6 rows not shown (19-24), not of problems. The blank row 28 is an empty label set: one line.
+    assert len(lines) == labels.MAX_ROW_ERRORS + 2
+    assert lines[-2] == "... and 6 more rows like these"
+    assert lines[-1] == ("t.jsonl: 1 of 30 rows has no labels (row 28); in a multi-label column a blank cell or [] is "
+                         "an empty label set: set data.allow_empty_labels: true if rows may have none, or label them")
+
+
+def test_blank_cells_and_empty_lists_are_empty_label_sets():
+    """How people write multi-label CSVs: "urgent,vip", and a blank cell (read as missing) or `[]`
+    for a row without tags. With allow_empty_labels they load as empty sets; without it, one line
+    counts them and names the setting. A split with no label value at all stays unlabelled."""
+    values = ["art,bio", None, "[]", "cs", '["econ", "art"]', ""]
+    for separator in (",", None):
+        shown = values if separator else ['["art", "bio"]', None, "[]", '["cs"]', '["econ", "art"]', None]
+        model, data = configs(separator, names=NAMES, allow_empty=True)
+        ids, labelled = labels.label_ids(model, data, dataset(shown), "train", NAMES, multi_label=True)
+        assert labelled
+        np.testing.assert_array_equal(ids, [[1, 1, 0, 0], [0] * 4, [0] * 4, [0, 0, 1, 0], [1, 0, 0, 1], [0] * 4])
+        model, data = configs(separator, names=NAMES)
+        with pytest.raises(FtcliError) as caught:
+            labels.label_ids(model, data, dataset(shown), "train", NAMES, multi_label=True)
+        assert str(caught.value).startswith("t.jsonl: 3 of 6 rows have no labels (rows 2, 3, 6); ") and \
+            "data.allow_empty_labels: true" in str(caught.value) and "\n" not in str(caught.value)
+    model, data = configs(",", names=NAMES)  # a test split without labels: unlabelled, not three errors
+    ids, labelled = labels.label_ids(model, data, dataset([None, None, None]), "train", NAMES, multi_label=True)
+    assert not labelled and (ids == -1).all()
+
+
+def test_many_bad_labels_in_one_row_count_as_one_row():
+    values = ["art"] * 40
+    for row in range(5, 40):
+        values[row] = "x1,x2,x3"  # 35 rows, 105 unknown labels
+    model, data = configs(",", names=NAMES)
+    with pytest.raises(FtcliError) as caught:
+        labels.label_ids(model, data, dataset(values), "train", NAMES, multi_label=True)
+    lines = str(caught.value).splitlines()
+    # ten lines show rows 6, 7, 8 and 9 (three problems each, the last one of its three):
+    assert lines[-1] == "... and 31 more rows like these"
