@@ -48,6 +48,17 @@ class Draft:
     max_length: int
     notes: dict[str, list[str]]  # comment lines by the setting they explain
     class_counts: dict[str, int]
+    rows: int = 0
+    empty_rows: int = 0  # rows without a label (multi-label: an empty label set)
+
+    @property
+    def sparse(self) -> bool:
+        """Multi-label data whose typical label is on under a quarter of the rows: trained
+        unweighted, the model learns to predict no label at all at the 0.5 threshold."""
+        if not self.multi_label or not self.class_counts or not self.rows:
+            return False
+        shares = sorted(n / self.rows for n in self.class_counts.values())
+        return shares[len(shares) // 2] < 0.25
 
 
 def profile(rows: dict[str, list]) -> list[Column]:
@@ -82,14 +93,20 @@ def _split_labels(column: Column) -> str | None:
     return None
 
 
-def choose(columns: list[Column]) -> tuple[Column, list[Column]]:
-    """The label column, and the other columns that could be it: a label-like name first, then
-    lists, then the fewest distinct values."""
+def choose(columns: list[Column], label_column: str | None = None) -> tuple[Column, list[Column]]:
+    """The label column (`label_column` when given), and the other columns that could be it: a
+    label-like name first, then lists, then the fewest distinct values."""
     candidates = [c for c in columns if not ID_NAMES.match(c.name) and (
         c.kind == "list" or (c.kind in ("text", "int", "bool") and c.low_cardinality and c.distinct >= 2))]
+    if label_column is not None:
+        chosen = next((c for c in columns if c.name == label_column), None)
+        if chosen is None:
+            raise FtcliError(f"init --label-column {label_column!r}: no such column "
+                             f"(columns: {', '.join(c.name for c in columns)})")
+        return chosen, [c for c in candidates if c is not chosen]
     if not candidates:
         raise FtcliError("init: no column looks like labels (few distinct values, or lists of labels); "
-                         f"columns: {', '.join(c.name for c in columns)}")
+                         f"columns: {', '.join(c.name for c in columns)}; name it with --label-column")
 
     def rank(c: Column):
         named = c.name.lower() in LABEL_NAMES
@@ -99,31 +116,70 @@ def choose(columns: list[Column]) -> tuple[Column, list[Column]]:
     return ranked[0], ranked[1:]
 
 
-def draft(rows: dict[str, list], tokenizer) -> Draft:
-    """The choices for a table of rows (column name -> values)."""
+def _describe_candidate(column: Column) -> str:
+    """How the "other candidates" comment names a column: a multi-label column by its labels, not
+    by its distinct combinations of them."""
+    separator = _split_labels(column) if column.kind == "text" else None
+    if column.kind == "list" or separator:
+        labels = len(_label_counts(column.values, separator))
+        how = f" split on {separator!r}" if separator else ""
+        return f"{column.name} (multi-label: {labels} labels{how})"
+    return f"{column.name} ({column.distinct} values)"
+
+
+def _no_label(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip()) or value == []
+
+
+def draft(rows: dict[str, list], tokenizer, *, label_column: str | None = None,
+          text_columns: list[str] | None = None, multi_label: bool | None = None) -> Draft:
+    """The choices for a table of rows (column name -> values). `label_column`, `text_columns`
+    and `multi_label` (`ftcli init --label-column/--text-column/--multi-label`) override what
+    would be guessed."""
     columns = profile(rows)
-    label, others = choose(columns)
-    texts = [c for c in columns if c.kind == "text" and c is not label and not ID_NAMES.match(c.name)
-             and not (c.low_cardinality and c.mean_chars < 20)]
-    texts.sort(key=lambda c: -c.mean_chars)
-    if not texts:
-        raise FtcliError(f"init: no text column besides the label column {label.name!r} "
-                         f"(columns: {', '.join(c.name for c in columns)})")
-    chosen = sorted(texts[:2], key=lambda c: columns.index(c))  # a pair keeps the file's order
+    by_name = {c.name: c for c in columns}
+    label, others = choose(columns, label_column)
     text_notes = []
-    if len(texts) > 2:
-        text_notes.append(f"also text: {', '.join(c.name for c in texts[2:])} (ftcli takes one text or a pair)")
-    if len(texts) == 2:
-        text_notes.append(f"a pair: {chosen[0].name} and {chosen[1].name} are tokenized together; keep one "
-                          "of them for single texts")
-    separator = _split_labels(label) if label.kind == "text" else None
-    multi = label.kind == "list" or separator is not None
-    names, counts = _label_names(rows[label.name], label, separator)
+    if text_columns:
+        unknown = [name for name in text_columns if name not in by_name]
+        if unknown:
+            raise FtcliError(f"init --text-column {', '.join(map(repr, unknown))}: no such column "
+                             f"(columns: {', '.join(by_name)})")
+        if label.name in text_columns:
+            raise FtcliError(f"init --text-column {label.name!r} is also the label column; name another text column")
+        if len(text_columns) > 2:
+            raise FtcliError(f"init --text-column: ftcli takes one text or a pair, not {len(text_columns)}")
+        chosen = [by_name[name] for name in text_columns]
+    else:
+        texts = [c for c in columns if c.kind == "text" and c is not label and not ID_NAMES.match(c.name)
+                 and not (c.low_cardinality and c.mean_chars < 20)]
+        texts.sort(key=lambda c: -c.mean_chars)
+        if not texts:
+            raise FtcliError(f"init: no text column besides the label column {label.name!r} "
+                             f"(columns: {', '.join(c.name for c in columns)}); name it with --text-column")
+        chosen = sorted(texts[:2], key=lambda c: columns.index(c))  # a pair keeps the file's order
+        if len(texts) > 2:
+            text_notes.append(f"also text: {', '.join(c.name for c in texts[2:])} (ftcli takes one text or a pair)")
+        if len(texts) == 2:
+            text_notes.append(f"a pair: {chosen[0].name} and {chosen[1].name} are tokenized together; keep one "
+                              "of them for single texts")
+    separator = _split_labels(label) if label.kind == "text" and multi_label is not False else None
+    multi = multi_label if multi_label is not None else (label.kind == "list" or separator is not None)
+    if label.kind == "list" and not multi:
+        raise FtcliError(f"init: column {label.name!r} holds label lists; it can only be multi-label")
+    values = rows[label.name]
+    empty = sum(map(_no_label, values))
+    names, counts = _label_names(values, label, separator)
     label_notes = [f"{len(counts)} labels" + (", a list per row: multi-label" if label.kind == "list"
-                   else f", rows name several split on {separator!r}: multi-label" if separator else "")]
+                   else f", rows name several split on {separator!r}: multi-label" if separator
+                   else ", one per row, read as label sets (--multi-label)" if multi else "")]
+    if empty:
+        label_notes.append(f"{empty:,} of {len(values):,} rows have no label" + (
+            ": an empty label set (allow_empty_labels)" if multi else
+            "; a partly labelled column cannot train: label those rows or drop them"))
     if others:
-        label_notes.append("other candidates: " + ", ".join(f"{c.name} ({c.distinct} values)" for c in others)
-                           + "; set label_column to use one of them")
+        label_notes.append("other candidates: " + ", ".join(_describe_candidate(c) for c in others)
+                           + "; set label_column (or init --label-column) to use one of them")
     lengths = _token_lengths(tokenizer, [rows[c.name] for c in chosen])
     covered = _percentile(lengths, 0.99)
     limit = min(int(getattr(tokenizer, "model_max_length", 512) or 512), 512)
@@ -132,20 +188,28 @@ def draft(rows: dict[str, list], tokenizer) -> Draft:
     length_notes = [f"covers {1 - over / max(1, len(lengths)):.1%} of {len(lengths):,} sampled rows in tokens "
                     f"(longest {max(lengths) if lengths else 0}); longer rows are cut (ftcli prepare counts them)"]
     return Draft([c.name for c in chosen], label.name, multi, separator, names, max_length,
-                 {"text_columns": text_notes, "label_column": label_notes, "max_length": length_notes}, counts)
+                 {"text_columns": text_notes, "label_column": label_notes, "max_length": length_notes}, counts,
+                 rows=len(values), empty_rows=empty)
 
 
-def _label_names(values: list, column: Column, separator: str | None) -> tuple[list[str] | None, dict[str, int]]:
-    """Label names in the order ftcli uses (sorted), and rows per label; None for integer ids,
-    which ftcli names 0..K-1 itself."""
+def _label_counts(values: list, separator: str | None) -> dict[str, int]:
+    """Rows per label: a list is a row's labels, a string split on `separator` too (blank cells
+    carry none)."""
     counts: dict[str, int] = {}
     for v in values:
-        if v is None:
+        if _no_label(v):
             continue
         items = v if isinstance(v, list) else [p.strip() for p in str(v).split(separator) if p.strip()] \
             if separator else [v]
         for item in set(map(str, items)):
             counts[item] = counts.get(item, 0) + 1
+    return counts
+
+
+def _label_names(values: list, column: Column, separator: str | None) -> tuple[list[str] | None, dict[str, int]]:
+    """Label names in the order ftcli uses (sorted), and rows per label; None for integer ids,
+    which ftcli names 0..K-1 itself."""
+    counts = _label_counts(values, separator)
     ids = all(k.lstrip("-").isdigit() for k in counts)
     if ids:
         return None, dict(sorted(counts.items(), key=lambda kv: int(kv[0])))
@@ -191,6 +255,8 @@ def render(d: Draft, data_file: str, validation_file: str | None, model: str, ou
     lines.append(f"  label_column: {json.dumps(d.label_column)}\n")
     if d.separator:
         lines.append(f"  label_separator: {json.dumps(d.separator)}\n")
+    if d.multi_label and d.empty_rows:
+        lines.append("  allow_empty_labels: true             # a row without labels is an empty label set\n")
     lines.append(comment("max_length"))
     lines.append(f"  max_length: {d.max_length}\n")
     if not validation_file:
@@ -198,7 +264,11 @@ def render(d: Draft, data_file: str, validation_file: str | None, model: str, ou
     counts = list(d.class_counts.values())
     lines.append(f"\ntrain:\n  output_dir: {json.dumps(output_dir)}\n  epochs: 3\n  batch_size: 8\n"
                  "  learning_rate: 5.0e-5\n")
-    if counts and max(counts) >= 5 * max(1, min(counts)):
+    if d.sparse:
+        median = sorted(counts)[len(counts) // 2] / d.rows
+        lines.append(f"  class_weights: auto                 # sparse labels (the median label is on {median:.0%} of "
+                     "rows):\n  # weighing each label's positives keeps the model from predicting none at all\n")
+    elif counts and max(counts) >= 5 * max(1, min(counts)):
         lines.append(f"  class_weights: auto                 # imbalanced: the largest class has "
                      f"{max(counts) / max(1, min(counts)):.0f}x the rows of the smallest\n")
     shown = ", ".join(f"{k} {v:,}" for k, v in list(d.class_counts.items())[:30])
@@ -210,8 +280,10 @@ def render(d: Draft, data_file: str, validation_file: str | None, model: str, ou
 
 
 def init(data_file: str | Path, *, validation_file: str | Path | None = None, model: str = DEFAULT_MODEL,
-         output: str | Path = "config.yaml", overwrite: bool = False) -> dict[str, Any]:
-    """Draft a config for `data_file` and write it to `output`; return what was chosen."""
+         output: str | Path = "config.yaml", overwrite: bool = False, label_column: str | None = None,
+         text_columns: list[str] | None = None, multi_label: bool | None = None) -> dict[str, Any]:
+    """Draft a config for `data_file` and write it to `output`; return what was chosen.
+    `label_column`, `text_columns`, `multi_label`: decided by the user instead of guessed."""
     from ftcli.build import load_raw, quiet_datasets
     from ftcli.config import DataConfig, ModelConfig, config_from_dict
     from ftcli.files import atomic_write_text
@@ -234,7 +306,7 @@ def init(data_file: str | Path, *, validation_file: str | Path | None = None, mo
         raw = load_raw(spec)
     table = raw["train"].data.to_pydict()
     tokenizer = load_tokenizer(ModelConfig(name_or_path=model))
-    d = draft(table, tokenizer)
+    d = draft(table, tokenizer, label_column=label_column, text_columns=text_columns, multi_label=multi_label)
     # runs/<the data's name>: a file called train.jsonl names its folder instead.
     stem = data_file.stem if data_file.stem.lower() not in ("train", "data", "dataset", "all", "full") \
         else (data_file.resolve().parent.name or data_file.stem)
@@ -246,4 +318,5 @@ def init(data_file: str | Path, *, validation_file: str | Path | None = None, mo
     atomic_write_text(output, text)
     return {"output": str(output), "text_columns": d.text_columns, "label_column": d.label_column,
             "multi_label": d.multi_label, "label_separator": d.separator, "labels": d.labels,
-            "max_length": d.max_length, "rows": len(next(iter(table.values()))), "notes": d.notes}
+            "max_length": d.max_length, "rows": len(next(iter(table.values()))), "empty_rows": d.empty_rows,
+            "class_weights": "auto" if "class_weights: auto" in text else None, "notes": d.notes}
