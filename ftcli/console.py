@@ -29,6 +29,14 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
+def format_metric(value: Any) -> str:
+    """A result as the log lines print it: four decimals (`1.0000`, not `1`); a tiny non-zero
+    value in scientific notation rather than as `0.0000`."""
+    if isinstance(value, float):
+        return f"{value:.2e}" if 0 < abs(value) < 1e-4 else f"{value:.4f}"
+    return str(value)
+
+
 class Reporter:
     """What a command tells the user. `mode`: `rich` (live display), `plain` (lines) or `quiet`
     (no progress lines). `enabled=False` (non-main processes) prints nothing at all."""
@@ -90,7 +98,7 @@ class Reporter:
         if not self.enabled:
             return
         stream = stream or self.out
-        rows = [(k, format_value(v)) for k, v in metrics.items()]
+        rows = [(k, format_metric(v)) for k, v in metrics.items()]
         if self.mode == "rich" and _isatty(stream):
             from rich.console import Console
             from rich.table import Table

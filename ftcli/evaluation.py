@@ -60,8 +60,8 @@ def run_eval(accelerator, model, dataloader, metric, *, regression: bool, progre
     """Evaluate `model` on a prepared dataloader. Returns the metrics, the mean loss and the
     number of rows; with `keep_outputs`, also the gathered logits and row ids (for predict); with
     `keep_predictions`, the predicted and true labels (`_predictions`, `_references`: numpy
-    arrays in dataset order, for the per-class report; multi-label: rows x labels of 0/1, and
-    `_scores`, each label's probability). Multi-label rows predict every label whose probability
+    arrays in dataset order, for the per-class report; multi-label: rows x labels of 0/1) and
+    `_scores`, each label's probability (softmax; multi-label: sigmoid). Multi-label rows predict every label whose probability
     is at least `threshold`."""
     import numpy as np
     import torch
@@ -85,10 +85,10 @@ def run_eval(accelerator, model, dataloader, metric, *, regression: bool, progre
             else:
                 pred = logits.argmax(-1)
                 loss = F.cross_entropy(logits, labels.clamp(min=0), reduction="none")
-            want_scores = multi_label and keep_predictions
+            want_scores = keep_predictions and not regression
             gathered = accelerator.gather_for_metrics(
                 (pred, labels, loss) + ((logits, row_ids) if keep_outputs else ())
-                + ((torch.sigmoid(logits),) if want_scores else ())
+                + (((torch.sigmoid(logits) if multi_label else torch.softmax(logits, -1)),) if want_scores else ())
             )
             preds.append(gathered[0].cpu())
             refs.append(gathered[1].cpu())
@@ -115,7 +115,7 @@ def run_eval(accelerator, model, dataloader, metric, *, regression: bool, progre
         out["_rows"] = torch.cat(rows_all) if rows_all else torch.zeros(0, dtype=torch.long)
     if keep_predictions:
         out["_predictions"], out["_references"] = p, r
-        if multi_label:
+        if not regression:
             out["_scores"] = torch.cat(scores).numpy() if scores else np.zeros((0, 0))
     return out
 
@@ -146,6 +146,53 @@ def best_threshold(scores, references) -> dict[str, float]:
         if f1 > best["f1_micro"] + 1e-12:
             best = {"threshold": float(t), "f1_micro": round(f1, 6)}
     return best
+
+
+def few_positives_warning(predictions, references, threshold: float, split: str) -> str | None:
+    """Multi-label: the warning for a model that predicts (almost) no label at `threshold`, fewer
+    than a tenth of the labels the rows carry. With sparse labels that is what an unweighted model
+    learns first, and its F1 is 0 while nothing says why."""
+    import numpy as np
+
+    predicted, true = int(np.asarray(predictions).sum()), int((np.asarray(references) > 0).sum())
+    if true == 0 or predicted >= 0.1 * true:
+        return None
+    return (f"{split}: the model predicted {predicted:,} label(s) where the rows carry {true:,}, at threshold "
+            f"{threshold:.2f}: with sparse labels the probabilities stay below it. Try `ftcli eval --best-threshold "
+            "--save-threshold`, a lower eval.threshold, train.class_weights: auto, or more epochs")
+
+
+THRESHOLD_FILE = "thresholds.json"
+"""In a trained model folder: the multi-label threshold `eval --save-threshold` chose, which eval
+and predict then use unless eval.threshold is set."""
+
+
+def save_threshold_file(folder: Path, best: dict[str, float], split: str) -> Path:
+    from ftcli.files import atomic_write_text
+
+    path = folder / THRESHOLD_FILE
+    atomic_write_text(path, json.dumps({"threshold": best["threshold"], "f1_micro": best["f1_micro"],
+                                        "split": split, "chosen_by": "ftcli eval --best-threshold"}, indent=2) + "\n")
+    return path
+
+
+def threshold_for(cfg: Config, folder: Path) -> tuple[float, str]:
+    """The multi-label threshold to predict with, and where it comes from: eval.threshold when the
+    config or --set gives it, else the one saved with the model (`eval --save-threshold`), else
+    the default 0.5."""
+    if cfg.origin("eval.threshold") != "default":
+        return cfg.eval.threshold, "eval.threshold"
+    path = folder / THRESHOLD_FILE
+    if path.is_file():
+        try:
+            value = float(json.loads(path.read_text())["threshold"])
+        except (OSError, ValueError, KeyError, TypeError):
+            raise FtcliError(f"{path}: unreadable; delete it, or run ftcli eval --best-threshold --save-threshold "
+                             "again") from None
+        if 0 < value < 1:
+            return value, f"saved with the model ({path.name})"
+        raise FtcliError(f"{path}: threshold {value} is not between 0 and 1; delete the file or save it again")
+    return cfg.eval.threshold, "default"
 
 
 def per_class_report(predictions, references, names: list[str], multi_label: bool) -> dict[str, Any]:
@@ -215,18 +262,23 @@ def find_model_dir(cfg: Config, model_dir: str | Path | None) -> Path:
 
 def evaluate_model(config: Config | str | Path, *, model_dir: str | Path | None = None, split: str | None = None,
                    require: list[Requirement] = (), reporter: Reporter | None = None,
-                   report_dir: str | Path | None = None, find_threshold: bool = False) -> dict[str, Any]:
-    """`ftcli eval`: evaluate a trained model on a split of the prepared data.
+                   report_dir: str | Path | None = None, find_threshold: bool = False, save_threshold: bool = False,
+                   errors_file: str | Path | None = None) -> dict[str, Any]:
+    """`ftcli eval`: evaluate a trained model on a split of the prepared data, print the results
+    (a metrics table and, for classification, a per-class table) and return them.
 
     Returns the metrics (`loss` and those of `eval.metric`, e.g. `accuracy`, `f1`) with `split`,
     `model`, `samples` and `seconds`; for classification also `per_class` (precision, recall, F1,
     support of each label) and `report`, the `eval_report.json` written with a confusion matrix
     and `confusion_matrix.png` into `report_dir` (default: `eval/<split>/` in the model's run
-    folder). Multi-label: `threshold` (eval.threshold) and, with `find_threshold`,
-    `best_threshold`: the single threshold that would have maximized micro F1 on this split (the
-    model is not changed). `require` (quality-gate requirements, see ftcli.gate) are checked
-    against the metric names before the model runs; `result["failed"]` lists those the model
-    missed (empty when it passed)."""
+    folder). Multi-label: `threshold` and where it came from (`threshold_for`); with
+    `find_threshold`, `best_threshold`: the single threshold that maximizes micro F1 on this
+    split, kept with the model (`thresholds.json`, used by later evals and predictions) when
+    `save_threshold`. `errors_file` (.jsonl or .csv): the misclassified rows with their text,
+    true and predicted labels and probabilities, most confident mistakes first. `require`
+    (quality-gate requirements, see ftcli.gate) are checked against the metric names before the
+    model runs; `result["gate"]` has each one's value and verdict, `result["failed"]` lists those
+    the model missed (empty when it passed)."""
     from ftcli import batching, build, cache, gate, modeling
     from ftcli.config import as_config
     from ftcli.runtime import accelerator_session
@@ -239,6 +291,12 @@ def evaluate_model(config: Config | str | Path, *, model_dir: str | Path | None 
     build.check_splits(cfg.data, split)
     where = Path(report_dir) if report_dir else report_folder(folder, split)
     check_output_folder(where, "--report-dir" if report_dir else "report folder")
+    errors_path = Path(errors_file) if errors_file else None
+    if errors_path is not None:
+        if errors_path.suffix.lower() not in (".jsonl", ".csv"):
+            raise FtcliError(f"--errors {errors_path}: write .jsonl or .csv")
+        check_output(errors_path, "--errors", inputs=[Path(f) for f in (cfg.data.files or {}).values()])
+    find_threshold = find_threshold or save_threshold
     reporter = reporter or Reporter()
     with accelerator_session(cfg.train) as accelerator:
         reporter.enabled = reporter.enabled and accelerator.is_main_process
@@ -248,10 +306,16 @@ def evaluate_model(config: Config | str | Path, *, model_dir: str | Path | None 
             raise FtcliError(
                 f"split {split!r} ({info['source']}) has no labels to evaluate against; use `ftcli predict`"
             )
-        model = modeling.load_trained(folder, prepared.label_names)
         multi = prepared.is_multi_label
+        if (find_threshold or save_threshold) and not multi:
+            raise FtcliError("--best-threshold/--save-threshold: a threshold is chosen for multi-label data only; "
+                             "single-label rows take the most probable label")
+        if errors_path is not None and prepared.is_regression:
+            raise FtcliError("--errors: regression has no misclassified rows; compare predictions from ftcli predict")
         name = metric_name(cfg.eval, prepared.label_names, multi)
         gate.check_names(list(require), ["loss", *metric_keys(name)])
+        model = modeling.load_trained(folder, prepared.label_names)
+        threshold, threshold_source = threshold_for(cfg, folder) if multi else (cfg.eval.threshold, "")
         metric = load_metric(name)
         dl = batching.eval_dataloader(cfg.data, accelerator, prepared.split(split), prepared,
                                       batch_size=cfg.train.eval_batch_size, workers=cfg.train.dataloader_workers)
@@ -259,13 +323,19 @@ def evaluate_model(config: Config | str | Path, *, model_dir: str | Path | None 
         start = time.perf_counter()
         with reporter.progress(len(dl), f"eval {split}", every=1, unit="batches", min_interval=10) as bar:
             result = run_eval(accelerator, model, dl, metric, regression=prepared.is_regression, progress=bar,
-                              keep_predictions=True, multi_label=multi, threshold=cfg.eval.threshold)
+                              keep_predictions=True, multi_label=multi, threshold=threshold)
         predictions, references = result.pop("_predictions"), result.pop("_references")
         scores = result.pop("_scores", None)
+        extra: dict[str, Any] = {}
         if multi:
-            result["threshold"] = cfg.eval.threshold
-            if find_threshold:  # reported, not applied: the model and eval.threshold stay as they are
-                result["best_threshold"] = best_threshold(scores, references)
+            result["threshold"] = threshold
+            extra["threshold_source"] = threshold_source
+            if warning := few_positives_warning(predictions, references, threshold, split):
+                reporter.warn(warning)
+            if find_threshold:
+                extra["best_threshold"] = best_threshold(scores, references)
+                if save_threshold and accelerator.is_main_process:
+                    extra["best_threshold"]["saved"] = str(save_threshold_file(folder, extra["best_threshold"], split))
         summary = {
             "split": split,
             "model": str(folder),
@@ -273,6 +343,8 @@ def evaluate_model(config: Config | str | Path, *, model_dir: str | Path | None 
             "processes": accelerator.num_processes,
             "seconds": round(time.perf_counter() - start, 3),
             **result,
+            **extra,
+            "gate": gate.checks(list(require), result),
             "failed": gate.failures(list(require), result),
         }
         if prepared.label_names:
@@ -281,7 +353,106 @@ def evaluate_model(config: Config | str | Path, *, model_dir: str | Path | None 
             summary["per_class"] = report["per_class"]
             if accelerator.is_main_process:
                 summary["report"] = str(write_report(where, report, f"{split}: {folder}"))
+        if errors_path is not None:
+            texts, positions = build.split_texts(cfg, split, prepared.label_names, multi)
+            # The evaluation saw the rows longest first (batching.SortedSampler): its i-th is this row.
+            order = batching.SortedSampler(prepared.split(split)["length"]).indices
+            records = error_rows(predictions, references, scores, prepared.label_names,
+                                 texts, [positions[i] for i in order.tolist()], multi, [int(i) for i in order])
+            if accelerator.is_main_process:
+                write_errors(errors_path, records, prepared.label_names, list(texts), multi,
+                             separator=cfg.data.label_separator or "|")
+            summary["errors"] = {"path": str(errors_path), "rows": len(records)}
+        accelerator.wait_for_everyone()
+        print_eval(reporter, summary)
         return summary
+
+
+def print_eval(reporter: Reporter, summary: dict[str, Any]) -> None:
+    """What `ftcli eval` (and `evaluate()` in Python) shows: the metrics, the per-class table,
+    where the report and the error rows went, and the best threshold."""
+    shown = {k: v for k, v in summary.items() if k not in (
+        "model", "split", "failed", "gate", "per_class", "report", "best_threshold", "threshold_source", "errors")}
+    reporter.results(f"{summary['split']} - {summary['model']}", shown)
+    if "per_class" in summary:
+        reporter.class_table(summary["per_class"])
+        if "report" in summary:
+            reporter.info(f"report: {summary['report']} (and confusion_matrix.png beside it)")
+    if summary.get("threshold_source") and summary["threshold_source"] != "default":
+        reporter.info(f"threshold {summary['threshold']:.2f}: {summary['threshold_source']}")
+    if "best_threshold" in summary:
+        best = summary["best_threshold"]
+        reporter.info(f"best single threshold on {summary['split']}: {best['threshold']:.2f} "
+                      f"(f1_micro {best['f1_micro']:.4f}; evaluated at {summary['threshold']:.2f})"
+                      + (f"; saved to {best['saved']}: eval and predict use it unless eval.threshold is set"
+                         if "saved" in best else "; --save-threshold keeps it with the model"))
+    if "errors" in summary:
+        errors = summary["errors"]
+        reporter.info(f"errors: {errors['rows']:,} misclassified rows -> {errors['path']}")
+
+
+def error_rows(predictions, references, scores, names: list[str], texts: dict[str, list], positions: list[int],
+               multi: bool, order: list[int] | None = None) -> list[dict[str, Any]]:
+    """The rows the model got wrong, most confident mistakes first: their text, true and predicted
+    labels and probabilities. Prediction i is of the split's row `order[i]` (default: row i),
+    which is row `positions[i]` of its source file: `row`, 0-based, as predict numbers rows.
+    Multi-label rows list the labels missed and the ones predicted wrongly."""
+    import numpy as np
+
+    p, r = np.asarray(predictions), np.asarray(references)
+    order = list(range(len(p))) if order is None else order
+    texts = {c: [v[k] for k in order] for c, v in texts.items()}
+    if len(p) != len(positions):
+        raise RuntimeError(f"{len(p)} predictions for {len(positions)} rows")  # a bug, not bad input
+    records = []
+    if multi:
+        wrong = np.flatnonzero((p != r).any(1))
+        # how sure the model was of its mistakes: the largest gap between a wrong label's probability and the truth
+        confidence = np.abs(scores - r).max(1) if len(p) else np.zeros(0)
+        for i in wrong[np.argsort(-confidence[wrong], kind="stable")].tolist():
+            true = [n for n, on in zip(names, r[i]) if on > 0]
+            chosen = [n for n, on in zip(names, p[i]) if on]
+            records.append({"row": positions[i], **{c: v[i] for c, v in texts.items()}, "true": true,
+                            "predicted": chosen, "missed": [n for n in true if n not in chosen],
+                            "extra": [n for n in chosen if n not in true],
+                            "probabilities": {n: round(float(x), 6) for n, x in zip(names, scores[i])}})
+        return records
+    wrong = np.flatnonzero(p != r)
+    confidence = scores[wrong, p[wrong]] if len(wrong) else np.zeros(0)
+    for i in wrong[np.argsort(-confidence, kind="stable")].tolist():
+        records.append({"row": positions[i], **{c: v[i] for c, v in texts.items()}, "true": names[int(r[i])],
+                        "predicted": names[int(p[i])], "probability": round(float(scores[i, p[i]]), 6),
+                        "true_probability": round(float(scores[i, int(r[i])]), 6)})
+    return records
+
+
+def write_errors(path: Path, records: list[dict[str, Any]], names: list[str], text_columns: list[str], multi: bool,
+                 separator: str = "|") -> None:
+    """`eval --errors`: JSON Lines, or CSV (multi-label label sets joined by `separator`, one
+    probability column per label); written atomically."""
+    import csv
+    import io
+
+    from ftcli.files import atomic_write_text
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() != ".csv":
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))
+        return
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer)
+    if multi:
+        writer.writerow(["row", *text_columns, "true", "predicted", "missed", "extra", *(f"p_{n}" for n in names)])
+        for r in records:
+            writer.writerow([r["row"], *(r[c] for c in text_columns),
+                             *(separator.join(r[k]) for k in ("true", "predicted", "missed", "extra")),
+                             *r["probabilities"].values()])
+    else:
+        writer.writerow(["row", *text_columns, "true", "predicted", "probability", "true_probability"])
+        for r in records:
+            writer.writerow([r["row"], *(r[c] for c in text_columns), r["true"], r["predicted"], r["probability"],
+                             r["true_probability"]])
+    atomic_write_text(path, buffer.getvalue())
 
 
 def trained_labels(folder: Path) -> list[str]:
@@ -298,13 +469,16 @@ def trained_labels(folder: Path) -> list[str]:
 
 def predict(config: Config | str | Path, input_file: str | Path, output_file: str | Path | None = None, *,
             model_dir: str | Path | None = None, keep_columns: list[str] | tuple[str, ...] = (),
-            reporter: Reporter | None = None) -> dict[str, Any]:
+            reporter: Reporter | None = None, label_separator: str | None = None) -> dict[str, Any]:
     """`ftcli predict`: label every row of `input_file` (csv/tsv/json/jsonl/parquet with the
     config's text columns; a label column is not needed) with a trained model, and write the
     predictions in input order as JSON Lines or CSV (by the output's extension).
 
     `keep_columns`: input columns copied into each prediction, e.g. an id column (`idx`, as GLUE
-    submissions need) or the text itself. Returns a summary: `output`, `rows`, label counts."""
+    submissions need) or the text itself. Multi-label rows get every label whose probability is
+    at least the threshold (`threshold_for`: eval.threshold, or the one saved with the model);
+    in CSV their `labels` cell joins them with `label_separator` (default: data.label_separator,
+    else `|`). Returns a summary: `output`, `rows`, label counts."""
     import numpy as np
     import torch
 
@@ -326,6 +500,8 @@ def predict(config: Config | str | Path, input_file: str | Path, output_file: st
     if output.suffix.lower() not in (".jsonl", ".csv"):
         raise FtcliError(f"--output {output}: write .jsonl or .csv")
     check_output(output, "--output", inputs=(source,))  # before the model runs, not after
+    if label_separator == "":
+        raise FtcliError("--label-separator: give a character such as ',' or '|'")
     labels = trained_labels(folder)
     multi = modeling.read_json(folder / "config.json").get("problem_type") == "multi_label_classification"
     raw = cfg.to_dict()
@@ -359,7 +535,8 @@ def predict(config: Config | str | Path, input_file: str | Path, output_file: st
         cut = ds["truncated"] if "truncated" in ds.column_names else [False] * len(rows)
         if multi:  # every label at or above the threshold, and each label's probability
             probs = torch.sigmoid(logits).numpy()
-            chosen = probs >= pcfg.eval.threshold
+            threshold, _ = threshold_for(cfg, folder)
+            chosen = probs >= threshold
             records = [{"row": r, **{c: v[r] for c, v in kept.items()},
                         "labels": [name for name, on in zip(labels, hit) if on],
                         "probabilities": {name: round(float(p), 6) for name, p in zip(labels, pr)},
@@ -380,10 +557,12 @@ def predict(config: Config | str | Path, input_file: str | Path, output_file: st
                         "truncated": bool(cut[r])} for r, p in zip(rows, values)]
             counts = {"mean": float(np.mean(values)) if len(values) else None}
         if accelerator.is_main_process:
-            write_predictions(output, records, labels, list(kept), separator=pcfg.data.label_separator or "|")
+            write_predictions(output, records, labels, list(kept),
+                              separator=label_separator or pcfg.data.label_separator or "|")
         accelerator.wait_for_everyone()
         return {"input": str(source), "output": str(output), "model": str(folder), "rows": len(records),
-                "labels": counts, "truncated": int(sum(bool(c) for c in cut)), "processes": accelerator.num_processes,
+                "labels": counts, **({"threshold": threshold} if multi else {}),
+                "truncated": int(sum(bool(c) for c in cut)), "processes": accelerator.num_processes,
                 "seconds": round(seconds, 3)}
 
 

@@ -56,7 +56,26 @@ def check_names(requirements: list[Requirement], available: list[str]) -> None:
                                    for r in unknown))
 
 
+def _shown(r: Requirement, result: dict[str, float]) -> str:
+    return f"{r.metric} {result[r.metric]:.4f} (required {r.op} {r.threshold:g})"
+
+
 def failures(requirements: list[Requirement], result: dict[str, float]) -> list[str]:
     """Human-readable lines for the requirements `result` misses (empty: the gate passes)."""
-    return [f"{r.metric} {result[r.metric]:.4f} (required {r.op} {r.threshold:g})"
-            for r in requirements if not r.holds(float(result[r.metric]))]
+    return [_shown(r, result) for r in requirements if not r.holds(float(result[r.metric]))]
+
+
+def checks(requirements: list[Requirement], result: dict[str, float]) -> list[dict]:
+    """Each requirement with the value measured and its verdict, for `eval --json` (a CI job
+    prints what was gated from these, not a metric of its own choosing)."""
+    return [{"requirement": str(r), "metric": r.metric, "op": r.op, "bound": r.threshold,
+             "value": float(result[r.metric]), "passed": r.holds(float(result[r.metric]))} for r in requirements]
+
+
+def verdict(requirements: list[Requirement], result: dict[str, float]) -> str:
+    """One line: passed or failed, with every gated metric, its value and its bound."""
+    missed = failures(requirements, result)
+    met = [_shown(r, result) for r in requirements if r.holds(float(result[r.metric]))]
+    if missed:
+        return "quality gate failed: " + "; ".join(missed) + (f" (met: {'; '.join(met)})" if met else "")
+    return "quality gate passed: " + "; ".join(met)

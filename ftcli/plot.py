@@ -73,9 +73,15 @@ def plot_run(run_dir: str | Path, output: str | Path | None = None) -> Path:
     return _save(fig, output, dpi=110)
 
 
+def _tick_label(name: str, limit: int = 28) -> str:
+    return name if len(name) <= limit else name[:limit - 1] + "\u2026"
+
+
 def plot_confusion_matrix(matrix: list[list[int]], labels: list[str], output: Path, title: str) -> Path:
-    """The confusion matrix normalized by true label (each row shows where that class's rows
-    went), with label names; sized by the number of labels, so 30 classes stay readable."""
+    """The confusion matrix: each cell's row count, coloured (and, up to 12 labels, also labelled)
+    by its share of the true label's rows, so a class of 2 rows does not look as solid as one of
+    120. Predicted labels are slanted so long names do not run together; the figure grows with
+    the number of labels and the length of their names, so 30 classes stay readable."""
     import numpy as np
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -84,23 +90,26 @@ def plot_confusion_matrix(matrix: list[list[int]], labels: list[str], output: Pa
     k = len(labels)
     rows = counts.sum(1, keepdims=True)
     share = np.divide(counts, rows, out=np.zeros_like(counts), where=rows > 0)
-    side = min(max(4.5, 0.42 * k + 2.5), 18)
-    fig = Figure(figsize=(side + 1.2, side), layout="constrained")
+    names = [_tick_label(n) for n in labels]
+    font = 10 if k <= 10 else 8 if k <= 20 else 7
+    cell = 0.9 if k <= 6 else 0.55 if k <= 15 else 0.45  # inches per cell: room for "120" and its share
+    margin = 0.075 * font / 10 * max(map(len, names), default=1) + 1.0  # tick labels and axis title
+    side = cell * k
+    fig = Figure(figsize=(side + margin + 1.6, side + margin + 0.8), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.subplots()
     image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
     fig.colorbar(image, ax=ax, shrink=0.8, label="share of the true label's rows")
-    font = 10 if k <= 10 else 8 if k <= 20 else 6
-    ax.set_xticks(range(k), labels, rotation=90 if k > 6 else 0, fontsize=font)
-    ax.set_yticks(range(k), labels, fontsize=font)
+    ax.set_xticks(range(k), names, rotation=45 if k > 1 else 0, ha="right", rotation_mode="anchor", fontsize=font)
+    ax.set_yticks(range(k), [f"{n} ({int(r)})" for n, r in zip(names, rows[:, 0])], fontsize=font)
     ax.set_xlabel("predicted label")
-    ax.set_ylabel("true label")
-    if k <= 30:  # the share in each cell, white on dark cells
-        for i in range(k):
-            for j in range(k):
-                if counts[i, j]:
-                    ax.text(j, i, f"{share[i, j]:.2f}", ha="center", va="center", fontsize=font - 1,
-                            color="white" if share[i, j] > 0.5 else "black")
+    ax.set_ylabel("true label (rows)")
+    for i in range(k):
+        for j in range(k):
+            if counts[i, j]:
+                text = f"{int(counts[i, j])}\n{share[i, j]:.0%}" if k <= 12 else f"{int(counts[i, j])}"
+                ax.text(j, i, text, ha="center", va="center", fontsize=font - 1 if k <= 12 else 6,
+                        color="white" if share[i, j] > 0.5 else "black")
     ax.set_title(title, fontsize=10)
     return _save(fig, Path(output), dpi=100)
 
