@@ -56,26 +56,38 @@ def _reporter(quiet: bool, as_json: bool):
     return Reporter(mode=mode, out=sys.stderr if as_json else None)
 
 
-def _run(fn: Callable[[], Any]) -> Any:
-    """Call a library function; turn ftcli's exceptions into one-line messages and exit codes."""
+def _run(fn: Callable[[], Any], *, as_json: bool = False) -> Any:
+    """Call a library function; turn ftcli's exceptions into one-line messages and exit codes.
+    With `as_json`, a failure also prints one JSON object on stdout (`error`, `exit_code`), so a
+    script that reads stdout gets an answer instead of nothing. `--debug` adds the traceback but
+    never changes the exit code."""
     try:
         try:
             return fn()
         except OSError as exc:
             raise _environment_error(exc) or exc
     except FtcliError as exc:
-        if _state["debug"]:
-            raise
         if _said_by_this_process(exc):  # under `accelerate launch`: once, from the main process
-            for line in str(exc).splitlines() or [type(exc).__name__]:
-                typer.echo(f"error: {_cap(line)}", err=True)
+            if _state["debug"]:
+                import traceback
+
+                traceback.print_exc()
+            lines = [_cap(line) for line in str(exc).splitlines()] or [type(exc).__name__]
+            for line in lines:
+                typer.echo(f"error: {line}", err=True)
+            if as_json:
+                _print_json({"error": "\n".join(lines), "exit_code": EXIT_BAD_INPUT})
         raise typer.Exit(EXIT_BAD_INPUT) from None
     except TrainingInterrupted as exc:
         if str(exc):  # empty on processes other than the main one
             typer.echo(str(exc), err=True)
+            if as_json:
+                _print_json({"error": str(exc), "exit_code": exc.exit_code})
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
+        if as_json:
+            _print_json({"error": "interrupted", "exit_code": EXIT_SIGINT})
         raise typer.Exit(EXIT_SIGINT) from None
     except typer.Exit:
         raise
@@ -83,8 +95,10 @@ def _run(fn: Callable[[], Any]) -> Any:
         if _state["debug"]:
             raise
         text = str(exc).strip().splitlines()
-        typer.echo(f"error: unexpected {type(exc).__name__}: {_cap(text[0]) if text else ''} "
-                   "(rerun with --debug for the traceback)", err=True)
+        message = f"unexpected {type(exc).__name__}: {_cap(text[0]) if text else ''}"
+        typer.echo(f"error: {message} (rerun with --debug for the traceback)", err=True)
+        if as_json:
+            _print_json({"error": message, "exit_code": EXIT_UNEXPECTED})
         raise typer.Exit(EXIT_UNEXPECTED) from None
 
 
@@ -138,6 +152,13 @@ def init(
                      "all-MiniLM-L6-v2).", show_default=False)] = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="Config to write.")] = Path("config.yaml"),
     force: Annotated[bool, typer.Option("--force", help="Replace --output if it exists.")] = False,
+    label_column: Annotated[Optional[str], typer.Option("--label-column", "-l", help="The label column (default: "
+                            "guessed from names and values).", show_default=False)] = None,
+    text_column: Annotated[Optional[list[str]], typer.Option("--text-column", "-t", help="A text column; twice "
+                           "for a pair (default: the longest texts).", show_default=False)] = None,
+    multi_label: Annotated[Optional[bool], typer.Option("--multi-label/--single-label", help="Whether a row may "
+                           "carry several labels (default: label lists or separated labels make it multi-label).",
+                           show_default=False)] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Draft a commented config from a data file: text and label columns, labels, max_length."""
@@ -147,7 +168,8 @@ def init(
         from ftcli.draft import init as init_fn
 
         result = init_fn(data, validation_file=validation, model=model or DEFAULT_MODEL, output=output,
-                         overwrite=force)
+                         overwrite=force, label_column=label_column, text_columns=text_column or None,
+                         multi_label=multi_label)
         if as_json:
             _print_json(result)
             return
@@ -156,15 +178,52 @@ def init(
                    f"{result['label_column']!r}; max_length {result['max_length']} ({result['rows']:,} rows read)")
         typer.echo(f"next: ftcli train --config {result['output']}")
 
-    _run(go)
+    _run(go, as_json=as_json)
+
+
+RequireOpt = Annotated[Optional[list[str]], typer.Option(
+    "--require", metavar="METRIC>=VALUE", help="Quality gate, e.g. 'f1>=0.85' or 'loss<0.5' (operators >=, >, "
+    "<=, <, ==; repeatable): exit 3 when a metric misses it.", show_default=False)]
 
 
 @app.command()
-def prepare(config: ConfigOpt, set_: SetOpt = None, as_json: JsonOpt = False, quiet: QuietOpt = False) -> None:
+def validate(config: ConfigOpt, set_: SetOpt = None, require: RequireOpt = None, as_json: JsonOpt = False) -> None:
+    """Dry run: check the config, the data files, every row's labels and the metric names (also those of
+    --require), without tokenizing or training. Exit 0 when a run would start, 2 naming what to fix."""
+
+    def go():
+        from ftcli import gate
+
+        requirements = [gate.parse(g) for g in require or []]
+        _validate(_load(config, set_), requirements, as_json)
+
+    _run(go, as_json=as_json)
+
+
+def _validate(cfg, requirements, as_json: bool) -> None:
+    from ftcli.validate import describe
+    from ftcli.validate import validate as validate_fn
+
+    result = validate_fn(cfg, requirements)
+    if as_json:
+        _print_json(result)
+        return
+    for line in describe(result):
+        typer.echo(line)
+    for warning in result["warnings"]:
+        typer.echo(f"warning: {warning}", err=True)
+
+
+@app.command()
+def prepare(config: ConfigOpt, set_: SetOpt = None, as_json: JsonOpt = False, quiet: QuietOpt = False,
+            check: Annotated[bool, typer.Option("--check", help="Only check the config and data, as `ftcli "
+                                                "validate` does: nothing is tokenized.")] = False) -> None:
     """Tokenize the dataset and cache it (a repeated run with nothing changed is a cache hit)."""
 
     def go():
         cfg = _load(config, set_)
+        if check:
+            return _validate(cfg, [], as_json)
         from ftcli.cache import prepare
         from ftcli.runtime import is_main_process
 
@@ -183,7 +242,7 @@ def prepare(config: ConfigOpt, set_: SetOpt = None, as_json: JsonOpt = False, qu
             "key": prepared.manifest["key"],
             "labels": prepared.label_names,
             "seconds": round(prepared.seconds, 3),
-            "splits": {s: {k: i.get(k) for k in ("rows", "labeled", "tokens", "max_tokens", "truncated", "classes")}
+            "splits": {s: {k: i.get(k) for k in ("rows", "labeled", "tokens", "max_tokens", "truncated", "classes", "no_label")}
                        for s, i in splits.items()},
             "holdout": prepared.manifest.get("holdout"),
             "absent_from_validation": prepared.absent_classes(validation),
@@ -198,7 +257,7 @@ def prepare(config: ConfigOpt, set_: SetOpt = None, as_json: JsonOpt = False, qu
         if warning := prepared.absence_warning(validation):
             reporter.warn(warning)
 
-    _run(go)
+    _run(go, as_json=as_json)
 
 
 @app.command()
@@ -238,7 +297,7 @@ def train(
         if as_json and reporter.enabled:  # enabled: this is the main process
             _print_json(result)
 
-    _run(go)
+    _run(go, as_json=as_json)
 
 
 @app.command("eval")
@@ -249,12 +308,16 @@ def eval_(
                      "(default: the config's train.output_dir).", show_default=False)] = None,
     split: Annotated[Optional[str], typer.Option("--split", help="Split to evaluate (default: eval.split).",
                                                  show_default=False)] = None,
-    require: Annotated[Optional[list[str]], typer.Option(
-        "--require", metavar="METRIC>=VALUE", help="Quality gate, e.g. 'f1>=0.85' or 'loss<0.5' (operators >=, >, "
-                          "<=, <, ==; repeatable): exit 3 when a metric misses it.", show_default=False)] = None,
+    require: RequireOpt = None,
     best_threshold: Annotated[bool, typer.Option(
         "--best-threshold", help="Multi-label: also report the single threshold that would maximize micro F1 on "
-                                 "this split (the model and eval.threshold are not changed).")] = False,
+                                 "this split.")] = False,
+    save_threshold: Annotated[bool, typer.Option(
+        "--save-threshold", help="Multi-label: keep that threshold with the model (thresholds.json); eval and "
+                                 "predict then use it unless eval.threshold is set.")] = False,
+    errors: Annotated[Optional[Path], typer.Option(
+        "--errors", metavar="FILE", help="Write the misclassified rows (text, true and predicted label, probability; "
+                                         "most confident first) to FILE: .csv or .jsonl.", show_default=False)] = None,
     report_dir: Annotated[Optional[Path], typer.Option(
         "--report-dir", help="Where to write eval_report.json and confusion_matrix.png (default: eval/SPLIT/ in "
                              "the model's run folder).", show_default=False)] = None,
@@ -275,28 +338,18 @@ def eval_(
 
         reporter = _reporter(quiet, as_json)
         result = evaluate_model(cfg, model_dir=model, split=split, require=requirements, reporter=reporter,
-                                report_dir=report_dir, find_threshold=best_threshold)
+                                report_dir=report_dir, find_threshold=best_threshold, save_threshold=save_threshold,
+                                errors_file=errors)
         if not reporter.enabled:  # not the main process
             return
-        failed = result["failed"]
         if as_json:
             _print_json(result)
-        else:
-            shown = {k: v for k, v in result.items()
-                     if k not in ("model", "split", "failed", "per_class", "report", "best_threshold")}
-            reporter.results(f"{result['split']} - {result['model']}", shown)
-            if "per_class" in result:
-                reporter.class_table(result["per_class"])
-                reporter.info(f"report: {result['report']} (and confusion_matrix.png beside it)")
-            if "best_threshold" in result:
-                best = result["best_threshold"]
-                reporter.info(f"best single threshold on {result['split']}: {best['threshold']:.2f} "
-                              f"(f1_micro {best['f1_micro']:.4f}; eval.threshold is {result['threshold']:.2f})")
-        if failed:
-            typer.echo(f"quality gate failed: {'; '.join(failed)}", err=True)
+        if requirements:
+            typer.echo(gate.verdict(requirements, result), err=True)
+        if result["failed"]:
             raise typer.Exit(EXIT_QUALITY_GATE)
 
-    _run(go)
+    _run(go, as_json=as_json)
 
 
 @app.command()
@@ -312,10 +365,13 @@ def predict(
     keep: Annotated[Optional[list[str]], typer.Option(
         "--keep", "-k", metavar="COLUMN", help="Input column to copy into each prediction, e.g. an id column "
         "(--keep idx) or the text (repeatable).", show_default=False)] = None,
+    label_separator: Annotated[Optional[str], typer.Option(
+        "--label-separator", metavar="SEP", help="Multi-label CSV output: the separator that joins a row's labels "
+        "in the labels column (default: data.label_separator, else '|').", show_default=False)] = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Label every row of a file with a trained model (label, label id, probabilities), in input order."""
+    """Label every row of a file with a trained model (label, label_id, probabilities), in input order."""
 
     def go():
         cfg = _load(config, set_)
@@ -325,7 +381,8 @@ def predict(
         from ftcli.evaluation import predict as predict_fn
 
         reporter = _reporter(quiet, as_json)
-        result = predict_fn(cfg, input, output, model_dir=model, keep_columns=keep or [], reporter=reporter)
+        result = predict_fn(cfg, input, output, model_dir=model, keep_columns=keep or [], reporter=reporter,
+                            label_separator=label_separator)
         if not reporter.enabled:
             return
         if as_json:
@@ -334,13 +391,17 @@ def predict(
             counts = ", ".join(f"{k} {v}" for k, v in result["labels"].items())
             typer.echo(f"{result['rows']:,} predictions -> {result['output']} ({counts})")
 
-    _run(go)
+    _run(go, as_json=as_json)
 
 
 @app.command()
 def sweep(
-    config: ConfigOpt,
+    config: Annotated[Optional[Path], typer.Option(
+        "--config", "-c", help="YAML config file (may be left out with --resume DIR).", show_default=False)] = None,
     set_: SetOpt = None,
+    resume: Annotated[Optional[Path], typer.Option(
+        "--resume", metavar="DIR", help="Continue the sweep in DIR (its output_dir) with the config and options it "
+        "was started with; --set, --trials and --timeout given here apply on top.", show_default=False)] = None,
     trials: Annotated[Optional[int], typer.Option("--trials", "-n", min=1, help="Finished trials the study should "
                       "have (default: sweep.trials).", show_default=False)] = None,
     timeout: Annotated[Optional[int], typer.Option("--timeout", min=1, help="Start no new trial after this many "
@@ -355,17 +416,30 @@ def sweep(
     """Search hyperparameters (Optuna): trials are ordinary runs in output_dir/trials/; run it again to continue."""
 
     def go():
-        cfg = _load(config, set_)
+        saved = {}
+        if resume is not None:
+            if config is not None:
+                raise FtcliError("sweep: give --config FILE to start or continue a sweep, or --resume DIR to continue "
+                                 "one with its saved config, not both")
+            from ftcli.sweep import load_sweep
+
+            cfg, saved = load_sweep(resume, set_ or [])
+        elif config is None:
+            raise FtcliError("sweep: give --config FILE, or --resume DIR to continue a sweep")
+        else:
+            cfg = _load(config, set_)
         from ftcli.runtime import tune_process_for_training
         from ftcli.sweep import sweep as sweep_fn
 
         tune_process_for_training(cfg.train)
         reporter = _reporter(quiet, as_json)
-        result = sweep_fn(cfg, trials=trials, timeout_s=timeout, storage=storage, study_name=study, reporter=reporter)
+        result = sweep_fn(cfg, trials=trials or saved.get("trials"), timeout_s=timeout or saved.get("timeout_s"),
+                          storage=storage or saved.get("storage"), study_name=study or saved.get("study_name"),
+                          reporter=reporter)
         if as_json and reporter.enabled:  # enabled: this is the main process
             _print_json(result)
 
-    _run(go)
+    _run(go, as_json=as_json)
 
 
 @app.command()
@@ -399,7 +473,7 @@ def config_show(config: ConfigOpt, set_: SetOpt = None, as_json: JsonOpt = False
         else:
             typer.echo(render_with_origins(cfg), nl=False)
 
-    _run(go)
+    _run(go, as_json=as_json)
 
 
 @config_app.command("schema")

@@ -147,8 +147,8 @@ class DataConfig(_Section):
     labels it names, and the data is multi-label."""
 
     allow_empty_labels: bool = False
-    """Multi-label: accept rows whose label list is empty (no label applies). Off: such a row is
-    reported as bad input, since an empty list is more often a data error."""
+    """Multi-label: accept rows with no label (a blank cell, `[]`, a null among labelled rows) as
+    empty label sets. Off: they are reported as bad input, counted in one line."""
 
     max_length: int | None = Field(default=None, ge=8)
     """Truncate inputs to this many tokens. Left out: the tokenizer's limit (at most 512)."""
@@ -474,8 +474,8 @@ class EvalConfig(_Section):
     and macro F1, micro precision and recall, and exact-match (subset) accuracy."""
 
     threshold: float = Field(default=0.5, gt=0, lt=1)
-    """Multi-label: a label is predicted when its probability is at least this. `ftcli eval
-    --best-threshold` reports the threshold that would have maximized micro F1."""
+    """Multi-label: a label is predicted when its probability is at least this. Left unset, eval
+    and predict use the threshold `ftcli eval --save-threshold` kept with the model, if any."""
 
 
 class ParamRange(_Section):
@@ -606,6 +606,11 @@ class Config(_Section):
                 continue
             if key in SWEEP_FORBIDDEN:
                 problems.append(f"sweep.space.{key}: cannot be searched (it says where runs and data live)")
+                continue
+            if key == "train.epochs" and self.train.max_steps is not None:
+                problems.append(f"sweep.space.train.epochs: train.max_steps ({self.train.max_steps}) sets every "
+                                "trial's length, so searching epochs would search nothing; search train.max_steps "
+                                "instead, or remove max_steps")
                 continue
             values = spec.choices if spec.choices is not None else [spec.low, spec.high]
             for value in values:

@@ -44,6 +44,7 @@ class Plan:
     total_steps: int
     epochs: int
     warmup_steps: int
+    capped: bool = False  # train.max_steps decides the length, not train.epochs
 
     @property
     def micro_batch(self) -> int:
@@ -53,6 +54,19 @@ class Plan:
     def step_batch(self) -> int:
         return self.micro_batch * self.accumulation
 
+    def describe(self) -> str:
+        """The start-up summary's `steps` line."""
+        if self.capped:
+            return (f"{self.total_steps} optimizer steps (train.max_steps; {self.total_steps / self.steps_per_epoch:.3g} "
+                    f"epochs of {self.steps_per_epoch} steps)")
+        return f"{self.steps_per_epoch} per epoch x {self.epochs} epoch(s) = {self.total_steps} optimizer steps"
+
+    def epoch_label(self, epoch: int) -> str:
+        """The progress bar's description in (0-based) `epoch`."""
+        if self.capped:
+            return f"epoch {epoch + 1} of {self.total_steps / self.steps_per_epoch:.3g} (max_steps {self.total_steps})"
+        return f"epoch {epoch + 1}/{self.epochs}"
+
 
 def make_plan(t: TrainConfig, micro_batches_per_epoch: int, processes: int) -> Plan:
     steps = math.ceil(micro_batches_per_epoch / t.gradient_accumulation_steps)
@@ -61,7 +75,7 @@ def make_plan(t: TrainConfig, micro_batches_per_epoch: int, processes: int) -> P
     return Plan(
         processes=processes, batch_size=t.batch_size, accumulation=t.gradient_accumulation_steps,
         micro_batches_per_epoch=micro_batches_per_epoch, steps_per_epoch=steps, total_steps=total,
-        epochs=math.ceil(total / steps), warmup_steps=min(warmup, total),
+        epochs=math.ceil(total / steps), warmup_steps=min(warmup, total), capped=t.max_steps is not None,
     )
 
 
@@ -296,7 +310,7 @@ def _report_start(run: Run, n_params: int, threads: int, why_separate: str | Non
         ("precision", precision_label(acc, cfg.train)),
         ("batch", f"{plan.batch_size} per process x {plan.processes} process(es) x {plan.accumulation} "
                   f"accumulation = {plan.step_batch} global"),
-        ("steps", f"{plan.steps_per_epoch} per epoch x {plan.epochs} epoch(s) = {plan.total_steps} optimizer steps"),
+        ("steps", plan.describe()),
         ("schedule", f"{cfg.train.scheduler}, warmup {plan.warmup_steps} steps, peak lr {cfg.train.learning_rate}"),
         ("clipping", clipping),
         *([("class weights", ", ".join(f"{n} {w:.3g}" for n, w in zip(prep.label_names, run.class_weights.tolist())))]
@@ -326,7 +340,7 @@ def fit(run: Run, state: TrainState) -> dict[str, Any]:
             run.train_dl.set_epoch(epoch)
             # Resuming mid-epoch: the same remaining batches, in order.
             loader = acc.skip_first_batches(run.train_dl, state.batch_in_epoch) if state.batch_in_epoch else run.train_dl
-            bar.set_description(f"epoch {epoch + 1}/{plan.epochs}")
+            bar.set_description(plan.epoch_label(epoch))
             for index, batch in enumerate(loader, start=state.batch_in_epoch):
                 touched.append(batch["input_ids"])
                 with acc.accumulate(model):
@@ -530,6 +544,7 @@ def batch_loss(logits, labels, index: int, plan: Plan, process: int, rows: int, 
 
 
 def _evaluate(run: Run, state: TrainState, *, epoch: float, log) -> dict[str, Any]:
+    from ftcli import evaluation
     from ftcli.evaluation import run_eval
     from ftcli.fastops import standard_attention
 
@@ -540,6 +555,9 @@ def _evaluate(run: Run, state: TrainState, *, epoch: float, log) -> dict[str, An
                           threshold=run.cfg.eval.threshold)
     run.last_predictions = result.pop("_predictions"), result.pop("_references")
     result.pop("_scores", None)
+    if run.prepared.is_multi_label and (warning := evaluation.few_positives_warning(
+            *run.last_predictions, run.cfg.eval.threshold, run.eval_split)):
+        run.reporter.warn(f"step {state.step}: {warning}")
     result["seconds"] = round(time.perf_counter() - start, 3)
     record = {"type": "eval", "step": state.step, "epoch": epoch, "split": run.eval_split, **result}
     log.write(record)
