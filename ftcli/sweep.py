@@ -36,6 +36,9 @@ from ftcli.files import atomic_write_text, check_output, check_output_folder
 TRIALS = "trials"
 RETRY_OF = "ftcli_retry_of"  # user attribute of a trial that re-runs a failed one
 OWNER = "ftcli_owner"  # user attribute: the host and process running the trial (ftcli.owners)
+RESUME_FROM = "ftcli_resume_from"  # user attribute of a retry: the failed trial's run folder, continued
+SWEEP_CONFIG = "sweep_config.yaml"  # in output_dir: the sweep's resolved config, --set included
+SWEEP_ARGS = "sweep_args.json"  # in output_dir: the command's own options (--trials, --storage, ...)
 
 
 def metric_of(cfg: Config, label_names: list[str], multi_label: bool = False) -> str:
@@ -85,8 +88,13 @@ def open_storage(url: str, heartbeat_s: int):
         raise FtcliError(f"sweep storage {url!r}: cannot open it ({str(exc).splitlines()[0][:200]})") from None
 
 
-def _sampler(sweep: SweepConfig, seed: int):
+def _sampler(sweep: SweepConfig, seed: int, drawn: int = 0):
+    """The sampler, seeded from `train.seed` and the number of trials the study already has
+    (`drawn`): a new study is reproducible, and a continued one draws new points instead of
+    replaying the first run's (a sampler seeded alike would)."""
     import optuna
+
+    seed = seed + 1_000_003 * drawn
 
     if sweep.sampler == "grid":
         missing = [k for k, spec in sweep.space.items() if spec.choices is None]
@@ -137,6 +145,37 @@ def trial_config(cfg: Config, values: dict[str, Any], run: Path) -> Config:
     return config_from_dict(raw, source=cfg.source_path or "<config>")
 
 
+def load_sweep(folder: str | Path, overrides: list[str]) -> tuple[Config, dict[str, Any]]:
+    """For `ftcli sweep --resume DIR`: the config and options the sweep in DIR was started with
+    (what the first command saved), `overrides` on top. Its output_dir is DIR as given."""
+    from ftcli.config import load_config
+
+    folder = Path(folder)
+    if not (folder / SWEEP_CONFIG).is_file():
+        raise FtcliError(f"--resume {folder}: no {SWEEP_CONFIG} here, so this is not a sweep's output_dir (or its "
+                         "sweep started before ftcli saved it); run the sweep's command with --config again")
+    cfg = load_config(folder / SWEEP_CONFIG, [*overrides, f"train.output_dir={folder}"])
+    try:
+        args = json.loads((folder / SWEEP_ARGS).read_text())
+    except (OSError, ValueError):
+        args = {}
+    return cfg, {k: args.get(k) for k in ("trials", "timeout_s", "storage", "study_name")}
+
+
+def resume_command(out: Path, processes: int) -> str:
+    """The command that continues the sweep in `out`, with every option it was started with."""
+    command = f"ftcli sweep --resume {shlex.quote(str(out))}"
+    return f"accelerate launch <the same launch options> -m {command}" if processes > 1 else command
+
+
+def _save_invocation(cfg: Config, out: Path, **args: Any) -> None:
+    """What `sweep --resume` needs to continue: the resolved config and the command's options."""
+    atomic_write_text(out / SWEEP_CONFIG, f"# The config of the sweep in {out}, as resolved (--set included).\n"
+                      f"# Continue it with: ftcli sweep --resume {shlex.quote(str(out))}\n"
+                      + yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    atomic_write_text(out / SWEEP_ARGS, json.dumps(args, indent=2) + "\n")
+
+
 def sweep(
     config: Config | str | Path,
     *,
@@ -183,8 +222,11 @@ def sweep(
         if not main:
             return _follow(cfg, shared)
         try:
+            out.mkdir(parents=True, exist_ok=True)
+            _save_invocation(cfg, out, trials=trials, timeout_s=timeout_s, storage=storage, study_name=study_name)
             summary = _lead(cfg, metric, url, shared, reporter, wanted=trials or cfg.sweep.trials,
-                            timeout_s=timeout_s or cfg.sweep.timeout_s, study_name=study_name, storage=storage)
+                            timeout_s=timeout_s or cfg.sweep.timeout_s, study_name=study_name,
+                            processes=group.num_processes if group is not None else 1)
         except BaseException as exc:
             if not shared.in_trial:  # the others wait for a message, not inside a trial's collectives
                 shared.send({"error": str(exc) or type(exc).__name__})
@@ -224,11 +266,11 @@ def _follow(cfg: Config, shared: Shared) -> dict[str, Any]:
             error.main_process = False  # the main process reports it
             raise error
         train(trial_config(cfg, message["values"], Path(message["run"])), overwrite=message["overwrite"],
-              reporter=Reporter(enabled=False))
+              resume=message["resume"], reporter=Reporter(enabled=False))
 
 
 def _lead(cfg: Config, metric: str, url: str, shared: Shared, reporter: Reporter, *, wanted: int,
-          timeout_s: int | None, study_name: str | None, storage: str | None) -> dict[str, Any]:
+          timeout_s: int | None, study_name: str | None, processes: int) -> dict[str, Any]:
     """The main process: open the study, run trials until it has `wanted` finished ones."""
     import optuna
 
@@ -240,6 +282,7 @@ def _lead(cfg: Config, metric: str, url: str, shared: Shared, reporter: Reporter
             storage=open_storage(url, sw.heartbeat_s), sampler=_sampler(sw, cfg.train.seed), pruner=_pruner(sw),
             study_name=name, direction="minimize" if metric == "loss" else "maximize", load_if_exists=True)
         _check_same_search(study, cfg, metric)
+        study.sampler = _sampler(sw, cfg.train.seed, drawn=len(study.get_trials(deepcopy=False)))
         retried = _retry_failed(study)
         table = TrialTable(reporter, metric, wanted)
         table.start(study, url, retried)
@@ -252,16 +295,16 @@ def _lead(cfg: Config, metric: str, url: str, shared: Shared, reporter: Reporter
             from optuna.trial import TrialState
 
             try:
-                study.optimize(objective, timeout=timeout_s, gc_after_trial=True, callbacks=[
-                    MaxTrialsCallback(wanted, states=(TrialState.COMPLETE, TrialState.PRUNED)),
-                    lambda study, trial: (table.trial_finished(trial), _after_trial(study, cfg, out, metric, url)),
-                ])
+                with _no_interrupt_warning():
+                    study.optimize(objective, timeout=timeout_s, gc_after_trial=True, callbacks=[
+                        MaxTrialsCallback(wanted, states=(TrialState.COMPLETE, TrialState.PRUNED)),
+                        lambda study, trial: (table.trial_finished(trial), _after_trial(study, cfg, out, metric, url)),
+                    ])
             except TrainingInterrupted as exc:
-                command = f"ftcli sweep --config {shlex.quote(cfg.source_path or '<config>')}" + (
-                    f" --storage {shlex.quote(url)}" if storage else "") + (f" --study {shlex.quote(name)}" if study_name else "")
-                raise TrainingInterrupted(f"sweep interrupted: the running trial wrote a checkpoint; run the same "
-                                          f"command to continue the study: {command}" if str(exc) else "",
-                                          exc.exit_code) from None
+                table.close()
+                raise TrainingInterrupted(
+                    f"sweep interrupted: the running trial wrote a checkpoint and continues from it; continue the "
+                    f"study with: {resume_command(out, processes)}" if str(exc) else "", exc.exit_code) from None
         summary = _after_trial(study, cfg, out, metric, url)
         table.finish(summary)
     return summary
@@ -273,7 +316,10 @@ def _run_trial(trial, cfg: Config, metric: str, out: Path, table: TrialTable, sh
     from ftcli.training import train
 
     values = suggest(trial, cfg)
-    run = out / TRIALS / f"{trial.number:04d}"
+    run, resume = out / TRIALS / f"{trial.number:04d}", None
+    earlier = trial.user_attrs.get(RESUME_FROM)
+    if earlier and _has_checkpoint(Path(earlier)):  # a retry continues where the failed attempt stopped
+        run, resume = Path(earlier), "auto"
     trial.set_user_attr("run_dir", str(run))
     trial.set_user_attr(OWNER, owners.this_process())  # so a later command can tell it died
     table.trial_started(trial.number, values)
@@ -284,10 +330,10 @@ def _run_trial(trial, cfg: Config, metric: str, out: Path, table: TrialTable, sh
         return trial.should_prune()
 
     start = time.perf_counter()
-    overwrite = run.exists()  # a retried trial replaces what its failed attempt left
-    shared.send({"values": values, "run": str(run), "overwrite": overwrite})
+    overwrite = resume is None and run.exists()  # a fresh attempt replaces what a failed one left
+    shared.send({"values": values, "run": str(run), "overwrite": overwrite, "resume": resume})
     shared.in_trial = True
-    result = train(trial_config(cfg, values, run), overwrite=overwrite, on_eval=report,
+    result = train(trial_config(cfg, values, run), overwrite=overwrite, resume=resume, on_eval=report,
                    reporter=Reporter(enabled=False))  # the sweep reports trials itself
     shared.in_trial = False
     trial.set_user_attr("seconds", round(time.perf_counter() - start, 2))
@@ -299,6 +345,15 @@ def _run_trial(trial, cfg: Config, metric: str, out: Path, table: TrialTable, sh
     if result["stopped"] == "pruned":
         raise optuna.TrialPruned()
     return result["eval"][metric]
+
+
+def _has_checkpoint(run: Path) -> bool:
+    from ftcli import checkpoint
+
+    try:
+        return checkpoint.find(run, "auto", lambda message: None) is not None
+    except FtcliError:
+        return False
 
 
 def _finished(study) -> int:
@@ -346,7 +401,8 @@ def _retry_failed(study) -> list[int]:
     queued = []
     for t in trials:
         if t.state == TrialState.FAIL and RETRY_OF not in t.user_attrs and t.number not in retried and t.params:
-            study.enqueue_trial(t.params, user_attrs={RETRY_OF: t.number}, skip_if_exists=False)
+            study.enqueue_trial(t.params, user_attrs={RETRY_OF: t.number, RESUME_FROM: t.user_attrs.get("run_dir")},
+                                skip_if_exists=False)
             queued.append(t.number)
     return queued
 
@@ -384,10 +440,15 @@ def _after_trial(study, cfg: Config, out: Path, metric: str, url: str) -> dict[s
         atomic_write_text(out / "best.yaml", header + yaml.safe_dump(
             {k: v for k, v in best_cfg.to_dict().items() if k != "sweep"}, sort_keys=False))
     if cfg.sweep.keep_models == "best":
-        keep = best.user_attrs.get("run_dir") if best else None
+        keep = {best.user_attrs.get("run_dir")} if best else set()
+        # Run folders a trial may still continue in: running ones, and failed ones with a retry to come.
+        retried = {t.user_attrs.get(RETRY_OF) for t in trials}
+        keep |= {t.user_attrs.get("run_dir") for t in trials if t.state == TrialState.RUNNING
+                 or (t.state == TrialState.FAIL and RETRY_OF not in t.user_attrs and t.number not in retried)}
+        keep |= {t.user_attrs.get(RESUME_FROM) for t in trials if t.state in (TrialState.WAITING, TrialState.RUNNING)}
         for t in trials:
             run = t.user_attrs.get("run_dir")
-            if run and run != keep and t.state in (TrialState.COMPLETE, TrialState.PRUNED):
+            if run and run not in keep and t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL):
                 for entry in ("model", "checkpoints"):
                     shutil.rmtree(Path(run) / entry, ignore_errors=True)
     _plot(study, out / "sweep.png")
@@ -395,43 +456,65 @@ def _after_trial(study, cfg: Config, out: Path, metric: str, url: str) -> dict[s
 
 
 def _plot(study, path: Path) -> None:
-    """Optimization history and parameter importances side by side (importances need two
-    completed trials)."""
+    """Optimization history (each finished trial's value, and the best so far) and, from two
+    completed trials on, parameter importances, drawn on a Figure of ftcli's own: full parameter
+    names, no legend over the bars, and no pyplot state touched."""
     import os
 
-    import numpy as np
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from optuna.trial import TrialState
 
-    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not complete:
         return
-    import matplotlib.pyplot as plt
-    import optuna.visualization.matplotlib as ovm
+    importances = {}
+    if len(complete) >= 2 and complete[0].params:
+        import optuna
 
-    images = []
-    with warnings_off():
-        panels = [ovm.plot_optimization_history]
-        if len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) >= 2 and len(study.best_trial.params) >= 1:
-            panels.append(ovm.plot_param_importances)
-        for draw in panels:
+        with warnings_off():
             try:
-                axes = draw(study)
+                importances = optuna.importance.get_param_importances(study)
             except (ValueError, RuntimeError):
-                continue  # e.g. importances of a single distinct value
-            fig = axes.figure
-            fig.set_size_inches(6.5, 4.2)
-            fig.canvas.draw()
-            images.append(np.asarray(fig.canvas.buffer_rgba()))
-            plt.close(fig)  # optuna draws through pyplot: leave no figure registered
-    canvas = Figure(figsize=(6.5 * len(images), 4.2), layout="constrained")
-    FigureCanvasAgg(canvas)
-    for i, image in enumerate(images):
-        ax = canvas.add_subplot(1, len(images), i + 1)
-        ax.imshow(image)
-        ax.axis("off")
+                importances = {}  # e.g. every trial drew the same value
+    metric = study.user_attrs.get("ftcli_search", {}).get("metric", "value")
+    names = list(importances)
+    width = 6.0 + (max(6.0, 2.5 + 0.09 * max(map(len, names)) + 3.0) if names else 0.0)
+    fig = Figure(figsize=(width, 4.2), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 2 if names else 1, squeeze=False, width_ratios=[6.0, width - 6.0] if names else None)[0]
+    history = axes[0]
+    numbers, values = [t.number for t in complete], [t.value for t in complete]
+    better = max if study.direction.name == "MAXIMIZE" else min
+    best, running = [], None
+    for v in values:
+        running = v if running is None else better(running, v)
+        best.append(running)
+    history.plot(numbers, values, "o", color="#1f77b4", label="trial")
+    history.step(numbers, best, where="post", color="#d62728", label="best so far")
+    pruned = study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))
+    if pruned:  # at the last value each reported before it was stopped
+        shown = [t for t in pruned if t.intermediate_values]
+        history.plot([t.number for t in shown], [t.intermediate_values[max(t.intermediate_values)] for t in shown],
+                     "x", color="#7f7f7f", label="pruned")
+    history.set_xlabel("trial")
+    history.set_ylabel(metric)
+    history.set_title(f"optimization history ({study.direction.name.lower()} {metric})", fontsize=10)
+    history.grid(alpha=0.3)
+    history.legend(loc="best", fontsize=8)
+    if names:
+        bars = axes[1]
+        shown = names[::-1]  # the most important on top
+        bars.barh(range(len(shown)), [importances[n] for n in shown], color="#1f77b4")
+        bars.set_yticks(range(len(shown)), shown, fontsize=9)
+        for i, n in enumerate(shown):
+            bars.annotate(f"{importances[n]:.2f}", (importances[n], i), xytext=(3, 0), textcoords="offset points",
+                          va="center", fontsize=8)
+        bars.set_xlim(0, max(importances.values()) * 1.2 or 1)
+        bars.set_xlabel(f"importance for {metric}")
+        bars.set_title("parameter importances", fontsize=10)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
-    canvas.savefig(tmp, dpi=100)
+    fig.savefig(tmp, dpi=100)
     os.replace(tmp, path)
 
 
@@ -442,6 +525,31 @@ def warnings_off():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # optuna marks its heartbeats and matplotlib plots experimental
         yield
+
+
+@contextlib.contextmanager
+def _no_interrupt_warning():
+    """Optuna logs a trial that raised as a warning with its traceback. An interrupted trial
+    (Ctrl-C, SIGTERM) is not a failure to show: ftcli says in one line how to continue. The
+    filter is on Optuna's own logger, for the sweep only."""
+    import logging
+
+    class Interrupted(logging.Filter):
+        follows = None  # the line Optuna writes next about the same trial
+
+        def filter(self, record: logging.LogRecord) -> bool:
+            exc = record.exc_info[1] if record.exc_info else None
+            if isinstance(exc, (TrainingInterrupted, KeyboardInterrupt)):
+                self.follows = record.getMessage().split(" failed with parameters")[0] + " failed with value"
+                return False
+            return not (self.follows and record.getMessage().startswith(self.follows))
+
+    logger, dropped = logging.getLogger("optuna.study._optimize"), Interrupted()
+    logger.addFilter(dropped)
+    try:
+        yield
+    finally:
+        logger.removeFilter(dropped)
 
 
 @contextlib.contextmanager
@@ -492,6 +600,11 @@ class TrialTable:
         shown = f"{self.metric} {row['value']:.4f}" if row["value"] is not None else "no result"
         self._event(f"trial {trial.number} {state}: {shown} after {trial.user_attrs.get('steps', '?')} steps "
                     f"(data: {trial.user_attrs.get('data_cache', '?')}, {trial.user_attrs.get('seconds', '?')}s)")
+
+    def close(self) -> None:
+        if self.live is not None:
+            self.live.__exit__(None, None, None)
+            self.live = None
 
     def finish(self, summary: dict[str, Any]) -> None:
         for row in summary["trials"]:

@@ -135,6 +135,75 @@ def test_kill_9_mid_sweep_then_the_same_command_completes_the_study(tiny_model, 
 
 
 @pytest.mark.slow
+def test_ctrl_c_then_sweep_resume_continues_that_study_and_that_trial(tiny_model, sweep_files, tmp_path):
+    """What a user at a terminal does: start with their own flags, press Ctrl-C in trial 1, copy
+    the one line printed. That command continues the same study (--trials 3 and --set kept), the
+    interrupted trial continues from its checkpoint, no point is drawn twice, and keep_models:
+    best leaves no checkpoints behind."""
+    cfg = sweep_config(tiny_model, sweep_files, tmp_path, pruner="none", trials=8)
+    doc = yaml.safe_load(cfg.read_text())
+    doc["train"].update(log_every=1, checkpoint_every=None)
+    cfg.write_text(yaml.safe_dump(doc))
+    proc = subprocess.Popen([sys.executable, "-m", "ftcli", "sweep", "-c", str(cfg), "--trials", "3", "--set",
+                             "train.seed=7"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    second = tmp_path / "run" / "trials" / "0001" / "metrics.jsonl"
+    deadline = time.time() + 300
+    while not (second.is_file() and len(second.read_text().splitlines()) >= 3) and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    out = tmp_path / "run"
+    assert err.splitlines()[-1] == f"sweep interrupted: the running trial wrote a checkpoint and continues from it; " \
+                                   f"continue the study with: ftcli sweep --resume {out}"
+    assert "Traceback" not in err and "failed with" not in err and "train --resume" not in err, err[-3000:]
+    resumed = run_cli("sweep", "--resume", str(out), "--json")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    summary = json.loads(resumed.stdout)
+    assert summary["finished"] == 3  # --trials 3, not sweep.trials (8)
+    assert yaml.safe_load((out / "sweep_config.yaml").read_text())["train"]["seed"] == 7  # --set kept
+    retry = [t for t in summary["trials"] if t["retry_of"] == 1]
+    assert len(retry) == 1 and retry[0]["state"] == "complete" and retry[0]["run_dir"] == str(out / "trials" / "0001")
+    assert json.loads((out / "trials" / "0001" / "run.json").read_text())["resumed_from"], "retrained from scratch"
+    drawn = [json.dumps(t["params"], sort_keys=True) for t in summary["trials"] if t["retry_of"] is None]
+    assert len(drawn) == len(set(drawn)), drawn  # the continued study drew new points
+    best = summary["best"]["run_dir"]
+    for t in summary["trials"]:
+        if t["run_dir"] != best:
+            assert not (Path(t["run_dir"]) / "checkpoints").exists(), t
+
+
+def test_a_continued_study_draws_new_points():
+    """The sampler is seeded from train.seed and the trials the study has: reproducible from
+    scratch, and a second run does not replay the first run's draws."""
+    import optuna
+
+    from ftcli.config import SweepConfig
+    from ftcli.sweep import _sampler
+
+    sw = SweepConfig(space=SPACE, sampler="random")
+    first = [_sampler(sw, 42, drawn=0).sample_independent(None, None, "x", optuna.distributions.FloatDistribution(
+        0, 1)) for _ in range(2)]
+    assert first[0] == first[1]  # a new study is reproducible
+    again = _sampler(sw, 42, drawn=3).sample_independent(None, None, "x", optuna.distributions.FloatDistribution(0, 1))
+    assert again != first[0]
+
+
+def test_searching_epochs_under_max_steps_is_refused(tiny_model, sweep_files, tmp_path):
+    cfg = yaml.safe_load(sweep_config(tiny_model, sweep_files, tmp_path).read_text())
+    cfg["train"]["max_steps"] = 20
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    result = CliRunner().invoke(app, ["sweep", "-c", str(tmp_path / "bad.yaml")])
+    assert result.exit_code == 2
+    assert "sweep.space.train.epochs: train.max_steps (20) sets every trial's length" in result.stderr, result.stderr
+
+
+def test_sweep_resume_needs_a_sweep_folder(tmp_path):
+    result = CliRunner().invoke(app, ["sweep", "--resume", str(tmp_path)])
+    assert result.exit_code == 2 and "no sweep_config.yaml here" in result.stderr
+
+
+@pytest.mark.slow
 def test_two_workers_share_one_study_without_duplicates(tiny_model, sweep_files, tmp_path):
     cfg = sweep_config(tiny_model, sweep_files, tmp_path, pruner="none", trials=4)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
