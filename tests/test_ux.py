@@ -201,20 +201,6 @@ def test_missing_or_unknown_tracker_is_bad_input(make_config, tmp_path, tracker,
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.slow
-def test_ci_quality_gate_script(make_config, tmp_path):
-    cfg = make_config()
-    ok = subprocess.run(["bash", str(REPO / "scripts" / "ci_quality_gate.sh"), str(cfg), "accuracy>=0.8"],
-                        capture_output=True, text=True, cwd=tmp_path)
-    assert ok.returncode == 0, ok.stderr
-    assert ok.stdout.splitlines()[-1].startswith("PASSED: validation accuracy=")
-    assert json.loads((tmp_path / "ci-results" / "eval.json").read_text())["samples"] == 40
-    strict = subprocess.run(["bash", str(REPO / "scripts" / "ci_quality_gate.sh"), str(cfg), "accuracy>=1.01"],
-                            capture_output=True, text=True, cwd=tmp_path)
-    assert strict.returncode == 3
-    assert "quality gate failed: accuracy" in strict.stderr and strict.stdout.splitlines()[-1].startswith("FAILED")
-
-
 def test_require_syntax_is_checked(make_config, tiny_classifier):
     result = invoke("eval", "-c", make_config(), "--model", tiny_classifier, "--require", "f1 ~ 0.5")
     assert result.exit_code == 2 and "write METRIC OP VALUE" in result.stderr
