@@ -140,7 +140,9 @@ def test_ctrl_c_then_sweep_resume_continues_that_study_and_that_trial(tiny_model
     the one line printed. That command continues the same study (--trials 3 and --set kept), the
     interrupted trial continues from its checkpoint, no point is drawn twice, and keep_models:
     best leaves no checkpoints behind."""
-    cfg = sweep_config(tiny_model, sweep_files, tmp_path, pruner="none", trials=8)
+    # one epoch a trial (13 steps): the learning rate is the only thing searched
+    cfg = sweep_config(tiny_model, sweep_files, tmp_path, pruner="none", trials=8,
+                       space={"train.learning_rate": SPACE["train.learning_rate"]})
     doc = yaml.safe_load(cfg.read_text())
     doc["train"].update(log_every=1, checkpoint_every=None)
     cfg.write_text(yaml.safe_dump(doc))
