@@ -294,7 +294,7 @@ def build(cfg: Config, parts: dict[str, Any], key: str, tmp: Path, raw, labels_o
             "source": sources[split],
             "classes": class_counts(split_ids, names) if labelled and names else None,
             # multi-label rows whose label set is empty (data.allow_empty_labels)
-            "no_label": int((split_ids.sum(1) == 0).sum()) if labelled and multi else None,
+            "no_label": no_label_rows(split_ids) if labelled and multi else None,
         }
     del raw
     shutil.rmtree(tmp / "raw", ignore_errors=True)
@@ -374,6 +374,11 @@ def class_counts(ids, names: list[str]) -> dict[str, int]:
     values = np.asarray(ids.to_numpy(zero_copy_only=False))
     counts = np.bincount(values[values >= 0], minlength=len(names))
     return {name: int(n) for name, n in zip(names, counts)}
+
+
+def no_label_rows(ids) -> int:
+    """Multi-label rows (a rows x labels 0/1 array) whose label set is empty."""
+    return int((ids.sum(1) == 0).sum())
 
 
 def hold_out(data: DataConfig, raw: dict[str, datasets.Dataset], names: list[str], ids):

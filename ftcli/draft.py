@@ -169,7 +169,7 @@ def draft(rows: dict[str, list], tokenizer, *, label_column: str | None = None,
         raise FtcliError(f"init: column {label.name!r} holds label lists; it can only be multi-label")
     values = rows[label.name]
     empty = sum(map(_no_label, values))
-    names, counts = _label_names(values, label, separator)
+    names, counts = _label_names(values, separator)
     label_notes = [f"{len(counts)} labels" + (", a list per row: multi-label" if label.kind == "list"
                    else f", rows name several split on {separator!r}: multi-label" if separator
                    else ", one per row, read as label sets (--multi-label)" if multi else "")]
@@ -206,7 +206,7 @@ def _label_counts(values: list, separator: str | None) -> dict[str, int]:
     return counts
 
 
-def _label_names(values: list, column: Column, separator: str | None) -> tuple[list[str] | None, dict[str, int]]:
+def _label_names(values: list, separator: str | None) -> tuple[list[str] | None, dict[str, int]]:
     """Label names in the order ftcli uses (sorted), and rows per label; None for integer ids,
     which ftcli names 0..K-1 itself."""
     counts = _label_counts(values, separator)

@@ -61,8 +61,8 @@ def run_eval(accelerator, model, dataloader, metric, *, regression: bool, progre
     number of rows; with `keep_outputs`, also the gathered logits and row ids (for predict); with
     `keep_predictions`, the predicted and true labels (`_predictions`, `_references`: numpy
     arrays in dataset order, for the per-class report; multi-label: rows x labels of 0/1) and
-    `_scores`, each label's probability (softmax; multi-label: sigmoid). Multi-label rows predict every label whose probability
-    is at least `threshold`."""
+    `_scores`, each label's probability (softmax; multi-label: sigmoid). Multi-label rows predict
+    every label whose probability is at least `threshold`."""
     import numpy as np
     import torch
     import torch.nn.functional as F
@@ -307,7 +307,7 @@ def evaluate_model(config: Config | str | Path, *, model_dir: str | Path | None 
                 f"split {split!r} ({info['source']}) has no labels to evaluate against; use `ftcli predict`"
             )
         multi = prepared.is_multi_label
-        if (find_threshold or save_threshold) and not multi:
+        if find_threshold and not multi:
             raise FtcliError("--best-threshold/--save-threshold: a threshold is chosen for multi-label data only; "
                              "single-label rows take the most probable label")
         if errors_path is not None and prepared.is_regression:
@@ -355,10 +355,11 @@ def evaluate_model(config: Config | str | Path, *, model_dir: str | Path | None 
                 summary["report"] = str(write_report(where, report, f"{split}: {folder}"))
         if errors_path is not None:
             texts, positions = build.split_texts(cfg, split, prepared.label_names, multi)
-            # The evaluation saw the rows longest first (batching.SortedSampler): its i-th is this row.
-            order = batching.SortedSampler(prepared.split(split)["length"]).indices
-            records = error_rows(predictions, references, scores, prepared.label_names,
-                                 texts, [positions[i] for i in order.tolist()], multi, [int(i) for i in order])
+            # The evaluation saw the rows longest first (batching.SortedSampler): put them in that order.
+            order = batching.SortedSampler(prepared.split(split)["length"]).indices.tolist()
+            texts = {c: [v[k] for k in order] for c, v in texts.items()}
+            records = error_rows(predictions, references, scores, prepared.label_names, texts,
+                                 [positions[k] for k in order], multi)
             if accelerator.is_main_process:
                 write_errors(errors_path, records, prepared.label_names, list(texts), multi,
                              separator=cfg.data.label_separator or "|")
@@ -392,16 +393,14 @@ def print_eval(reporter: Reporter, summary: dict[str, Any]) -> None:
 
 
 def error_rows(predictions, references, scores, names: list[str], texts: dict[str, list], positions: list[int],
-               multi: bool, order: list[int] | None = None) -> list[dict[str, Any]]:
+               multi: bool) -> list[dict[str, Any]]:
     """The rows the model got wrong, most confident mistakes first: their text, true and predicted
-    labels and probabilities. Prediction i is of the split's row `order[i]` (default: row i),
-    which is row `positions[i]` of its source file: `row`, 0-based, as predict numbers rows.
-    Multi-label rows list the labels missed and the ones predicted wrongly."""
+    labels and probabilities. Prediction i is of the row with texts `texts[c][i]`, row
+    `positions[i]` of its source file: `row`, 0-based, as predict numbers rows. Multi-label rows
+    list the labels missed and the ones predicted wrongly."""
     import numpy as np
 
     p, r = np.asarray(predictions), np.asarray(references)
-    order = list(range(len(p))) if order is None else order
-    texts = {c: [v[k] for k in order] for c, v in texts.items()}
     if len(p) != len(positions):
         raise RuntimeError(f"{len(p)} predictions for {len(positions)} rows")  # a bug, not bad input
     records = []
@@ -504,6 +503,7 @@ def predict(config: Config | str | Path, input_file: str | Path, output_file: st
         raise FtcliError("--label-separator: give a character such as ',' or '|'")
     labels = trained_labels(folder)
     multi = modeling.read_json(folder / "config.json").get("problem_type") == "multi_label_classification"
+    threshold = threshold_for(cfg, folder)[0] if multi else None  # an unreadable thresholds.json: before the work
     raw = cfg.to_dict()
     # One file to label, as it is: no split held out of it.
     raw["data"].update(path=None, name=None, revision=None, files={"predict": str(source)},
@@ -535,7 +535,6 @@ def predict(config: Config | str | Path, input_file: str | Path, output_file: st
         cut = ds["truncated"] if "truncated" in ds.column_names else [False] * len(rows)
         if multi:  # every label at or above the threshold, and each label's probability
             probs = torch.sigmoid(logits).numpy()
-            threshold, _ = threshold_for(cfg, folder)
             chosen = probs >= threshold
             records = [{"row": r, **{c: v[r] for c, v in kept.items()},
                         "labels": [name for name, on in zip(labels, hit) if on],

@@ -162,10 +162,13 @@ def resume_command(out: Path, processes: int) -> str:
     """The command that resumes the run in `out`: its saved config.yaml holds every --set override."""
     import shlex
 
-    command = f"ftcli train --resume {shlex.quote(str(out))}"
-    if processes > 1:
-        return f"accelerate launch <the same launch options> -m {command}"
-    return command
+    return relaunch(f"ftcli train --resume {shlex.quote(str(out))}", processes)
+
+
+def relaunch(command: str, processes: int) -> str:
+    """An ftcli command to print for the user to run again: under `accelerate launch` when the
+    run had several processes (the launch options are the user's own, so they are not repeated)."""
+    return f"accelerate launch <the same launch options> -m {command}" if processes > 1 else command
 
 
 def clear(out: Path) -> None:

@@ -164,8 +164,9 @@ def load_sweep(folder: str | Path, overrides: list[str]) -> tuple[Config, dict[s
 
 def resume_command(out: Path, processes: int) -> str:
     """The command that continues the sweep in `out`, with every option it was started with."""
-    command = f"ftcli sweep --resume {shlex.quote(str(out))}"
-    return f"accelerate launch <the same launch options> -m {command}" if processes > 1 else command
+    from ftcli.run_dir import relaunch
+
+    return relaunch(f"ftcli sweep --resume {shlex.quote(str(out))}", processes)
 
 
 def _save_invocation(cfg: Config, out: Path, **args: Any) -> None:

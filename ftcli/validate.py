@@ -69,12 +69,12 @@ def validate(cfg: Config, require: list[Requirement] = ()) -> dict[str, Any]:
 
 
 def _split(ids, rows: int, names: list[str], multi: bool) -> dict[str, Any]:
-    from ftcli.build import class_counts
+    from ftcli.build import class_counts, no_label_rows
 
     if ids is None:
         return {"rows": rows, "labeled": False, "classes": None, "no_label": None}
     return {"rows": rows, "labeled": True, "classes": class_counts(ids, names) if names else None,
-            "no_label": int((ids.sum(1) == 0).sum()) if multi else None}
+            "no_label": no_label_rows(ids) if multi else None}
 
 
 def describe(result: dict[str, Any]) -> list[str]:
