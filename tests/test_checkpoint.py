@@ -24,6 +24,25 @@ pytestmark = pytest.mark.slow
 CKPT = ["--set", "train.checkpoint_every=5", "--set", "train.log_every=1", "--set", "train.save_total_limit=3"]
 
 
+def train_here(config: Path, *sets: str, **kwargs):
+    """`ftcli train` through the library in this process (no interpreter start-up): the same
+    checks and messages, as an FtcliError instead of exit code 2. `sets`: --set options."""
+    from ftcli import load_config, train
+    from ftcli.console import Reporter
+
+    overrides = [a for a in sets if a != "--set"]
+    kwargs.setdefault("reporter", Reporter(enabled=False))
+    return train(load_config(config, overrides), **kwargs)
+
+
+def refusal(config: Path, *sets: str, **kwargs) -> str:
+    from ftcli.errors import FtcliError
+
+    with pytest.raises(FtcliError) as caught:
+        train_here(config, *sets, **kwargs)
+    return str(caught.value)
+
+
 def weights(run: Path) -> dict:
     from safetensors.torch import load_file
 
@@ -176,18 +195,14 @@ def test_resume_run_dir_with_another_config_is_refused(make_config, tmp_path):
 def test_resume_refuses_a_changed_config_naming_the_field(reference, tmp_path):
     out = ["--set", f"train.output_dir={tmp_path / 'run'}"]
     run_cli("train", "-c", str(reference["config"]), *CKPT, *out, env={"FTCLI_FAULT": "step:12"})
-    changed = run_cli("train", "-c", str(reference["config"]), *CKPT, *out, "--resume", "auto",
-                      "--set", "train.learning_rate=0.01")
-    assert changed.returncode == 2
-    assert "was written by a different run: train.learning_rate (0.002 -> 0.01)" in changed.stderr
-    assert "--allow-changes" in changed.stderr
-    data_changed = run_cli("train", "-c", str(reference["config"]), *CKPT, *out, "--resume", "auto",
-                           "--set", "data.max_length=16")
-    assert data_changed.returncode == 2 and "data.max_length (48 -> 16)" in data_changed.stderr
-    assert "the prepared data (cache key" in data_changed.stderr
-    forced = run_cli("train", "-c", str(reference["config"]), *CKPT, *out, "--resume", "auto",
-                     "--set", "train.learning_rate=0.01", "--allow-changes")
-    assert forced.returncode == 0, forced.stderr
+    changed = refusal(reference["config"], *CKPT, *out, "--set", "train.learning_rate=0.01", resume="auto")
+    assert "was written by a different run: train.learning_rate (0.002 -> 0.01)" in changed
+    assert "--allow-changes" in changed
+    data_changed = refusal(reference["config"], *CKPT, *out, "--set", "data.max_length=16", resume="auto")
+    assert "data.max_length (48 -> 16)" in data_changed and "the prepared data (cache key" in data_changed
+    forced = train_here(reference["config"], *CKPT, *out, "--set", "train.learning_rate=0.01", resume="auto",
+                        allow_changes=True)
+    assert forced["steps"] > 12
 
 
 def test_corrupt_newest_checkpoint_falls_back_to_the_previous(reference, tmp_path):
@@ -197,15 +212,18 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_previous(reference, tmp_pat
     assert [c.name for c in ckpts] == ["step-0000010", "step-0000015", "step-0000020"]
     weights_file = ckpts[-1] / "model.safetensors"
     weights_file.write_bytes(weights_file.read_bytes()[:-10])  # truncated
-    bad = run_cli("train", "-c", str(reference["config"]), *CKPT, *out, "--resume", str(ckpts[-1]))
-    assert bad.returncode == 2
-    assert f"error: --resume {ckpts[-1]}: checkpoint is not usable: model.safetensors is truncated" in bad.stderr
+    from io import StringIO
+
+    from ftcli.console import Reporter
+
+    said = StringIO()
+    bad = refusal(reference["config"], *CKPT, *out, resume=str(ckpts[-1]), reporter=Reporter(mode="plain", err=said))
+    assert bad.startswith(f"--resume {ckpts[-1]}: checkpoint is not usable: model.safetensors is truncated")
     # Verified before anything heavy: no data summary, no model, no start-up table first.
-    assert len(bad.stderr.strip().splitlines()) == 1, bad.stderr
-    auto = run_cli("train", "-c", str(reference["config"]), *CKPT, *out, "--resume", "auto")
-    assert auto.returncode == 0, auto.stderr
-    assert "step-0000020 is damaged (model.safetensors is truncated" in auto.stderr
-    assert "resumed from" in auto.stderr and "step-0000015" in auto.stderr
+    assert said.getvalue() == ""
+    train_here(reference["config"], *CKPT, *out, resume="auto", reporter=Reporter(mode="plain", err=said))
+    assert "step-0000020 is damaged (model.safetensors is truncated" in said.getvalue()
+    assert "resumed from" in said.getvalue() and "step-0000015" in said.getvalue()
     assert_identical(reference["one"], tmp_path / "run")
 
 
@@ -250,14 +268,12 @@ def test_early_stopping_with_patience(make_config, tmp_path):
 
 def test_output_dir_holding_a_run_needs_resume_or_overwrite(make_config, tmp_path):
     cfg = make_config(epochs=1)
-    assert run_cli("train", "-c", str(cfg)).returncode == 0
+    train_here(cfg)
     (tmp_path / "run" / "notes.txt").write_text("mine")
-    again = run_cli("train", "-c", str(cfg))
-    assert again.returncode == 2
-    assert f"error: train.output_dir '{tmp_path / 'run'}' already holds a run" in again.stderr
-    assert "--resume auto" in again.stderr and "--overwrite" in again.stderr
-    replaced = run_cli("train", "-c", str(cfg), "--overwrite")
-    assert replaced.returncode == 0
+    again = refusal(cfg)
+    assert f"train.output_dir '{tmp_path / 'run'}' already holds a run" in again
+    assert "--resume auto" in again and "--overwrite" in again
+    train_here(cfg, overwrite=True)
     assert (tmp_path / "run" / "notes.txt").read_text() == "mine"  # --overwrite removes only ftcli's files
 
 

@@ -292,8 +292,12 @@ def test_one_file_with_class_weights_trains_and_reports_per_class(tiny_model, tm
     with Image.open(tmp_path / "run" / "eval" / "validation" / "confusion_matrix.png") as image:
         assert image.format == "PNG"
     # eval of the same model and split, for people: the table, and the same report rewritten.
-    human = run_cli("eval", "-c", str(tmp_path / "c.yaml"))
-    assert human.returncode == 0, human.stderr[-3000:]
+    from typer.testing import CliRunner
+
+    from ftcli.cli import app
+
+    human = CliRunner().invoke(app, ["eval", "-c", str(tmp_path / "c.yaml")])  # in this process
+    assert human.exit_code == 0, human.stderr[-3000:]
     assert "precision" in human.stdout and "support" in human.stdout
     rewritten = json.loads((tmp_path / "run" / "eval" / "validation" / "eval_report.json").read_text())
     assert rewritten["per_class"] == summary["per_class"]
@@ -356,17 +360,22 @@ def test_multi_label_end_to_end_matches_scikit_learn(tiny_model, tmp_path, form)
     assert summary["metric"] == "multilabel" and list(summary["per_class"]) == names
     config = json.loads((tmp_path / "run" / "model" / "config.json").read_text())
     assert config["problem_type"] == "multi_label_classification"
-    evaluated = run_cli("eval", "-c", str(tmp_path / "c.yaml"), "--json", "--best-threshold")
-    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    from typer.testing import CliRunner
+
+    from ftcli.cli import app
+
+    # eval and predict in this process (the training above is the user's own process)
+    evaluated = CliRunner().invoke(app, ["eval", "-c", str(tmp_path / "c.yaml"), "--json", "--best-threshold"])
+    assert evaluated.exit_code == 0, evaluated.stderr[-3000:]
     result = json.loads(evaluated.stdout)
     assert {"f1_micro", "f1_macro", "precision_micro", "recall_micro", "subset_accuracy"} <= set(result)
     assert 0.05 <= result["best_threshold"]["threshold"] <= 0.95
     assert result["best_threshold"]["f1_micro"] >= result["f1_micro"] - 1e-6
     # predict's label sets, scored by scikit-learn, give eval's numbers.
     out = tmp_path / "p.jsonl"
-    predicted = run_cli("predict", "-c", str(tmp_path / "c.yaml"), "-i", raw["data"]["files"]["validation"],
-                        "-o", str(out))
-    assert predicted.returncode == 0, predicted.stderr[-3000:]
+    predicted = CliRunner().invoke(app, ["predict", "-c", str(tmp_path / "c.yaml"), "-i",
+                                         raw["data"]["files"]["validation"], "-o", str(out)])
+    assert predicted.exit_code == 0, predicted.stderr[-3000:]
     records = [json.loads(line) for line in out.read_text().splitlines()]
     pred = np.array([[name in r["labels"] for name in names] for r in records], dtype=int)
     true_sets = [set(r["label"]) if form == "names" else set(r["label"].split(",")) for r in tag_rows(60, 2, form)]
@@ -422,11 +431,15 @@ def test_bad_multi_label_rows_are_one_line_naming_file_and_row(tiny_model, tmp_p
     raw["model"]["labels"] = ["a", "b", "c"]
     raw["data"].update(data)
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
-    result = run_cli("prepare", "-c", str(tmp_path / "c.yaml"))
-    assert result.returncode == 2
+    from typer.testing import CliRunner
+
+    from ftcli.cli import app
+
+    result = CliRunner().invoke(app, ["prepare", "-c", str(tmp_path / "c.yaml")])  # in-process: no start-up cost
+    assert result.exit_code == 2
     assert result.stderr.count("\n") == 1 and f"ml.jsonl: {expected}" in result.stderr, result.stderr
-    allowed = run_cli("prepare", "-c", str(tmp_path / "c.yaml"), "--set", "data.allow_empty_labels=true")
-    assert (allowed.returncode == 0) == (label != ["a", "purple"]), allowed.stderr
+    allowed = CliRunner().invoke(app, ["prepare", "-c", str(tmp_path / "c.yaml"), "--set", "data.allow_empty_labels=true"])
+    assert (allowed.exit_code == 0) == (label != ["a", "purple"]), allowed.stderr
 
 
 @pytest.mark.slow
@@ -447,8 +460,13 @@ def test_init_drafts_a_config_that_trains_as_is(tiny_model, tmp_path):
             writer.writerow([i, " ".join(rng.choice(WORDS) for _ in range(5)), body, "|".join(tags),
                              rng.choice(["ap", "afp"])])
     out = tmp_path / "drafted.yaml"
-    made = run_cli("init", "--data", str(tmp_path / "news.csv"), "--model", str(tiny_model), "-o", str(out), "--json")
-    assert made.returncode == 0, made.stderr
+    from typer.testing import CliRunner
+
+    from ftcli.cli import app
+
+    made = CliRunner().invoke(app, ["init", "--data", str(tmp_path / "news.csv"), "--model", str(tiny_model), "-o",
+                                    str(out), "--json"])
+    assert made.exit_code == 0, made.stderr
     result = json.loads(made.stdout)
     assert result["text_columns"] == ["headline", "body"] and result["label_column"] == "topics"
     assert result["multi_label"] and result["label_separator"] == "|" and result["labels"] == ["a", "b", "c"]
@@ -456,8 +474,8 @@ def test_init_drafts_a_config_that_trains_as_is(tiny_model, tmp_path):
     assert "# other candidates: source (2 values)" in text and "validation_split: 0.1" in text
     # max_length covers ~99% of rows: all but the one long row fit.
     assert "covers 99.2% of 120 sampled rows" in text
-    again = run_cli("init", "--data", str(tmp_path / "news.csv"), "-o", str(out))
-    assert again.returncode == 2 and "exists; choose another --output or pass --force" in again.stderr
+    again = CliRunner().invoke(app, ["init", "--data", str(tmp_path / "news.csv"), "-o", str(out)])
+    assert again.exit_code == 2 and "exists; choose another --output or pass --force" in again.stderr
     cfg = yaml.safe_load(text)
     cfg["data"]["cache_dir"] = str(tmp_path / "cache")
     cfg["train"].update(output_dir=str(tmp_path / "run"), epochs=1, mixed_precision="no")

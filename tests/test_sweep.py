@@ -60,16 +60,16 @@ def test_search_space_errors_are_one_line_before_anything_runs(tiny_model, sweep
 
 def test_unknown_metric_or_storage_is_bad_input(tiny_model, sweep_files, tmp_path):
     cfg = sweep_config(tiny_model, sweep_files, tmp_path)
-    bad = run_cli("sweep", "-c", str(cfg), "--storage", "redis://x")
-    assert bad.returncode == 2 and "sweep storage 'redis://x': give an SQLAlchemy URL" in bad.stderr
+    bad = CliRunner().invoke(app, ["sweep", "-c", str(cfg), "--storage", "redis://x"])
+    assert bad.exit_code == 2 and "sweep storage 'redis://x': give an SQLAlchemy URL" in bad.stderr
     (tmp_path / "notes.txt").write_text("the user's file")
     for url in (f"journal:{tmp_path / 'notes.txt' / 'sweep.log'}", f"sqlite:///{tmp_path / 'notes.txt' / 's.db'}"):
         under_a_file = CliRunner().invoke(app, ["sweep", "-c", str(cfg), "--storage", url])
         assert under_a_file.exit_code == 2, under_a_file.output
         assert f"{tmp_path / 'notes.txt'}' is a file, not a folder" in under_a_file.stderr
         assert "data:" not in under_a_file.stderr  # refused before the data is prepared
-    metric = run_cli("sweep", "-c", str(cfg), "--set", "sweep.metric=bleu")
-    assert metric.returncode == 2
+    metric = CliRunner().invoke(app, ["sweep", "-c", str(cfg), "--set", "sweep.metric=bleu"])
+    assert metric.exit_code == 2
     assert "error: sweep.metric: 'bleu' is not reported by metric 'mrpc'; choose one of accuracy, f1, loss" in metric.stderr
     assert not (tmp_path / "run").exists()
 
@@ -95,15 +95,18 @@ def test_sweep_end_to_end_and_best_yaml_reproduces_the_best_trial(tiny_model, sw
         assert json.loads((run / "run.json").read_text())["status"] == "completed"
         assert (run / "model").is_dir() == (t["number"] == best["number"])
     assert (out / "sweep.png").stat().st_size > 10_000 and (out / "sweep.db").is_file()
-    evaluated = run_cli("eval", "-c", str(cfg), "--model", best["run_dir"], "--json")
-    assert evaluated.returncode == 0 and json.loads(evaluated.stdout)["f1"] == best["value"]
+    evaluated = CliRunner().invoke(app, ["eval", "-c", str(cfg), "--model", best["run_dir"], "--json"])
+    assert evaluated.exit_code == 0 and json.loads(evaluated.stdout)["f1"] == best["value"]
     # best.yaml is a plain config: training it again gives the best trial's number.
     again = run_cli("train", "-c", str(out / "best.yaml"), "--json")
     assert again.returncode == 0, again.stderr[-2000:]
     assert json.loads(again.stdout)["eval"]["f1"] == best["value"]
     # The same command again: the study is complete, nothing runs.
-    rerun = run_cli("sweep", "-c", str(cfg), "--json")
-    assert rerun.returncode == 0 and len(json.loads(rerun.stdout)["trials"]) == 4
+    from ftcli.console import Reporter
+    from ftcli.sweep import sweep
+
+    rerun = sweep(cfg, reporter=Reporter(enabled=False))  # in this process: nothing trains
+    assert len(rerun["trials"]) == 4
 
 
 @pytest.mark.slow
