@@ -39,7 +39,7 @@ def __getattr__(name: str) -> Any:
 
         return evaluate_model
     if name == "sweep":
-        from ftcli.sweep import sweep
+        from ftcli.sweeps import sweep
 
         return sweep
     if name == "predict":

@@ -421,7 +421,7 @@ def sweep(
             if config is not None:
                 raise FtcliError("sweep: give --config FILE to start or continue a sweep, or --resume DIR to continue "
                                  "one with its saved config, not both")
-            from ftcli.sweep import load_sweep
+            from ftcli.sweeps import load_sweep
 
             cfg, saved = load_sweep(resume, set_ or [])
         elif config is None:
@@ -429,7 +429,7 @@ def sweep(
         else:
             cfg = _load(config, set_)
         from ftcli.runtime import tune_process_for_training
-        from ftcli.sweep import sweep as sweep_fn
+        from ftcli.sweeps import sweep as sweep_fn
 
         tune_process_for_training(cfg.train)
         reporter = _reporter(quiet, as_json)

@@ -53,7 +53,7 @@ def validate(cfg: Config, require: list[Requirement] = ()) -> dict[str, Any]:
         raise FtcliError(f"train.metric_for_best: {cfg.train.metric_for_best!r} is not computed by metric {name!r}; "
                          f"choose one of {', '.join(metrics)}")
     if cfg.sweep is not None:
-        from ftcli.sweep import metric_of
+        from ftcli.sweeps import metric_of
 
         metric_of(cfg, names, multi)
     gate.check_names(list(require), metrics)

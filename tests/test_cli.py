@@ -132,3 +132,16 @@ def test_unexpected_errors_exit_1_and_debug_shows_the_traceback(make_config, mon
 def test_module_entry_point():
     result = run_cli("--help")
     assert result.returncode == 0 and "prepare" in result.stdout
+
+
+def test_the_api_functions_stay_functions_once_their_modules_are_imported():
+    """`ftcli.sweep` is the function even after the module that defines it is imported (a module
+    named like the function would replace the package attribute: a second call would fail)."""
+    import importlib
+
+    import ftcli
+
+    for name in ("prepare", "train", "evaluate", "predict", "sweep"):
+        fn = getattr(ftcli, name)
+        importlib.import_module(fn.__module__)
+        assert getattr(ftcli, name) is fn, name

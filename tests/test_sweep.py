@@ -103,7 +103,7 @@ def test_sweep_end_to_end_and_best_yaml_reproduces_the_best_trial(tiny_model, sw
     assert json.loads(again.stdout)["eval"]["f1"] == best["value"]
     # The same command again: the study is complete, nothing runs.
     from ftcli.console import Reporter
-    from ftcli.sweep import sweep
+    from ftcli.sweeps import sweep
 
     rerun = sweep(cfg, reporter=Reporter(enabled=False))  # in this process: nothing trains
     assert len(rerun["trials"]) == 4
@@ -184,7 +184,7 @@ def test_a_continued_study_draws_new_points():
     import optuna
 
     from ftcli.config import SweepConfig
-    from ftcli.sweep import _sampler
+    from ftcli.sweeps import _sampler
 
     sw = SweepConfig(space=SPACE, sampler="random")
     first = [_sampler(sw, 42, drawn=0).sample_independent(None, None, "x", optuna.distributions.FloatDistribution(
@@ -260,7 +260,7 @@ def test_pruner_warmup_steps_keeps_a_trial_until_then(pruner):
     import optuna
 
     from ftcli.config import SweepConfig
-    from ftcli.sweep import _pruner
+    from ftcli.sweeps import _pruner
 
     def study_with_two_good_trials(warmup: int):
         sweep = SweepConfig(space={"train.learning_rate": {"low": 1e-5, "high": 1e-4}}, pruner=pruner,
