@@ -186,10 +186,12 @@ def accelerator_session(train: TrainConfig, **kwargs):
     `evaluate` with other settings. The process group is destroyed if this session brought it up;
     one that was up before (a sweep's `process_group`) is left up for the caller's next run,
     because torch cannot bring a destroyed group up again under one launch (the store keeps the
-    old group's keys and the second rendezvous hangs)."""
+    old group's keys and the second rendezvous hangs). The global random generators (Python's,
+    NumPy's, torch's), which training seeds (`train.seed`), are restored on exit too."""
     from accelerate.state import AcceleratorState, GradientState
 
     owns_group = not _process_group_up()
+    rng_before = _rng_states()
     accelerator = make_accelerator(train, **kwargs)
     tf32_before = None
     if accelerator.device.type == "cuda":
@@ -212,6 +214,33 @@ def accelerator_session(train: TrainConfig, **kwargs):
                 tracker.finish()
         AcceleratorState._reset_state(reset_partial_state=owns_group)
         GradientState._reset_state()
+        _restore_rng(rng_before)
+
+
+def _rng_states() -> tuple:
+    """The states of the global generators a run seeds: Python's, NumPy's, torch's (and CUDA's,
+    when it is initialized), to be put back by `_restore_rng`."""
+    import random
+
+    import numpy as np
+    import torch
+
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    return random.getstate(), np.random.get_state(), torch.get_rng_state(), cuda
+
+
+def _restore_rng(states: tuple) -> None:
+    import random
+
+    import numpy as np
+    import torch
+
+    python, numpy_state, torch_state, cuda = states
+    random.setstate(python)
+    np.random.set_state(numpy_state)
+    torch.set_rng_state(torch_state)
+    if cuda is not None:
+        torch.cuda.set_rng_state_all(cuda)
 
 
 def _process_group_up() -> bool:

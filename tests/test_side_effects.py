@@ -1,6 +1,7 @@
 """`from ftcli import train` in a notebook leaves the process as it found it: torch flags,
 matplotlib's backend, datasets' and transformers' logging and progress bars, signal handlers,
-Accelerate's state, and glibc's malloc (heap reuse is the `ftcli train` command's alone)."""
+Accelerate's state, the global random generators (training seeds them), and glibc's malloc
+(heap reuse is the `ftcli train` command's alone)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from conftest import make_rows, write_jsonl
 pytestmark = pytest.mark.slow
 
 SCRIPT = r'''
-import json, signal, sys
+import hashlib, json, random, signal, sys
+import numpy as np
 import matplotlib
 matplotlib.use("svg")  # stands in for a notebook's inline backend
 import datasets, torch
@@ -36,10 +38,14 @@ def snapshot():
         "transformers": [tf_logging.get_verbosity(), tf_logging.is_progress_bar_enabled()],
         "signals": [repr(signal.getsignal(signal.SIGINT)), repr(signal.getsignal(signal.SIGTERM))],
         "accelerate": [len(PartialState._shared_state), len(AcceleratorState._shared_state)],
+        "rng": [hashlib.sha256(repr(random.getstate()).encode()).hexdigest(),
+                hashlib.sha256(np.random.get_state()[1].tobytes()).hexdigest(),
+                hashlib.sha256(torch.get_rng_state().numpy().tobytes()).hexdigest()],
     }
 
 torch.backends.cuda.matmul.allow_tf32 = True  # the caller's own choice: it must survive
 ds_logging.set_verbosity_info()
+random.seed(123); np.random.seed(123); torch.manual_seed(123)  # the caller's own streams: they must survive
 before = snapshot()
 from ftcli import evaluate, load_config, predict, train
 from ftcli.console import Reporter
