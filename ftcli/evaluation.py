@@ -14,7 +14,7 @@ from typing import Any
 from ftcli.config import Config, EvalConfig
 from ftcli.console import Reporter
 from ftcli.errors import FtcliError
-from ftcli.files import check_output, check_output_folder
+from ftcli.files import atomic_path, check_output, check_output_folder
 from ftcli.gate import Requirement
 
 METRIC_SCRIPT = Path(__file__).parent / "metrics" / "ftcli_glue.py"
@@ -585,11 +585,9 @@ def write_predictions(path: Path, records: list[dict[str, Any]], labels: list[st
     """JSON Lines, or CSV with the kept input columns and one probability column per label (a
     multi-label row's labels joined by `separator`); written atomically."""
     import csv
-    import os
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         with open(tmp, "w", newline="", encoding="utf-8") as f:
             if path.suffix.lower() == ".csv":
                 kept = list(kept)
@@ -611,7 +609,4 @@ def write_predictions(path: Path, records: list[dict[str, Any]], labels: list[st
             else:
                 for r in records:
                     f.write(json.dumps(r) + "\n")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+

@@ -6,6 +6,7 @@ verify it, file by file, before they trust it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from pathlib import Path
@@ -21,11 +22,23 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write `path` through a temporary file and a rename: readers see the old or the new file, never half."""
+@contextlib.contextmanager
+def atomic_path(path: Path):
+    """A temporary path beside `path` to write; renamed to `path` when the block succeeds, removed
+    when it fails. Readers see the old file or the new one, never half of one."""
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write `path` through a temporary file and a rename (`atomic_path`)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 def checksums(folder: Path, under: str | None = None) -> dict[str, list]:

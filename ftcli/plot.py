@@ -5,7 +5,6 @@ also while the run is in progress."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from ftcli.errors import FtcliError
@@ -70,7 +69,7 @@ def plot_run(run_dir: str | Path, output: str | Path | None = None) -> Path:
     if names:
         right.legend()
     fig.suptitle(str(run_dir))
-    return _save(fig, output, dpi=110)
+    return save_png(fig, output, dpi=110)
 
 
 def _tick_label(name: str, limit: int = 28) -> str:
@@ -111,7 +110,7 @@ def plot_confusion_matrix(matrix: list[list[int]], labels: list[str], output: Pa
                 ax.text(j, i, text, ha="center", va="center", fontsize=font - 1 if k <= 12 else 6,
                         color="white" if share[i, j] > 0.5 else "black")
     ax.set_title(title, fontsize=10)
-    return _save(fig, Path(output), dpi=100)
+    return save_png(fig, Path(output), dpi=100)
 
 
 def plot_label_confusion(counts: dict[str, dict[str, int]], output: Path, title: str) -> Path:
@@ -151,12 +150,13 @@ def plot_label_confusion(counts: dict[str, dict[str, int]], output: Path, title:
     if image is not None:
         fig.colorbar(image, ax=list(axes), shrink=0.6, label="share of the rows with that true value")
     fig.suptitle(title, fontsize=10)
-    return _save(fig, Path(output), dpi=100)
+    return save_png(fig, Path(output), dpi=100)
 
 
-def _save(fig, output: Path, dpi: int) -> Path:
-    """Write the figure to `output` atomically: a reader never sees half a PNG."""
-    tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=dpi)
-    os.replace(tmp, output)
-    return output
+def save_png(fig, output: Path, dpi: int) -> Path:
+    """Write the figure to `output` as PNG, atomically: a reader never sees half a PNG."""
+    from ftcli.files import atomic_path
+
+    with atomic_path(output) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
+    return Path(output)

@@ -460,11 +460,11 @@ def _plot(study, path: Path) -> None:
     """Optimization history (each finished trial's value, and the best so far) and, from two
     completed trials on, parameter importances, drawn on a Figure of ftcli's own: full parameter
     names, no legend over the bars, and no pyplot state touched."""
-    import os
-
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from optuna.trial import TrialState
+
+    from ftcli.plot import save_png
 
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if not complete:
@@ -514,9 +514,7 @@ def _plot(study, path: Path) -> None:
         bars.set_xlim(0, max(importances.values()) * 1.2 or 1)
         bars.set_xlabel(f"importance for {metric}")
         bars.set_title("parameter importances", fontsize=10)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    os.replace(tmp, path)
+    save_png(fig, path, dpi=100)
 
 
 @contextlib.contextmanager
