@@ -16,8 +16,8 @@ import os
 import shutil
 import signal
 from pathlib import Path
-from typing import Any
 
+from ftcli.config import flatten
 from ftcli.errors import FtcliError, disk_full_error, is_disk_full
 from ftcli.files import checksums, fsync_dir, verify_checksums
 from ftcli.state import CheckpointRecord, Fingerprint, TrainState
@@ -156,7 +156,7 @@ def check_compatible(saved: Fingerprint, current: Fingerprint, ckpt: Path) -> No
     """Refuse to resume a run whose training-relevant settings or data differ, naming them.
     Settings newer than the checkpoint (absent from its config) are taken as agreeing."""
     diffs = []
-    old_cfg, new_cfg = _flat(saved.config), _flat(current.config)
+    old_cfg, new_cfg = flatten(saved.config), flatten(current.config)
     for key in sorted(old_cfg):
         if key in RESUME_INSENSITIVE or key.startswith("sweep."):
             continue
@@ -170,15 +170,6 @@ def check_compatible(saved: Fingerprint, current: Fingerprint, ckpt: Path) -> No
     if diffs:
         raise FtcliError(f"checkpoint {ckpt} was written by a different run: " + "; ".join(diffs)
                          + ". Resume with the same settings, or pass --allow-changes to resume anyway")
-
-
-def _flat(obj: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(obj, dict):
-        out = {}
-        for k, v in obj.items():
-            out.update(_flat(v, f"{prefix}.{k}" if prefix else k))
-        return out
-    return {prefix: obj}
 
 
 def rotate(output_dir: Path, keep: int | None, protect: set[str]) -> list[Path]:

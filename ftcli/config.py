@@ -757,12 +757,20 @@ def _deep_copy(obj: Any) -> Any:
     return obj
 
 
-def leaf_keys(obj: Any, prefix: str = ""):
+def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested mapping (a config's `to_dict()`) as {dotted.key: leaf value}; an empty mapping is
+    a leaf of its own. The one flattener: config origins, checkpoint compatibility and trackers
+    all name settings by these keys."""
     if isinstance(obj, dict) and obj:
+        out: dict[str, Any] = {}
         for k, v in obj.items():
-            yield from leaf_keys(v, f"{prefix}.{k}" if prefix else str(k))
-    elif prefix:
-        yield prefix
+            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: obj} if prefix else {}
+
+
+def leaf_keys(obj: Any) -> list[str]:
+    return list(flatten(obj))
 
 
 _KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$")

@@ -24,7 +24,7 @@ from typing import Any, Callable
 import yaml
 
 from ftcli import checkpoint, run_dir
-from ftcli.config import Config, TrainConfig, as_config
+from ftcli.config import Config, TrainConfig, as_config, flatten
 from ftcli.console import Reporter, format_duration
 from ftcli.errors import EXIT_SIGINT, EXIT_SIGTERM, FtcliError, TrainingInterrupted
 from ftcli.files import atomic_write_text
@@ -598,17 +598,10 @@ def _save_checkpoint(run: Run, state: TrainState) -> Path:
     return path
 
 
-def _flatten(obj: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def _flatten(obj: dict[str, Any]) -> dict[str, Any]:
     """The config as flat scalars by dotted key: what trackers (tensorboard hparams) take, and what
     processes compare to agree on their settings."""
-    out: dict[str, Any] = {}
-    for k, v in obj.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v if isinstance(v, (int, float, str, bool)) else json.dumps(v)
-    return out
+    return {k: v if isinstance(v, (int, float, str, bool)) else json.dumps(v) for k, v in flatten(obj).items()}
 
 
 # --------------------------------------------------------------------------------------------

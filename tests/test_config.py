@@ -160,3 +160,12 @@ def test_config_from_dict_and_round_trip():
     cfg = config_from_dict(MINIMAL, ["train.epochs=2"])
     again = config_from_dict(cfg.to_dict())
     assert again.to_dict() == cfg.to_dict() and again.train.epochs == 2
+
+
+def test_one_flattener_names_every_setting_by_its_dotted_key():
+    from ftcli.config import flatten, leaf_keys
+
+    nested = {"model": {"name_or_path": "m", "labels": ["a", "b"]}, "data": {"files": {}, "max_length": 8}}
+    assert flatten(nested) == {"model.name_or_path": "m", "model.labels": ["a", "b"], "data.files": {},
+                               "data.max_length": 8}
+    assert leaf_keys(nested) == list(flatten(nested)) and flatten({}) == {}
