@@ -177,10 +177,6 @@ class Prepared:
         return self.manifest.get("problem_type") == "multi_label"
 
     @property
-    def num_labels(self) -> int:
-        return 1 if self.is_regression else len(self.label_names)
-
-    @property
     def pad_token_id(self) -> int:
         return self.manifest["pad_token_id"]
 

@@ -6,8 +6,7 @@ process exits with. Kept free of heavy imports: config errors must not import to
 
 from __future__ import annotations
 
-# Documented exit codes (README "Exit codes").
-EXIT_OK = 0
+# Documented exit codes (README "Exit codes"); 0 is success.
 EXIT_UNEXPECTED = 1
 EXIT_BAD_INPUT = 2
 EXIT_QUALITY_GATE = 3  # `ftcli eval --require`: a metric missed its threshold
