@@ -207,6 +207,29 @@ class Prepared:
             line += f"; {i['no_label']:,} rows ({i['no_label'] / i['rows']:.0%}) with no label"
         return line
 
+    def summary(self, validation: str) -> dict[str, Any]:
+        """What `ftcli prepare --json` prints: hit or built (and why), where, the labels, and each
+        split's rows, tokens, cut rows, classes and rows with no label."""
+        splits = self.manifest["splits"]
+        return {
+            "cache": "hit" if self.hit else "built",  # as train's summary says it
+            "why": self.why_missed,
+            "path": str(self.path),
+            "key": self.manifest["key"],
+            "labels": self.label_names,
+            "seconds": round(self.seconds, 3),
+            "splits": {s: {k: i.get(k) for k in ("rows", "labeled", "tokens", "max_tokens", "truncated", "classes",
+                                                 "no_label")} for s, i in splits.items()},
+            "holdout": self.manifest.get("holdout"),
+            "absent_from_validation": self.absent_classes(validation),
+        }
+
+    def report_lines(self) -> list[str]:
+        """What `ftcli prepare` prints for people: hit or tokenized (and why), then a line a split."""
+        state = "cache hit" if self.hit else f"tokenized ({self.why_missed})"
+        return [f"{state} in {self.seconds:.2f}s: {self.path}",
+                *(f"  {self.describe(split)}" for split in self.manifest["splits"])]
+
     def absent_classes(self, split: str) -> list[str]:
         """Labels with no row in a labelled split (their recall cannot be measured there)."""
         classes = self.manifest["splits"].get(split, {}).get("classes") or {}

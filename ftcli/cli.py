@@ -1,5 +1,5 @@
-"""The `ftcli` command line: thin commands that parse, load the config and call one library
-function each. Heavy libraries (torch, transformers, datasets, evaluate, accelerate) are imported
+"""The `ftcli` command line: thin commands that parse, load the config, call one library
+function each and print what it returns (its own summary lines, or `--json`). Heavy libraries (torch, transformers, datasets, evaluate, accelerate) are imported
 inside those functions, never here, so `ftcli --help` and config errors answer at once.
 
 Exit codes: 0 success, 1 unexpected error, 2 bad input, 3 quality gate failed (`eval --require`),
@@ -233,27 +233,12 @@ def prepare(config: ConfigOpt, set_: SetOpt = None, as_json: JsonOpt = False, qu
         # Separate commands may prepare at once: one builds under the cache's file lock, the
         # others wait and load the result.
         prepared = prepare(cfg, log=reporter.info, progress=reporter.progress)
-        splits = prepared.manifest["splits"]
         validation = cfg.data.validation_name
-        result = {
-            "cache": "hit" if prepared.hit else "built",  # as train's summary says it
-            "why": prepared.why_missed,
-            "path": str(prepared.path),
-            "key": prepared.manifest["key"],
-            "labels": prepared.label_names,
-            "seconds": round(prepared.seconds, 3),
-            "splits": {s: {k: i.get(k) for k in ("rows", "labeled", "tokens", "max_tokens", "truncated", "classes", "no_label")}
-                       for s, i in splits.items()},
-            "holdout": prepared.manifest.get("holdout"),
-            "absent_from_validation": prepared.absent_classes(validation),
-        }
         if as_json:
-            _print_json(result)
+            _print_json(prepared.summary(validation))
             return
-        state = "cache hit" if prepared.hit else f"tokenized ({prepared.why_missed})"
-        typer.echo(f"{state} in {prepared.seconds:.2f}s: {prepared.path}")
-        for s in splits:
-            typer.echo(f"  {prepared.describe(s)}")
+        for line in prepared.report_lines():
+            typer.echo(line)
         if warning := prepared.absence_warning(validation):
             reporter.warn(warning)
 

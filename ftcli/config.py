@@ -1,8 +1,9 @@
 """The typed ftcli config: load YAML, apply `--set` overrides, validate once, report every problem.
 
-One `Config` object is built here and passed down typed; nothing downstream re-reads YAML or
-looks up keys in dicts. Each field is documented where it is declared: that text is what
-`ftcli config schema` and the README's reference show.
+One `Config` object is built here and passed down typed; nothing downstream re-reads YAML. (A
+few places still rewrite a config through its `to_dict()`: predict's one-file config, a sweep
+trial's values.) Each field is documented where it is declared: that text is what `ftcli config
+schema` and the README's reference show.
 
 Relative paths in a config (data files, output_dir, cache_dir) are relative to the directory
 the command runs in, as for any command-line tool.

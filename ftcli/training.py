@@ -395,7 +395,8 @@ def clip(run: Run, touched: list) -> None:
 
 def after_step(run: Run, state: TrainState, log, epoch: int, *, end_of_epoch: bool) -> str | None:
     """Evaluate, decide on stopping and checkpoint, as scheduled after optimizer step `state.step`.
-    Returns why training stops (`early_stopping`, `signal`) or None."""
+    Returns why training stops (`early_stopping`, `signal`, or `pruned` when a sweep's `on_eval`
+    says so) or None."""
     t, step, stopping = run.cfg.train, state.step, None
     last = step >= run.plan.total_steps
 
