@@ -1,6 +1,7 @@
 """The `ftcli` command line: thin commands that parse, load the config, call one library
-function each and print what it returns (its own summary lines, or `--json`). Heavy libraries (torch, transformers, datasets, evaluate, accelerate) are imported
-inside those functions, never here, so `ftcli --help` and config errors answer at once.
+function each and print what it returns (its own summary lines, or `--json`). Heavy libraries
+(torch, transformers, datasets, evaluate, accelerate) are imported inside those functions, never
+here, so `ftcli --help` and config errors answer at once.
 
 Exit codes: 0 success, 1 unexpected error, 2 bad input, 3 quality gate failed (`eval --require`),
 130/143 interrupted (SIGINT/SIGTERM).

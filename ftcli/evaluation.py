@@ -300,7 +300,8 @@ def evaluate_model(config: Config | str | Path, *, model_dir: str | Path | None 
     reporter = reporter or Reporter()
     with accelerator_session(cfg.train) as accelerator:
         reporter.enabled = reporter.enabled and accelerator.is_main_process
-        prepared = cache.prepare(cfg, log=reporter.info, progress=reporter.progress)  # one builder per cache key (file lock)
+        # one builder per cache key (file lock)
+        prepared = cache.prepare(cfg, log=reporter.info, progress=reporter.progress)
         info = prepared.split_info(split)
         if not info["labeled"]:
             raise FtcliError(

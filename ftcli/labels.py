@@ -282,8 +282,8 @@ def _multi_hot(data: DataConfig, ds: datasets.Dataset, split: str, names: list[s
         first = ", ".join(str(r + 1) for r in no_labels[:5]) + (", ..." if len(no_labels) > 5 else "")
         many = len(no_labels) > 1
         problems.append(f"{where}: {len(no_labels):,} of {n:,} rows {'have' if many else 'has'} no labels "
-                        f"(row{'s' if many else ''} {first}); in a multi-label column a blank cell or [] is an empty label set: set "
-                        "data.allow_empty_labels: true if rows may have none, or label them")
+                        f"(row{'s' if many else ''} {first}); in a multi-label column a blank cell or [] is an "
+                        "empty label set: set data.allow_empty_labels: true if rows may have none, or label them")
     if problems:
         raise FtcliError("\n".join(problems))
     return out, True

@@ -95,5 +95,6 @@ class CheckpointRecord:
                        Fingerprint(old["config"], old["data_key"], old["global_batch"]), data.get("files", {}))
         if version != STATE_VERSION:
             raise FtcliError(f"{where}: written by another ftcli (state version {version!r}, this one reads "
-                             f"1 and {STATE_VERSION}); resume it with the ftcli that wrote it, or start over with --overwrite")
+                             f"1 and {STATE_VERSION}); resume it with the ftcli that wrote it, or start over with "
+                             "--overwrite")
         return cls(TrainState.from_json(data["state"]), Fingerprint(**data["fingerprint"]), data["files"])
