@@ -31,7 +31,7 @@ def __getattr__(name: str) -> Any:
 
         return train
     if name == "prepare":
-        from ftcli.cache import prepare
+        from ftcli.data import prepare
 
         return prepare
     if name == "evaluate":

@@ -225,7 +225,7 @@ def prepare(config: ConfigOpt, set_: SetOpt = None, as_json: JsonOpt = False, qu
         cfg = _load(config, set_)
         if check:
             return _validate(cfg, [], as_json)
-        from ftcli.cache import prepare
+        from ftcli.data import prepare
         from ftcli.runtime import is_main_process
 
         if not is_main_process():
@@ -266,12 +266,12 @@ def train(
     """Fine-tune the model (works unchanged under `accelerate launch -m ftcli train`)."""
 
     def go():
-        from ftcli import run_dir
+        from ftcli.training import load_run_config
 
         if config is None:
             if resume in (None, "auto"):
                 raise FtcliError("train: give --config FILE, or --resume RUN_DIR to continue a run with its saved config")
-            cfg = run_dir.load_run_config(resume, set_ or [])
+            cfg = load_run_config(resume, set_ or [])
         else:
             cfg = _load(config, set_)
         from ftcli.runtime import tune_process_for_training
@@ -453,9 +453,9 @@ def config_show(config: ConfigOpt, set_: SetOpt = None, as_json: JsonOpt = False
 
         cfg = _load(config, set_)
         if as_json:
-            from ftcli.config import leaf_keys
+            from ftcli.config import flatten
 
-            _print_json({"config": cfg.to_dict(), "origins": {k: cfg.origin(k) for k in leaf_keys(cfg.to_dict())}})
+            _print_json({"config": cfg.to_dict(), "origins": {k: cfg.origin(k) for k in flatten(cfg.to_dict())}})
         else:
             typer.echo(render_with_origins(cfg), nl=False)
 

@@ -284,10 +284,10 @@ def init(data_file: str | Path, *, validation_file: str | Path | None = None, mo
          text_columns: list[str] | None = None, multi_label: bool | None = None) -> dict[str, Any]:
     """Draft a config for `data_file` and write it to `output`; return what was chosen.
     `label_column`, `text_columns`, `multi_label`: decided by the user instead of guessed."""
-    from ftcli.build import load_raw, quiet_datasets
+    from ftcli.data import load_raw, load_tokenizer
+    from ftcli.quiet import quiet
     from ftcli.config import DataConfig, ModelConfig, config_from_dict
     from ftcli.files import atomic_write_text
-    from ftcli.modeling import load_tokenizer
 
     data_file, output = Path(data_file), Path(output)
     if output.exists() and not overwrite:
@@ -302,7 +302,7 @@ def init(data_file: str | Path, *, validation_file: str | Path | None = None, mo
         spec = DataConfig(files=files, text_columns=["_"], label_column="_label")
     except ValueError as exc:
         raise FtcliError(f"init: {str(exc).splitlines()[-1].strip()}") from None
-    with quiet_datasets():
+    with quiet("datasets"):
         raw = load_raw(spec)
     table = raw["train"].data.to_pydict()
     tokenizer = load_tokenizer(ModelConfig(name_or_path=model))

@@ -67,3 +67,9 @@ def disk_full_error(where, instead: str = "") -> FtcliError:
     setting that moves the writes elsewhere)."""
     return FtcliError(f"no space left on the disk holding {where}: free some space"
                       + (f", or {instead}" if instead else ""))
+
+
+def first_line(exc: BaseException) -> str:
+    """A library exception's first line (at most 300 characters), for a one-line error."""
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:300]

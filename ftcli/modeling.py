@@ -1,49 +1,14 @@
-"""Tokenizer and model from the config: where they come from, and their labels."""
+"""The model from the config (pretrained, with a head sized for the labels) and trained model folders."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
 
 from ftcli.config import ModelConfig
-from ftcli.errors import FtcliError
-from ftcli.sources import locate, tokenizer_field
-
-
-@contextlib.contextmanager
-def quiet_transformers():
-    """Silence transformers' load-time chatter (e.g. 'newly initialized: classifier.*', which is
-    the expected state of a fresh classification head); ftcli says what matters itself."""
-    from transformers.utils import logging
-
-    old = logging.get_verbosity()
-    bars = logging.is_progress_bar_enabled()
-    logging.set_verbosity_error()
-    logging.disable_progress_bar()  # "Loading weights 100%|...": noise in logs, instant anyway
-    try:
-        yield
-    finally:
-        logging.set_verbosity(old)
-        if bars:
-            logging.enable_progress_bar()
-
-
-def load_tokenizer(model: ModelConfig):
-    from transformers import AutoTokenizer
-
-    field = tokenizer_field(model)
-    source = locate(model.tokenizer_name, field)
-    try:
-        with quiet_transformers():
-            tok = AutoTokenizer.from_pretrained(
-                source, revision=model.revision, trust_remote_code=model.trust_remote_code, use_fast=True
-            )
-    except (OSError, ValueError) as exc:
-        raise FtcliError(f"{field}: cannot load a tokenizer from {source!r} ({_first_line(exc)})") from None
-    if not getattr(tok, "is_fast", False):
-        raise FtcliError(f"{field}: {source!r} has no fast tokenizer (tokenizer.json); ftcli needs one")
-    return tok
+from ftcli.data import locate
+from ftcli.errors import FtcliError, first_line
+from ftcli.quiet import quiet
 
 
 def attention_for(model: ModelConfig) -> str | None:
@@ -67,7 +32,7 @@ def load_model(model: ModelConfig, label_names: list[str], multi_label: bool = F
 
     attention = attention_for(model)
     try:
-        with quiet_transformers():
+        with quiet("transformers"):
             return AutoModelForSequenceClassification.from_pretrained(
                 source,
                 revision=model.revision,
@@ -81,7 +46,7 @@ def load_model(model: ModelConfig, label_names: list[str], multi_label: bool = F
                 **kwargs,
             )
     except (OSError, ValueError) as exc:
-        raise FtcliError(f"model.name_or_path: cannot load a model from {source!r} ({_first_line(exc)})") from None
+        raise FtcliError(f"model.name_or_path: cannot load a model from {source!r} ({first_line(exc)})") from None
 
 
 def load_trained(model_dir: str | Path, label_names: list[str] | None = None):
@@ -97,10 +62,10 @@ def load_trained(model_dir: str | Path, label_names: list[str] | None = None):
     import torch
 
     try:
-        with quiet_transformers():
+        with quiet("transformers"):
             model = AutoModelForSequenceClassification.from_pretrained(str(folder), dtype=torch.float32)
     except (OSError, ValueError, RuntimeError) as exc:
-        raise FtcliError(f"model folder {str(folder)!r}: cannot load it ({_first_line(exc)})") from None
+        raise FtcliError(f"model folder {str(folder)!r}: cannot load it ({first_line(exc)})") from None
     if label_names is not None:
         regression = model.config.num_labels == 1 or model.config.problem_type == "regression"
         have = [] if regression else [model.config.id2label[i] for i in range(model.config.num_labels)]
@@ -120,8 +85,3 @@ def read_json(path: Path) -> dict:
         return json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise FtcliError(f"{path}: unreadable ({exc})") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:300]

@@ -182,17 +182,21 @@ def make_accelerator(train: TrainConfig, *, gradient_accumulation_steps: int = 1
 @contextlib.contextmanager
 def accelerator_session(train: TrainConfig, **kwargs):
     """An Accelerator for one command. On exit, trackers are closed and Accelerate's process-wide
-    state is cleared, so that one Python session (a notebook, the tests) can run `train` and then
-    `evaluate` with other settings. The process group is destroyed if this session brought it up;
+    state is put back as the caller had it (cleared, or the caller's own Accelerator's), so that
+    one Python session (a notebook, the tests) can run `train` and then `evaluate` with other
+    settings. The process group is destroyed if this session brought it up;
     one that was up before (a sweep's `process_group`) is left up for the caller's next run,
     because torch cannot bring a destroyed group up again under one launch (the store keeps the
     old group's keys and the second rendezvous hangs). The global random generators (Python's,
     NumPy's, torch's), which training seeds (`train.seed`), are restored on exit too."""
-    from accelerate.state import AcceleratorState, GradientState
-
     owns_group = not _process_group_up()
     rng_before = _rng_states()
-    accelerator = make_accelerator(train, **kwargs)
+    callers_state = _set_aside_accelerate_state(reset_partial=owns_group)
+    try:
+        accelerator = make_accelerator(train, **kwargs)
+    except BaseException:
+        _put_back_accelerate_state(callers_state, reset_partial=owns_group)
+        raise
     tf32_before = None
     if accelerator.device.type == "cuda":
         tf32_before = _tf32()
@@ -212,9 +216,34 @@ def accelerator_session(train: TrainConfig, **kwargs):
         else:
             for tracker in accelerator.trackers:
                 tracker.finish()
-        AcceleratorState._reset_state(reset_partial_state=owns_group)
-        GradientState._reset_state()
+        _put_back_accelerate_state(callers_state, reset_partial=owns_group)
         _restore_rng(rng_before)
+
+
+def _set_aside_accelerate_state(reset_partial: bool) -> dict:
+    """Accelerate keeps its state process-wide, in dicts shared by every instance of
+    `AcceleratorState`, `PartialState` and `GradientState`; while a caller's Accelerator holds
+    them, one with other settings is refused. Accelerate has no public way to set that state
+    aside, so ftcli copies those dicts, clears them for its own Accelerator (their `_reset_state`,
+    which Accelerate reserves for itself and its tests), and `_put_back_accelerate_state` refills
+    the same dicts afterwards: the caller's Accelerator works on. The partial state (the process
+    group) is kept when the group was up before. test_side_effects checks all of this."""
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    saved = {cls: dict(cls._shared_state) for cls in (PartialState, AcceleratorState, GradientState)}
+    AcceleratorState._reset_state(reset_partial_state=reset_partial)
+    GradientState._reset_state()
+    return saved
+
+
+def _put_back_accelerate_state(saved: dict, reset_partial: bool) -> None:
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=reset_partial)
+    GradientState._reset_state()
+    for cls, state in saved.items():
+        if state:
+            cls._shared_state.update(state)
 
 
 def _rng_states() -> tuple:

@@ -20,28 +20,29 @@ from ftcli.gate import Requirement
 def validate(cfg: Config, require: list[Requirement] = ()) -> dict[str, Any]:
     """Run the checks; return what a run would see (splits, labels, metrics). FtcliError at the
     first kind of problem found, naming every bad row of it as `prepare` does."""
-    from ftcli import build, evaluation, gate, labels
-    from ftcli.cache import tokenizer_fingerprint
-    from ftcli.sources import tokenizer_folder
+    from ftcli import evaluation, gate
+    from ftcli.data import (check_columns, check_splits, hold_out, is_multi_label, label_ids, label_names, load_raw,
+                            tokenizer_fingerprint, tokenizer_folder)
+    from ftcli.quiet import quiet
 
     data, model = cfg.data, cfg.model
-    build.check_splits(data, data.train_split, *([data.validation_name] if data.holdout is not None else []))
+    check_splits(data, data.train_split, *([data.validation_name] if data.holdout is not None else []))
     tokenizer_fingerprint(tokenizer_folder(model))  # the tokenizer's files are there
     with tempfile.TemporaryDirectory(prefix="ftcli-validate-") as tmp:
-        with build.quiet_datasets():
-            raw = build.load_raw(data, Path(tmp))
+        with quiet("datasets"):
+            raw = load_raw(data, Path(tmp))
         if data.train_split not in raw:
             raise FtcliError(f"split {data.train_split!r} is not in the data (available: {', '.join(raw)}); "
                              "fix data.train_split")
-        build.check_columns(data, raw)
-        names = labels.label_names(model, data, raw)
-        multi = labels.is_multi_label(model, data, raw)
-        ids = {split: labels.label_ids(model, data, ds, split, names, multi) for split, ds in raw.items()}
+        check_columns(data, raw)
+        names = label_names(model, data, raw)
+        multi = is_multi_label(model, data, raw)
+        ids = {split: label_ids(model, data, ds, split, names, multi) for split, ds in raw.items()}
         splits = {split: _split(ids[split][0] if ids[split][1] else None, ds.num_rows, names, multi)
                   for split, ds in raw.items()}
         holdout = None
         if data.holdout is not None:
-            holdout, rows = build.hold_out(data, raw, names, ids[data.train_split][0])
+            holdout, rows = hold_out(data, raw, names, ids[data.train_split][0])
             train_ids = ids[data.train_split][0]
             for split, positions in rows.items():
                 part = train_ids[positions] if multi else train_ids.take(positions)
@@ -69,7 +70,7 @@ def validate(cfg: Config, require: list[Requirement] = ()) -> dict[str, Any]:
 
 
 def _split(ids, rows: int, names: list[str], multi: bool) -> dict[str, Any]:
-    from ftcli.build import class_counts, no_label_rows
+    from ftcli.data import class_counts, no_label_rows
 
     if ids is None:
         return {"rows": rows, "labeled": False, "classes": None, "no_label": None}

@@ -81,7 +81,7 @@ def resolve_model(name: str, work: Path) -> str:
     """`bert-base-random`: BERT-base dimensions, random weights, MiniLM's (= bert-base-uncased's)
     WordPiece vocabulary (from FTCLI_BENCH_VOCAB, a model folder, if set): measures bert-base
     throughput with nothing to download."""
-    from ftcli.sources import resolve_package_path
+    from ftcli.data.sources import resolve_package_path
 
     if name != "bert-base-random":
         return resolve_package_path(name)
@@ -110,7 +110,7 @@ def bf16_ok(device: str) -> bool:
 def glue_metrics(preds, refs) -> dict:
     import numpy as np
 
-    from ftcli.metrics.ftcli_glue import accuracy, f1_binary
+    from ftcli.evaluation.metrics import accuracy, f1_binary
 
     p, r = np.asarray(preds), np.asarray(refs)
     return {"accuracy": accuracy(p, r), "f1": f1_binary(p, r)}
@@ -251,7 +251,7 @@ def synthesize(rows: int, path: Path) -> Path:
 
 
 def run_prepare(args, work: Path) -> dict:
-    from ftcli.cache import prepare
+    from ftcli.data.cache import prepare
     from ftcli.config import config_from_dict
 
     cfg = config_from_dict({

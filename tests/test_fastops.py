@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ftcli import fastops
+from ftcli.training import fastops
 
 
 def test_dropout_keeps_the_right_fraction_unbiased_and_seeded():

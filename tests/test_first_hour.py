@@ -285,7 +285,7 @@ def test_ci_gate_checks_names_first_trains_its_own_folder_and_shows_what_it_gate
 
 def test_max_steps_is_described_as_what_decides_the_length():
     from ftcli.config import TrainConfig
-    from ftcli.training import make_plan
+    from ftcli.training.plan import make_plan
 
     capped = make_plan(TrainConfig(max_steps=100, epochs=3), micro_batches_per_epoch=459, processes=1)
     assert capped.describe() == "100 optimizer steps (train.max_steps; 0.218 epochs of 459 steps)"

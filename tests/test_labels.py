@@ -1,4 +1,4 @@
-"""ftcli.labels, multi-label: every way of writing label sets reads as a plain row-by-row reading
+"""ftcli.data.labels, multi-label: every way of writing label sets reads as a plain row-by-row reading
 of the spec does; numbers are ids only where no label name is a number; bad rows are named in row
 order, the first MAX_ROW_ERRORS of them, then counted."""
 
@@ -10,7 +10,7 @@ import random
 import numpy as np
 import pytest
 
-from ftcli import labels
+from ftcli.data import labels
 from ftcli.config import DataConfig, ModelConfig
 from ftcli.errors import FtcliError
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from ftcli.evaluation import load_metric
-from ftcli.metrics import ftcli_glue as glue
+from ftcli.evaluation import metrics as glue
 
 sklearn_metrics = pytest.importorskip("sklearn.metrics")
 stats = pytest.importorskip("scipy.stats")

@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import BertConfig, BertForMaskedLM, BertForSequenceClassification
 
-from ftcli import optim
+from ftcli.training import optim
 
 STEPS, LR, MAX_NORM = 60, 1e-3, 0.05
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from ftcli.run_dir import MetricsLog
+from ftcli.training.run_dir import MetricsLog
 
 
 def test_resume_truncates_the_log_even_when_a_kill_left_half_a_line(tmp_path):

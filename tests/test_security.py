@@ -36,7 +36,7 @@ def test_checkpoint_files_load_without_pickle(make_config, tmp_path):
     import torch
 
     from conftest import run_cli
-    from ftcli import checkpoint
+    from ftcli.training import checkpoint
 
     cfg = make_config(epochs=1, checkpoint_every=6)
     assert run_cli("train", "-c", str(cfg)).returncode == 0

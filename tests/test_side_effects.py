@@ -1,6 +1,6 @@
-"""`from ftcli import train` in a notebook leaves the process as it found it: torch flags,
+"""`from ftcli import train` in a notebook leaves the process as it found it: torch settings,
 matplotlib's backend, datasets' and transformers' logging and progress bars, signal handlers,
-Accelerate's state, the global random generators (training seeds them), and glibc's malloc
+Accelerate's state (a caller's own Accelerator keeps working), the global random generators (training seeds them), and glibc's malloc
 (heap reuse is the `ftcli train` command's alone)."""
 
 from __future__ import annotations
@@ -31,19 +31,20 @@ ftcli.runtime.reuse_heap_memory = lambda: heap.append(1) or True
 
 def snapshot():
     return {
-        "tf32": [torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32],
         "threads": torch.get_num_threads(), "grad": torch.is_grad_enabled(),
         "dtype": str(torch.get_default_dtype()), "backend": matplotlib.get_backend(),
         "datasets": [ds_logging.get_verbosity(), datasets.is_progress_bar_enabled()],
         "transformers": [tf_logging.get_verbosity(), tf_logging.is_progress_bar_enabled()],
         "signals": [repr(signal.getsignal(signal.SIGINT)), repr(signal.getsignal(signal.SIGTERM))],
-        "accelerate": [len(PartialState._shared_state), len(AcceleratorState._shared_state)],
+        "accelerate": [sorted(PartialState._shared_state), sorted(AcceleratorState._shared_state),
+                       mine.gradient_accumulation_steps, mine.mixed_precision, str(mine.device)],
         "rng": [hashlib.sha256(repr(random.getstate()).encode()).hexdigest(),
                 hashlib.sha256(np.random.get_state()[1].tobytes()).hexdigest(),
                 hashlib.sha256(torch.get_rng_state().numpy().tobytes()).hexdigest()],
     }
 
-torch.backends.cuda.matmul.allow_tf32 = True  # the caller's own choice: it must survive
+from accelerate import Accelerator
+mine = Accelerator(cpu=True, mixed_precision="bf16", gradient_accumulation_steps=3)  # the caller's own
 ds_logging.set_verbosity_info()
 random.seed(123); np.random.seed(123); torch.manual_seed(123)  # the caller's own streams: they must survive
 before = snapshot()
@@ -54,7 +55,11 @@ cfg = load_config(sys.argv[1])
 train(cfg, reporter=Reporter(mode="quiet"))
 predict(cfg, sys.argv[2], sys.argv[3], reporter=Reporter(mode="quiet"))
 evaluate(cfg, reporter=Reporter(mode="quiet"))
-print(json.dumps({"before": before, "after": snapshot(), "heap": len(heap)}))
+after = snapshot()
+layer = mine.prepare(torch.nn.Linear(2, 2))  # the caller's Accelerator still works
+with mine.autocast():
+    works = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+print(json.dumps({"before": before, "after": after, "heap": len(heap), "callers_accelerator": works}))
 '''
 
 
@@ -66,6 +71,7 @@ def test_train_predict_evaluate_leave_the_process_as_they_found_it(make_config, 
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["after"] == result["before"]
+    assert result["callers_accelerator"]  # its bf16 autocast, after ftcli's own fp32 Accelerators came and went
     assert result["heap"] == 0  # glibc's malloc tuning cannot be undone: only `ftcli train` makes it
     assert (tmp_path / "run" / "learning_curves.png").stat().st_size > 10_000  # drawn without pyplot's backend
 

@@ -6,7 +6,7 @@ import signal
 
 import torch
 
-from ftcli.signals import StopFlag
+from ftcli.training.signals import StopFlag
 
 
 class _Acc:

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from ftcli.errors import FtcliError
-from ftcli.state import STATE_VERSION, Best, CheckpointRecord, Fingerprint, TrainState
+from ftcli.training.state import STATE_VERSION, Best, CheckpointRecord, Fingerprint, TrainState
 
 
 def test_round_trip_through_json():

@@ -184,7 +184,7 @@ def test_a_continued_study_draws_new_points():
     import optuna
 
     from ftcli.config import SweepConfig
-    from ftcli.sweeps import _sampler
+    from ftcli.sweeps.study import sampler as _sampler
 
     sw = SweepConfig(space=SPACE, sampler="random")
     first = [_sampler(sw, 42, drawn=0).sample_independent(None, None, "x", optuna.distributions.FloatDistribution(
@@ -260,7 +260,7 @@ def test_pruner_warmup_steps_keeps_a_trial_until_then(pruner):
     import optuna
 
     from ftcli.config import SweepConfig
-    from ftcli.sweeps import _pruner
+    from ftcli.sweeps.study import pruner as _pruner
 
     def study_with_two_good_trials(warmup: int):
         sweep = SweepConfig(space={"train.learning_rate": {"low": 1e-5, "high": 1e-4}}, pruner=pruner,

@@ -121,9 +121,9 @@ def test_predict_refuses_an_output_that_would_destroy_the_input_before_any_work(
         os.link(source, target)
     elif output == "a-folder":
         target.mkdir()
-    import ftcli.cache
+    import ftcli.data
 
-    monkeypatch.setattr(ftcli.cache, "prepare", lambda *a, **k: pytest.fail("work started before the check"))
+    monkeypatch.setattr(ftcli.data, "prepare", lambda *a, **k: pytest.fail("work started before the check"))
     result = invoke("predict", "-c", cfg, "--model", tiny_classifier, "--input", source, "--output", target)
     assert result.exit_code == 2, result.output
     expected = {"parent-is-a-file": "is a file, not a folder", "a-folder": "is a folder; give a file name inside it"}

@@ -58,7 +58,7 @@ class Encoder:
         if getattr(tokenizer, "is_fast", False) and getattr(tokenizer, "backend_tokenizer", None) is not None:
             from tokenizers import Tokenizer
 
-            from ftcli.bert_ascii import AsciiBert
+            from ftcli.data.bert_ascii import AsciiBert
 
             backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
             backend.no_padding()

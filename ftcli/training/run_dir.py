@@ -2,7 +2,7 @@
 model, and resuming it by its path.
 
     model/          the final model and tokenizer (safetensors; `from_pretrained` loads it)
-    checkpoints/    resumable checkpoints, see ftcli.checkpoint
+    checkpoints/    resumable checkpoints, see ftcli.training.checkpoint
     config.yaml     the resolved config of the run
     run.json        status: running / interrupted / completed, and where to resume from
     metrics.jsonl   one JSON object per log step and per evaluation
@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ftcli.checkpoint import CHECKPOINTS, STATE_FILE
+from ftcli.training.checkpoint import CHECKPOINTS, STATE_FILE
 from ftcli.config import Config, load_config
 from ftcli.errors import FtcliError
 from ftcli.files import atomic_write_text, check_output_folder
@@ -116,11 +116,11 @@ def export_model(acc, model, tokenizer, folder: Path) -> None:
         state_dict = {k: v.detach().cpu() if hasattr(v, "cpu") else v for k, v in state_dict.items()}
     tmp = folder.with_name(f".{folder.name}.tmp")
     if acc.is_main_process:
-        from ftcli.modeling import quiet_transformers
+        from ftcli.quiet import quiet
 
         shutil.rmtree(tmp, ignore_errors=True)
         unwrapped = acc.unwrap_model(model)
-        with quiet_transformers():
+        with quiet("transformers"):
             unwrapped.save_pretrained(tmp, state_dict=state_dict, save_function=acc.save)
             tokenizer.save_pretrained(tmp)
         for f in tmp.iterdir():

@@ -1,15 +1,22 @@
-"""GLUE-compatible metrics as an `evaluate` module, shipped inside ftcli.
+"""Metrics: which ones a run computes (`metric_name`, `metric_keys`), their formulas, and the
+`evaluate` module that computes them over gathered predictions (`load_metric`).
 
-`evaluate.load("glue", task)` downloads its script from the Hugging Face Hub; this module gives
-the same numbers offline and is loaded by path (`ftcli.evaluation.load_metric`). Config names are
-GLUE task names (`mrpc`, `cola`, `stsb`, ...) or kinds (`accuracy`, `accuracy_f1`, `multiclass`,
-`matthews`, `regression`, and `multilabel` for rows x labels of 0/1). Plain NumPy, so that no scikit-learn or SciPy import is needed; the
-test suite checks every formula against scikit-learn and SciPy.
+The formulas are plain NumPy, GLUE-compatible (the test suite checks each against scikit-learn
+and SciPy). Every F1 in ftcli, per label or micro/macro averaged, comes from `f1_from_counts`.
 """
 
-import datasets
-import evaluate
+from __future__ import annotations
+
+from pathlib import Path
+
 import numpy as np
+
+from ftcli.config import EvalConfig
+from ftcli.errors import FtcliError
+
+METRIC_SCRIPT = Path(__file__).parent / "glue_metric.py"
+"""The `evaluate` module shipped with ftcli, loaded by path (works offline)."""
+
 
 KINDS = {
     "accuracy": ("accuracy",),
@@ -20,19 +27,13 @@ KINDS = {
     # Multi-label: predictions and references are rows x labels of 0/1.
     "multilabel": ("subset_accuracy", "precision_micro", "recall_micro", "f1_macro", "f1_micro"),
 }
+
+
 GLUE_TASKS = {
     "cola": "matthews", "sst2": "accuracy", "mrpc": "accuracy_f1", "qqp": "accuracy_f1",
     "stsb": "regression", "mnli": "accuracy", "mnli_mismatched": "accuracy", "mnli_matched": "accuracy",
     "qnli": "accuracy", "rte": "accuracy", "wnli": "accuracy", "hans": "accuracy", "ax": "accuracy",
 }
-
-_DESCRIPTION = "GLUE metrics (accuracy, F1, Matthews correlation, Pearson/Spearman), computed offline."
-_KWARGS_DESCRIPTION = """
-Args:
-    predictions: predicted label ids (floats for `regression`/`stsb`).
-    references: true label ids (floats for `regression`/`stsb`).
-Returns: a dict with the metrics of the config, e.g. {"accuracy": 0.84, "f1": 0.89} for `mrpc`.
-"""
 
 
 def kind_of(config_name):
@@ -47,12 +48,20 @@ def accuracy(p, r):
     return float((p == r).mean()) if len(r) else 0.0
 
 
+def f1_from_counts(tp, fp, fn):
+    """F1 = 2tp / (2tp + fp + fn), elementwise for arrays; 0 where a label is neither true nor
+    predicted (scikit-learn's `zero_division=0`). Equal to the harmonic mean of precision and
+    recall, without their 0/0 cases."""
+    tp, fp, fn = (np.asarray(x, dtype=np.float64) for x in (tp, fp, fn))
+    denominator = 2 * tp + fp + fn
+    return np.divide(2 * tp, denominator, out=np.zeros_like(denominator), where=denominator > 0)
+
+
 def f1_binary(p, r):
     tp = int(((p == 1) & (r == 1)).sum())
     fp = int(((p == 1) & (r != 1)).sum())
     fn = int(((p != 1) & (r == 1)).sum())
-    denom = 2 * tp + fp + fn
-    return 2 * tp / denom if denom else 0.0
+    return float(f1_from_counts(tp, fp, fn))
 
 
 def f1_macro(p, r):
@@ -121,8 +130,7 @@ def recall_micro(p, r):
 
 
 def f1_micro(p, r):
-    tp, fp, fn = _counts(p, r)
-    return 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
+    return float(f1_from_counts(*_counts(p, r)))
 
 
 def f1_macro_multilabel(p, r):
@@ -136,29 +144,52 @@ MULTILABEL_FUNCTIONS = {
     "f1_macro": f1_macro_multilabel, "f1_micro": f1_micro,
 }
 
+
 FUNCTIONS = {
     "accuracy": accuracy, "f1": f1_binary, "f1_macro": f1_macro,
     "matthews_correlation": matthews, "pearson": pearson, "spearmanr": spearman,
 }
 
 
-@evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
-class FtcliGlue(evaluate.Metric):
-    def _info(self):
-        kind = kind_of(self.config_name)
-        value = datasets.Value("float32" if kind == "regression" else "int64")
-        if kind == "multilabel":
-            value = datasets.Sequence(datasets.Value("int64"))
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation="Wang et al., GLUE: A Multi-Task Benchmark and Analysis Platform for NLU, ICLR 2019.",
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features({"predictions": value, "references": value}),
-            format=None if kind == "multilabel" else "numpy",  # evaluate's numpy format takes scalars only
-        )
+def per_label_scores(names: list[str], tp, fp, fn) -> dict[str, dict]:
+    """Each label's precision, recall, F1 and support from its true positives, false positives
+    and false negatives. A label never predicted has precision 0, one never true recall 0
+    (scikit-learn's `zero_division=0`)."""
+    tp, fp, fn = (np.asarray(x, dtype=np.float64) for x in (tp, fp, fn))
+    zeros = np.zeros(len(names))
+    precision = np.divide(tp, tp + fp, out=zeros.copy(), where=tp + fp > 0)
+    recall = np.divide(tp, tp + fn, out=zeros.copy(), where=tp + fn > 0)
+    f1 = f1_from_counts(tp, fp, fn)
+    return {name: {"precision": round(float(precision[i]), 6), "recall": round(float(recall[i]), 6),
+                   "f1": round(float(f1[i]), 6), "support": int(tp[i] + fn[i])}
+            for i, name in enumerate(names)}
 
-    def _compute(self, predictions, references):
-        kind = kind_of(self.config_name)
-        p, r = np.asarray(predictions), np.asarray(references)
-        functions = MULTILABEL_FUNCTIONS if kind == "multilabel" else FUNCTIONS
-        return {name: functions[name](p, r) for name in KINDS[kind]}
+
+def metric_name(ev: EvalConfig, label_names: list[str], multi_label: bool = False) -> str:
+    """The metric (a kind or GLUE task name) that `eval.metric` means for this data."""
+    if multi_label:
+        if ev.metric not in ("auto", "multilabel"):
+            raise FtcliError(f"eval.metric: {ev.metric!r} scores one label per row, but this data is multi-label; "
+                             "use auto or multilabel")
+        return "multilabel"
+    if ev.metric == "multilabel":
+        raise FtcliError("eval.metric: multilabel needs multi-label data (label lists, or "
+                         "model.problem_type: multi_label)")
+    if ev.metric != "auto":
+        return ev.metric
+    if not label_names:
+        return "regression"
+    return "accuracy_f1" if len(label_names) == 2 else "multiclass"
+
+
+def metric_keys(name: str) -> tuple[str, ...]:
+    """The values metric `name` computes (e.g. accuracy, f1)."""
+    return KINDS[kind_of(name)]
+
+
+def load_metric(name: str):
+    """The GLUE-compatible metric shipped with ftcli, through `evaluate` (loaded by path: works
+    offline). `keep_in_memory`: processes computing at once never share a cache file."""
+    import evaluate
+
+    return evaluate.load(str(METRIC_SCRIPT), name, keep_in_memory=True)

@@ -2,7 +2,8 @@
 (`package:<pkg>/<folder>`), a local folder, or a Hugging Face Hub id.
 
 One resolution, one set of error messages, for the data cache (which hashes the tokenizer's
-files) and for loading (ftcli.modeling). No heavy imports.
+files), for loading the tokenizer (here) and the model (ftcli.modeling). No heavy imports at
+module level.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import os
 from pathlib import Path
 
 from ftcli.config import ModelConfig
-from ftcli.errors import FtcliError
+from ftcli.errors import FtcliError, first_line
+from ftcli.quiet import quiet
 
 PACKAGE_PREFIX = "package:"
 
@@ -90,3 +92,22 @@ def hub_tokenizer_snapshot(repo_id: str, revision: str | None) -> Path:
             f"model {repo_id!r}: cannot fetch its tokenizer from the Hugging Face Hub "
             f"({type(exc).__name__}); check the id and your network, or point model.name_or_path at a local folder"
         ) from None
+
+
+def load_tokenizer(model: ModelConfig):
+    """The model's fast tokenizer (`model.tokenizer_name`, else the model's own), from wherever
+    `locate` finds it."""
+    from transformers import AutoTokenizer
+
+    field = tokenizer_field(model)
+    source = locate(model.tokenizer_name, field)
+    try:
+        with quiet("transformers"):
+            tok = AutoTokenizer.from_pretrained(
+                source, revision=model.revision, trust_remote_code=model.trust_remote_code, use_fast=True
+            )
+    except (OSError, ValueError) as exc:
+        raise FtcliError(f"{field}: cannot load a tokenizer from {source!r} ({first_line(exc)})") from None
+    if not getattr(tok, "is_fast", False):
+        raise FtcliError(f"{field}: {source!r} has no fast tokenizer (tokenizer.json); ftcli needs one")
+    return tok

@@ -21,11 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ftcli.build import build, load_raw
+from ftcli.data.build import build
+from ftcli.data.manifest import Manifest, SplitStats
+from ftcli.data.reading import load_raw
 from ftcli.config import Config, DataConfig
 from ftcli.errors import FtcliError, disk_full_error, is_disk_full
 from ftcli.files import atomic_write_text, sha256_file, verify_checksums
-from ftcli.sources import TOKENIZER_FILES, tokenizer_folder
+from ftcli.data.sources import TOKENIZER_FILES, tokenizer_folder
 
 if TYPE_CHECKING:  # pragma: no cover
     import datasets
@@ -158,7 +160,7 @@ class Prepared:
     """A tokenized dataset on disk, described by its manifest."""
 
     path: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
     hit: bool = False
     why_missed: str | None = None
     seconds: float = 0.0
@@ -166,26 +168,26 @@ class Prepared:
 
     @property
     def label_names(self) -> list[str]:
-        return self.manifest["label_names"]
+        return self.manifest.label_names
 
     @property
     def is_regression(self) -> bool:
-        return self.manifest["label_names"] == []
+        return self.manifest.label_names == []
 
     @property
     def is_multi_label(self) -> bool:
-        return self.manifest.get("problem_type") == "multi_label"
+        return self.manifest.problem_type == "multi_label"
 
     @property
     def pad_token_id(self) -> int:
-        return self.manifest["pad_token_id"]
+        return self.manifest.pad_token_id
 
     @property
     def max_length(self) -> int:
-        return self.manifest["max_length"]
+        return self.manifest.max_length
 
-    def split_info(self, split: str) -> dict[str, Any]:
-        splits = self.manifest["splits"]
+    def split_info(self, split: str) -> SplitStats:
+        splits = self.manifest.splits
         if split not in splits:
             raise FtcliError(
                 f"split {split!r} is not in the data (available: {', '.join(splits)}); "
@@ -196,31 +198,31 @@ class Prepared:
     def describe(self, split: str) -> str:
         """One line on a split: rows, tokens, rows cut at max_length, classes."""
         i = self.split_info(split)
-        line = f"{split}: {i['rows']:,} rows, {i['tokens']:,} tokens (longest {i['max_tokens']})"
-        if i.get("truncated"):
-            line += f", {i['truncated']:,} cut at max_length {self.max_length} ({i['truncated'] / i['rows']:.1%})"
-        if not i["labeled"]:
+        line = f"{split}: {i.rows:,} rows, {i.tokens:,} tokens (longest {i.max_tokens})"
+        if i.truncated:
+            line += f", {i.truncated:,} cut at max_length {self.max_length} ({i.truncated / i.rows:.1%})"
+        if not i.labeled:
             return line + ", unlabelled"
-        if i.get("classes"):
-            line += "; classes: " + ", ".join(f"{name} {n:,} ({n / i['rows']:.0%})" for name, n in i["classes"].items())
-        if i.get("no_label") is not None:  # multi-label
-            line += f"; {i['no_label']:,} rows ({i['no_label'] / i['rows']:.0%}) with no label"
+        if i.classes:
+            line += "; classes: " + ", ".join(f"{name} {n:,} ({n / i.rows:.0%})" for name, n in i.classes.items())
+        if i.no_label is not None:  # multi-label
+            line += f"; {i.no_label:,} rows ({i.no_label / i.rows:.0%}) with no label"
         return line
 
     def summary(self, validation: str) -> dict[str, Any]:
         """What `ftcli prepare --json` prints: hit or built (and why), where, the labels, and each
         split's rows, tokens, cut rows, classes and rows with no label."""
-        splits = self.manifest["splits"]
+        splits = self.manifest.splits
         return {
             "cache": "hit" if self.hit else "built",  # as train's summary says it
             "why": self.why_missed,
             "path": str(self.path),
-            "key": self.manifest["key"],
+            "key": self.manifest.key,
             "labels": self.label_names,
             "seconds": round(self.seconds, 3),
-            "splits": {s: {k: i.get(k) for k in ("rows", "labeled", "tokens", "max_tokens", "truncated", "classes",
-                                                 "no_label")} for s, i in splits.items()},
-            "holdout": self.manifest.get("holdout"),
+            "splits": {s: {k: getattr(i, k) for k in ("rows", "labeled", "tokens", "max_tokens", "truncated", "classes",
+                                                      "no_label")} for s, i in splits.items()},
+            "holdout": self.manifest.holdout,
             "absent_from_validation": self.absent_classes(validation),
         }
 
@@ -228,11 +230,12 @@ class Prepared:
         """What `ftcli prepare` prints for people: hit or tokenized (and why), then a line a split."""
         state = "cache hit" if self.hit else f"tokenized ({self.why_missed})"
         return [f"{state} in {self.seconds:.2f}s: {self.path}",
-                *(f"  {self.describe(split)}" for split in self.manifest["splits"])]
+                *(f"  {self.describe(split)}" for split in self.manifest.splits)]
 
     def absent_classes(self, split: str) -> list[str]:
         """Labels with no row in a labelled split (their recall cannot be measured there)."""
-        classes = self.manifest["splits"].get(split, {}).get("classes") or {}
+        stats = self.manifest.splits.get(split)
+        classes = stats.classes if stats is not None and stats.classes else {}
         return [name for name, n in classes.items() if n == 0]
 
     def absence_warning(self, split: str) -> str | None:
@@ -268,8 +271,7 @@ def prepare(cfg: Config, *, log=print, labels_optional: bool = False, progress=N
     key = _key(parts)
     folder = cache_dir / f"{_slug(cfg.data)}-{key}"
     if verify_cache(folder) is None:  # a hit needs no lock: a published cache is never modified
-        manifest = json.loads((folder / "manifest.json").read_text())
-        return Prepared(folder, manifest, hit=True, seconds=time.perf_counter() - start)
+        return Prepared(folder, Manifest.read(folder / "manifest.json"), hit=True, seconds=time.perf_counter() - start)
     from filelock import FileLock
 
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -278,8 +280,8 @@ def prepare(cfg: Config, *, log=print, labels_optional: bool = False, progress=N
     with FileLock(str(cache_dir / f".{key}.lock")):
         problem = verify_cache(folder)
         if problem is None:
-            manifest = json.loads((folder / "manifest.json").read_text())
-            return Prepared(folder, manifest, hit=True, seconds=time.perf_counter() - start)
+            return Prepared(folder, Manifest.read(folder / "manifest.json"), hit=True,
+                            seconds=time.perf_counter() - start)
         if problem != "missing":
             log(f"cache {folder} is damaged ({problem}); rebuilding it")
             why = "the cached copy was damaged"

@@ -18,7 +18,7 @@ from ftcli.config import DataConfig, TrainConfig
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from ftcli.cache import Prepared
+    from ftcli.data.cache import Prepared
 
 
 class LengthGroupedSampler:
@@ -181,7 +181,7 @@ def train_dataloader(data: DataConfig, train: TrainConfig, accelerator, ds, prep
 
     micro_batch = train.batch_size * accelerator.num_processes
     return DataLoader(
-        ds.select_columns(prepared.manifest["model_input_names"] + ["labels", "length"]),
+        ds.select_columns(prepared.manifest.model_input_names + ["labels", "length"]),
         batch_size=micro_batch,
         sampler=LengthGroupedSampler(ds["length"], micro_batch, train.seed, group=train.group_by_length),
         collate_fn=collator(data, accelerator, prepared),

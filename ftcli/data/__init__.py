@@ -1,0 +1,23 @@
+"""The data pipeline: where models and tokenizers come from (`sources`), reading the raw files
+(`reading`), labels (`labels`), tokenizing (`encoding`, with the BERT shortcut `bert_ascii`),
+building and caching the prepared dataset (`build`, `cache`, described by `manifest`), and the
+dataloaders that batch it (`batching`).
+
+`prepare()` is the entry point. Other packages use only the names exported here; importing this
+package stays cheap (no torch, datasets or transformers until a function runs).
+"""
+
+from ftcli.data.batching import SortedSampler, eval_dataloader, train_dataloader, with_row_ids
+from ftcli.data.build import class_counts, hold_out, no_label_rows, split_texts
+from ftcli.data.cache import Prepared, prepare, tokenizer_fingerprint
+from ftcli.data.labels import is_multi_label, label_ids, label_names
+from ftcli.data.manifest import Manifest, SplitStats
+from ftcli.data.reading import check_columns, check_splits, load_raw
+from ftcli.data.sources import load_tokenizer, locate, resolve_package_path, tokenizer_folder
+
+__all__ = [
+    "Manifest", "Prepared", "SortedSampler", "SplitStats", "check_columns", "check_splits", "class_counts", "hold_out",
+    "eval_dataloader", "is_multi_label", "label_ids", "label_names", "load_raw", "load_tokenizer", "locate",
+    "no_label_rows", "prepare", "resolve_package_path", "split_texts", "tokenizer_fingerprint",
+    "tokenizer_folder", "train_dataloader", "with_row_ids",
+]

@@ -1,0 +1,160 @@
+"""`ftcli eval`: a trained model on a split of the prepared data, with its reports, thresholds
+and quality gate."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from ftcli.config import Config
+from ftcli.console import Reporter
+from ftcli.errors import FtcliError
+from ftcli.evaluation.loop import run_eval
+from ftcli.evaluation.metrics import load_metric, metric_keys, metric_name
+from ftcli.evaluation.reports import error_rows, per_class_report, report_folder, write_errors, write_report
+from ftcli.evaluation.thresholds import best_threshold, few_positives_warning, save_threshold_file, threshold_for
+from ftcli.files import check_output, check_output_folder
+from ftcli.gate import Requirement
+
+
+def find_model_dir(cfg: Config, model_dir: str | Path | None) -> Path:
+    """`--model` as given, or the config's output_dir (its `model/` folder when it has one)."""
+    folder = Path(model_dir) if model_dir else Path(cfg.train.output_dir)
+    if not (folder / "config.json").is_file() and (folder / "model" / "config.json").is_file():
+        folder = folder / "model"
+    return folder
+
+
+def evaluate_model(config: Config | str | Path, *, model_dir: str | Path | None = None, split: str | None = None,
+                   require: list[Requirement] = (), reporter: Reporter | None = None,
+                   report_dir: str | Path | None = None, find_threshold: bool = False, save_threshold: bool = False,
+                   errors_file: str | Path | None = None) -> dict[str, Any]:
+    """`ftcli eval`: evaluate a trained model on a split of the prepared data, print the results
+    (a metrics table and, for classification, a per-class table) and return them.
+
+    Returns the metrics (`loss` and those of `eval.metric`, e.g. `accuracy`, `f1`) with `split`,
+    `model`, `samples` and `seconds`; for classification also `per_class` (precision, recall, F1,
+    support of each label) and `report`, the `eval_report.json` written with a confusion matrix
+    and `confusion_matrix.png` into `report_dir` (default: `eval/<split>/` in the model's run
+    folder). Multi-label: `threshold` and where it came from (`threshold_for`); with
+    `find_threshold`, `best_threshold`: the single threshold that maximizes micro F1 on this
+    split, kept with the model (`thresholds.json`, used by later evals and predictions) when
+    `save_threshold`. `errors_file` (.jsonl or .csv): the misclassified rows with their text,
+    true and predicted labels and probabilities, most confident mistakes first. `require`
+    (quality-gate requirements, see ftcli.gate) are checked against the metric names before the
+    model runs; `result["gate"]` has each one's value and verdict, `result["failed"]` lists those
+    the model missed (empty when it passed)."""
+    from ftcli import gate, modeling
+    from ftcli.config import as_config
+    from ftcli.data import SortedSampler, check_splits, eval_dataloader, prepare, split_texts
+    from ftcli.runtime import accelerator_session
+
+    cfg = as_config(config)
+    folder = find_model_dir(cfg, model_dir)
+    if not (folder / "config.json").is_file():
+        modeling.load_trained(folder)  # raises the one-line error naming the folder
+    split = split or cfg.eval.split
+    check_splits(cfg.data, split)
+    where = Path(report_dir) if report_dir else report_folder(folder, split)
+    check_output_folder(where, "--report-dir" if report_dir else "report folder")
+    errors_path = Path(errors_file) if errors_file else None
+    if errors_path is not None:
+        if errors_path.suffix.lower() not in (".jsonl", ".csv"):
+            raise FtcliError(f"--errors {errors_path}: write .jsonl or .csv")
+        check_output(errors_path, "--errors", inputs=[Path(f) for f in (cfg.data.files or {}).values()])
+    find_threshold = find_threshold or save_threshold
+    reporter = reporter or Reporter()
+    with accelerator_session(cfg.train) as accelerator:
+        reporter.enabled = reporter.enabled and accelerator.is_main_process
+        # one builder per cache key (file lock)
+        prepared = prepare(cfg, log=reporter.info, progress=reporter.progress)
+        info = prepared.split_info(split)
+        if not info.labeled:
+            raise FtcliError(
+                f"split {split!r} ({info.source}) has no labels to evaluate against; use `ftcli predict`"
+            )
+        multi = prepared.is_multi_label
+        if find_threshold and not multi:
+            raise FtcliError("--best-threshold/--save-threshold: a threshold is chosen for multi-label data only; "
+                             "single-label rows take the most probable label")
+        if errors_path is not None and prepared.is_regression:
+            raise FtcliError("--errors: regression has no misclassified rows; compare predictions from ftcli predict")
+        name = metric_name(cfg.eval, prepared.label_names, multi)
+        gate.check_names(list(require), ["loss", *metric_keys(name)])
+        model = modeling.load_trained(folder, prepared.label_names)
+        threshold, threshold_source = threshold_for(cfg, folder) if multi else (cfg.eval.threshold, "")
+        metric = load_metric(name)
+        dl = eval_dataloader(cfg.data, accelerator, prepared.split(split), prepared,
+                             batch_size=cfg.train.eval_batch_size, workers=cfg.train.dataloader_workers)
+        model, dl = accelerator.prepare(model, dl)
+        start = time.perf_counter()
+        with reporter.progress(len(dl), f"eval {split}", every=1, unit="batches", min_interval=10) as bar:
+            evaluated = run_eval(accelerator, model, dl, metric, regression=prepared.is_regression, progress=bar,
+                                 keep_predictions=True, multi_label=multi, threshold=threshold)
+        predictions, references, scores = evaluated.predictions, evaluated.references, evaluated.scores
+        result = evaluated.values()
+        extra: dict[str, Any] = {}
+        if multi:
+            result["threshold"] = threshold
+            extra["threshold_source"] = threshold_source
+            if warning := few_positives_warning(predictions, references, threshold, split):
+                reporter.warn(warning)
+            if find_threshold:
+                extra["best_threshold"] = best_threshold(scores, references)
+                if save_threshold and accelerator.is_main_process:
+                    extra["best_threshold"]["saved"] = str(save_threshold_file(folder, extra["best_threshold"], split))
+        summary = {
+            "split": split,
+            "model": str(folder),
+            "metric": name,
+            "processes": accelerator.num_processes,
+            "seconds": round(time.perf_counter() - start, 3),
+            **result,
+            **extra,
+            "gate": gate.checks(list(require), result),
+            "failed": gate.failures(list(require), result),
+        }
+        if prepared.label_names:
+            per_class = per_class_report(predictions, references, prepared.label_names, multi)
+            report = {"split": split, "model": str(folder), **result, **per_class}
+            summary["per_class"] = report["per_class"]
+            if accelerator.is_main_process:
+                summary["report"] = str(write_report(where, report, f"{split}: {folder}"))
+        if errors_path is not None:
+            texts, positions = split_texts(cfg, split, prepared.label_names, multi)
+            # The evaluation saw the rows longest first (batching.SortedSampler): put them in that order.
+            order = SortedSampler(prepared.split(split)["length"]).indices.tolist()
+            texts = {c: [v[k] for k in order] for c, v in texts.items()}
+            records = error_rows(predictions, references, scores, prepared.label_names, texts,
+                                 [positions[k] for k in order], multi)
+            if accelerator.is_main_process:
+                write_errors(errors_path, records, prepared.label_names, list(texts), multi,
+                             separator=cfg.data.label_separator or "|")
+            summary["errors"] = {"path": str(errors_path), "rows": len(records)}
+        accelerator.wait_for_everyone()
+        print_eval(reporter, summary)
+        return summary
+
+
+def print_eval(reporter: Reporter, summary: dict[str, Any]) -> None:
+    """What `ftcli eval` (and `evaluate()` in Python) shows: the metrics, the per-class table,
+    where the report and the error rows went, and the best threshold."""
+    shown = {k: v for k, v in summary.items() if k not in (
+        "model", "split", "failed", "gate", "per_class", "report", "best_threshold", "threshold_source", "errors")}
+    reporter.results(f"{summary['split']} - {summary['model']}", shown)
+    if "per_class" in summary:
+        reporter.class_table(summary["per_class"])
+        if "report" in summary:
+            reporter.info(f"report: {summary['report']} (and confusion_matrix.png beside it)")
+    if summary.get("threshold_source") and summary["threshold_source"] != "default":
+        reporter.info(f"threshold {summary['threshold']:.2f}: {summary['threshold_source']}")
+    if "best_threshold" in summary:
+        best = summary["best_threshold"]
+        reporter.info(f"best single threshold on {summary['split']}: {best['threshold']:.2f} "
+                      f"(f1_micro {best['f1_micro']:.4f}; evaluated at {summary['threshold']:.2f})"
+                      + (f"; saved to {best['saved']}: eval and predict use it unless eval.threshold is set"
+                         if "saved" in best else "; --save-threshold keeps it with the model"))
+    if "errors" in summary:
+        errors = summary["errors"]
+        reporter.info(f"errors: {errors['rows']:,} misclassified rows -> {errors['path']}")
