@@ -653,12 +653,12 @@ class Config(_Section):
         return self._source_path
 
     def origin(self, dotted_key: str) -> str:
-        """Where a value came from: `default`, `file` or `--set` (for a mapping such as
-        data.files: where its entries came from)."""
+        """Where a value came from: `default`, `file`, `--set`, or what `with_values` said (for a
+        mapping such as data.files: where its entries came from, the latest kind first)."""
         if dotted_key in self._origins:
             return self._origins[dotted_key]
         inner = {v for k, v in self._origins.items() if k.startswith(dotted_key + ".")}
-        return "--set" if "--set" in inner else ("file" if inner else "default")
+        return next((v for v in sorted(inner - {"file"}, key=lambda v: v != "--set")), "file" if inner else "default")
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

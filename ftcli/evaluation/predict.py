@@ -40,7 +40,6 @@ def predict(config: Config | str | Path, input_file: str | Path, output_file: st
     at least the threshold (`threshold_for`: eval.threshold, or the one saved with the model);
     in CSV their `labels` cell joins them with `label_separator` (default: data.label_separator,
     else `|`). Returns a summary: `output`, `rows`, label counts."""
-    import numpy as np
     import torch
 
     from ftcli import modeling
@@ -95,28 +94,7 @@ def predict(config: Config | str | Path, input_file: str | Path, output_file: st
             raise RuntimeError(f"gathered {len(rows)} predictions for {len(ds)} rows")  # a bug, not bad input
         # Rows whose text was cut at max_length: the model did not read all of it.
         cut = ds["truncated"] if "truncated" in ds.column_names else [False] * len(rows)
-        if multi:  # every label at or above the threshold, and each label's probability
-            probs = torch.sigmoid(logits).numpy()
-            chosen = probs >= threshold
-            records = [{"row": r, **{c: v[r] for c, v in kept.items()},
-                        "labels": [name for name, on in zip(labels, hit) if on],
-                        "probabilities": {name: round(float(p), 6) for name, p in zip(labels, pr)},
-                        "truncated": bool(cut[r])}
-                       for r, hit, pr in zip(rows, chosen, probs)]
-            counts = {name: int(chosen[:, k].sum()) for k, name in enumerate(labels)}
-        elif labels:
-            probs = torch.softmax(logits, dim=-1).numpy()
-            ids = probs.argmax(-1)
-            records = [{"row": r, **{c: v[r] for c, v in kept.items()}, "label": labels[i], "label_id": int(i),
-                        "probabilities": {name: round(float(p), 6) for name, p in zip(labels, pr)},
-                        "truncated": bool(cut[r])}
-                       for r, i, pr in zip(rows, ids, probs)]
-            counts = {name: int((ids == k).sum()) for k, name in enumerate(labels)}
-        else:
-            values = logits.squeeze(-1).numpy()
-            records = [{"row": r, **{c: v[r] for c, v in kept.items()}, "prediction": float(p),
-                        "truncated": bool(cut[r])} for r, p in zip(rows, values)]
-            counts = {"mean": float(np.mean(values)) if len(values) else None}
+        records, counts = _records(logits, rows, labels, multi, threshold, kept, cut)
         if accelerator.is_main_process:
             write_predictions(output, records, labels, list(kept),
                               separator=label_separator or pcfg.data.label_separator or "|")
@@ -125,6 +103,38 @@ def predict(config: Config | str | Path, input_file: str | Path, output_file: st
                 "labels": counts, **({"threshold": threshold} if multi else {}),
                 "truncated": int(sum(bool(c) for c in cut)), "processes": accelerator.num_processes,
                 "seconds": round(seconds, 3)}
+
+
+def _records(logits, rows: list[int], labels: list[str], multi: bool, threshold: float | None,
+             kept: dict[str, list], cut) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """One prediction per row (its kept columns, label(s), probabilities, whether its text was cut),
+    and the counts the summary shows: rows per label, or the mean of a regression."""
+    import numpy as np
+    import torch
+
+    if multi:  # every label at or above the threshold, and each label's probability
+        probs = torch.sigmoid(logits).numpy()
+        chosen = probs >= threshold
+        records = [{"row": r, **{c: v[r] for c, v in kept.items()},
+                    "labels": [name for name, on in zip(labels, hit) if on],
+                    "probabilities": {name: round(float(p), 6) for name, p in zip(labels, pr)},
+                    "truncated": bool(cut[r])}
+                   for r, hit, pr in zip(rows, chosen, probs)]
+        counts = {name: int(chosen[:, k].sum()) for k, name in enumerate(labels)}
+    elif labels:
+        probs = torch.softmax(logits, dim=-1).numpy()
+        ids = probs.argmax(-1)
+        records = [{"row": r, **{c: v[r] for c, v in kept.items()}, "label": labels[i], "label_id": int(i),
+                    "probabilities": {name: round(float(p), 6) for name, p in zip(labels, pr)},
+                    "truncated": bool(cut[r])}
+                   for r, i, pr in zip(rows, ids, probs)]
+        counts = {name: int((ids == k).sum()) for k, name in enumerate(labels)}
+    else:
+        values = logits.squeeze(-1).numpy()
+        records = [{"row": r, **{c: v[r] for c, v in kept.items()}, "prediction": float(p),
+                    "truncated": bool(cut[r])} for r, p in zip(rows, values)]
+        counts = {"mean": float(np.mean(values)) if len(values) else None}
+    return records, counts
 
 
 def _kept_columns(cfg: Config, source: Path, names: list[str] | tuple[str, ...]) -> dict[str, list]:

@@ -10,7 +10,7 @@ from typing import Any
 from ftcli.config import Config
 from ftcli.console import Reporter
 from ftcli.errors import FtcliError
-from ftcli.evaluation.loop import run_eval
+from ftcli.evaluation.loop import EvalResult, run_eval
 from ftcli.evaluation.metrics import load_metric, metric_keys, metric_name
 from ftcli.evaluation.reports import error_rows, per_class_report, report_folder, write_errors, write_report
 from ftcli.evaluation.thresholds import best_threshold, few_positives_warning, save_threshold_file, threshold_for
@@ -47,22 +47,13 @@ def evaluate_model(config: Config | str | Path, *, model_dir: str | Path | None 
     the model missed (empty when it passed)."""
     from ftcli import gate, modeling
     from ftcli.config import as_config
-    from ftcli.data import SortedSampler, check_splits, eval_dataloader, prepare, split_texts
+    from ftcli.data import eval_dataloader, prepare
     from ftcli.runtime import accelerator_session
 
     cfg = as_config(config)
     folder = find_model_dir(cfg, model_dir)
-    if not (folder / "config.json").is_file():
-        modeling.load_trained(folder)  # raises the one-line error naming the folder
     split = split or cfg.eval.split
-    check_splits(cfg.data, split)
-    where = Path(report_dir) if report_dir else report_folder(folder, split)
-    check_output_folder(where, "--report-dir" if report_dir else "report folder")
-    errors_path = Path(errors_file) if errors_file else None
-    if errors_path is not None:
-        if errors_path.suffix.lower() not in (".jsonl", ".csv"):
-            raise FtcliError(f"--errors {errors_path}: write .jsonl or .csv")
-        check_output(errors_path, "--errors", inputs=[Path(f) for f in (cfg.data.files or {}).values()])
+    where, errors_path = _check_request(cfg, folder, split, report_dir, errors_file)
     find_threshold = find_threshold or save_threshold
     reporter = reporter or Reporter()
     with accelerator_session(cfg.train) as accelerator:
@@ -122,19 +113,48 @@ def evaluate_model(config: Config | str | Path, *, model_dir: str | Path | None 
             if accelerator.is_main_process:
                 summary["report"] = str(write_report(where, report, f"{split}: {folder}"))
         if errors_path is not None:
-            texts, positions = split_texts(cfg, split, prepared.label_names, multi)
-            # The evaluation saw the rows longest first (batching.SortedSampler): put them in that order.
-            order = SortedSampler(prepared.split(split)["length"]).indices.tolist()
-            texts = {c: [v[k] for k in order] for c, v in texts.items()}
-            records = error_rows(predictions, references, scores, prepared.label_names, texts,
-                                 [positions[k] for k in order], multi)
-            if accelerator.is_main_process:
-                write_errors(errors_path, records, prepared.label_names, list(texts), multi,
-                             separator=cfg.data.label_separator or "|")
-            summary["errors"] = {"path": str(errors_path), "rows": len(records)}
+            rows = _write_error_rows(cfg, split, prepared, evaluated, errors_path, accelerator.is_main_process)
+            summary["errors"] = {"path": str(errors_path), "rows": rows}
         accelerator.wait_for_everyone()
         print_eval(reporter, summary)
         return summary
+
+
+def _check_request(cfg: Config, folder: Path, split: str, report_dir, errors_file) -> tuple[Path, Path | None]:
+    """What `eval` is asked to read and write, checked before anything loads: the model folder,
+    the split, the report folder and the `--errors` file. Returns the report folder and the
+    errors file (None: not asked for)."""
+    from ftcli import modeling
+    from ftcli.data import check_splits
+
+    if not (folder / "config.json").is_file():
+        modeling.load_trained(folder)  # raises the one-line error naming the folder
+    check_splits(cfg.data, split)
+    where = Path(report_dir) if report_dir else report_folder(folder, split)
+    check_output_folder(where, "--report-dir" if report_dir else "report folder")
+    errors_path = Path(errors_file) if errors_file else None
+    if errors_path is not None:
+        if errors_path.suffix.lower() not in (".jsonl", ".csv"):
+            raise FtcliError(f"--errors {errors_path}: write .jsonl or .csv")
+        check_output(errors_path, "--errors", inputs=[Path(f) for f in (cfg.data.files or {}).values()])
+    return where, errors_path
+
+
+def _write_error_rows(cfg: Config, split: str, prepared, evaluated: EvalResult, path: Path, main: bool) -> int:
+    """`eval --errors`: the misclassified rows with their texts, read again from the raw data;
+    written by the main process. Returns how many rows were wrong."""
+    from ftcli.data import SortedSampler, split_texts
+
+    multi = prepared.is_multi_label
+    texts, positions = split_texts(cfg, split, prepared.label_names, multi)
+    # The evaluation saw the rows longest first (batching.SortedSampler): put them in that order.
+    order = SortedSampler(prepared.split(split)["length"]).indices.tolist()
+    texts = {c: [v[k] for k in order] for c, v in texts.items()}
+    records = error_rows(evaluated.predictions, evaluated.references, evaluated.scores, prepared.label_names, texts,
+                         [positions[k] for k in order], multi)
+    if main:
+        write_errors(path, records, prepared.label_names, list(texts), multi, separator=cfg.data.label_separator or "|")
+    return len(records)
 
 
 def print_eval(reporter: Reporter, summary: dict[str, Any]) -> None:

@@ -85,19 +85,7 @@ def setup(cfg: Config, accelerator, reporter: Reporter) -> Run:
     # From here on the config holds the values ftcli resolved: the run's config.yaml and the
     # checkpoints' fingerprint say what was used, not `null`.
     cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"max_length": prepared.max_length})})
-    train_info = prepared.split_info(cfg.data.train_split)
-    if not train_info.labeled:
-        raise FtcliError(f"{train_info.source}: the training split has no labels")
-    eval_split = cfg.data.validation_name if cfg.data.validation_name in prepared.manifest.splits else None
-    if eval_split and not prepared.split_info(eval_split).labeled:
-        eval_split = None
-    if eval_split is None and named_validation(cfg):
-        raise FtcliError(f"data.validation_split: the data has no labelled split {cfg.data.validation_name!r} "
-                         f"(splits: {', '.join(prepared.manifest.splits)}); name one, or give a fraction (0.1) "
-                         "or a row count (200) to hold out")
-    if eval_split is None:
-        reporter.warn(f"no labelled split {cfg.data.validation_name!r}: training without evaluation "
-                      "(data.validation_split: 0.1 holds out a tenth of the training rows)")
+    eval_split = _eval_split(cfg, prepared, reporter)
 
     tokenizer = load_tokenizer(cfg.model)
     model = modeling.load_model(cfg.model, prepared.label_names, prepared.is_multi_label)
@@ -112,7 +100,7 @@ def setup(cfg: Config, accelerator, reporter: Reporter) -> Run:
     eval_dl = None
     if eval_split:
         eval_dl = eval_dataloader(cfg.data, accelerator, prepared.split(eval_split), prepared,
-                                           batch_size=t.eval_batch_size, workers=t.dataloader_workers)
+                                  batch_size=t.eval_batch_size, workers=t.dataloader_workers)
     name = evaluation.metric_name(cfg.eval, prepared.label_names, prepared.is_multi_label)
     metric = evaluation.load_metric(name) if eval_dl is not None else None
     if t.metric_for_best is not None:
@@ -133,15 +121,7 @@ def setup(cfg: Config, accelerator, reporter: Reporter) -> Run:
     # Prepared so that save_state/load_state carry it; fit() steps it once per optimizer step.
     scheduler = accelerator.prepare(scheduler)
 
-    clipping, why_separate = "off", None
-    if t.max_grad_norm is not None and not t.fused_clipping:
-        clipping, why_separate = "separate", "train.fused_clipping is off"
-    elif t.max_grad_norm is not None:
-        clipping, why_separate = optim.clipping_mode(optimizer, accelerator.distributed_type,
-                                                     accelerator.scaler is not None)
-        if clipping == "separate":  # asked for, not possible: say so
-            why_separate = not_fused or why_separate
-            reporter.warn(f"gradient clipping takes a separate pass: {why_separate}")
+    clipping, why_separate = _clipping(t, optimizer, accelerator, not_fused, reporter)
     weights = class_weights(t, prepared, cfg.data.train_split)
     run = Run(
         cfg=cfg, accelerator=accelerator, model=model, optimizer=optimizer, scheduler=scheduler,
@@ -155,6 +135,42 @@ def setup(cfg: Config, accelerator, reporter: Reporter) -> Run:
     _report_start(run, sum(p.numel() for p in accelerator.unwrap_model(model).parameters()),
                   torch.get_num_threads(), why_separate)
     return run
+
+
+def _eval_split(cfg: Config, prepared: Prepared, reporter: Reporter) -> str | None:
+    """The split evaluated during training: the labelled validation split, or None (with a
+    warning) when the data has none. A split named in the config must exist."""
+    train_info = prepared.split_info(cfg.data.train_split)
+    if not train_info.labeled:
+        raise FtcliError(f"{train_info.source}: the training split has no labels")
+    eval_split = cfg.data.validation_name if cfg.data.validation_name in prepared.manifest.splits else None
+    if eval_split and not prepared.split_info(eval_split).labeled:
+        eval_split = None
+    if eval_split is None and named_validation(cfg):
+        raise FtcliError(f"data.validation_split: the data has no labelled split {cfg.data.validation_name!r} "
+                         f"(splits: {', '.join(prepared.manifest.splits)}); name one, or give a fraction (0.1) "
+                         "or a row count (200) to hold out")
+    if eval_split is None:
+        reporter.warn(f"no labelled split {cfg.data.validation_name!r}: training without evaluation "
+                      "(data.validation_split: 0.1 holds out a tenth of the training rows)")
+    return eval_split
+
+
+def _clipping(t: TrainConfig, optimizer, accelerator, not_fused: str | None, reporter: Reporter) -> tuple[str, str | None]:
+    """How the gradient norm is clipped: `folded` into fused AdamW, `separate` (Accelerate's
+    clip, with the reason), or `off`. Asked for folding but not possible: say so."""
+    from ftcli.training import optim
+
+    if t.max_grad_norm is None:
+        return "off", None
+    if not t.fused_clipping:
+        return "separate", "train.fused_clipping is off"
+    clipping, why_separate = optim.clipping_mode(optimizer, accelerator.distributed_type,
+                                                 accelerator.scaler is not None)
+    if clipping == "separate":
+        why_separate = not_fused or why_separate
+        reporter.warn(f"gradient clipping takes a separate pass: {why_separate}")
+    return clipping, why_separate
 
 
 def class_weights(t: TrainConfig, prepared, train_split: str) -> list[float] | None:
