@@ -172,6 +172,21 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
     )
 
 
+def run_here(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`ftcli ARGS` in this process, through Typer's CliRunner: the same parsing, output streams
+    and exit codes as `run_cli`, without starting an interpreter (~12 s of imports on a 2-core
+    machine). What only a fresh process shows (signals, kill -9, fault injection, start-up,
+    output piped by a shell) needs `run_cli`."""
+    from typer.testing import CliRunner
+
+    from ftcli.cli import app
+
+    result = CliRunner().invoke(app, list(args), env=env)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception  # a crash of the test harness, not an exit code to compare
+    return subprocess.CompletedProcess(["ftcli", *args], result.exit_code, result.stdout, result.stderr)
+
+
 def accelerate_launch(*args: str, processes: int = 2, cwd: Path | None = None, timeout: int = 600,
                       env: dict | None = None):
     """`accelerate launch` with N CPU processes (gloo), through configs/accelerate/multi-cpu.yaml:
@@ -215,3 +230,22 @@ def small_disk(tmp_path):
         yield mount, fill
     finally:
         subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+SWEEP_SPACE = {"train.learning_rate": {"low": 1e-3, "high": 6e-3, "log": True}, "train.epochs": {"choices": [3, 4]}}
+
+
+@pytest.fixture(scope="module")
+def sweep_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("sweep-data")
+    return {"train": write_jsonl(folder / "train.jsonl", make_rows(200, seed=31)),
+            "validation": write_jsonl(folder / "validation.jsonl", make_rows(60, seed=32))}
+
+
+def sweep_config(tiny_model, files, tmp_path, name="sweep.yaml", **sweep) -> Path:
+    cfg = config_dict(tiny_model, files, tmp_path, epochs=1, batch_size=16, log_every=5, eval_every=4,
+                      checkpoint_every=None)
+    cfg["sweep"] = {"space": SWEEP_SPACE, "trials": 4, "sampler": "random", **sweep}
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path

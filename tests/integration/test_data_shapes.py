@@ -9,7 +9,7 @@ import random
 import numpy as np
 import pytest
 
-from conftest import WORDS, config_dict, run_cli, write_jsonl
+from conftest import WORDS, config_dict, run_here, write_jsonl
 from ftcli.data import cache
 from ftcli.config import config_from_dict
 from ftcli.errors import FtcliError
@@ -110,7 +110,7 @@ def test_bad_split_or_truncation_settings_are_one_line(tiny_model, tmp_path, dat
 
     raw = one_file_config(tiny_model, tmp_path, imbalanced_rows(40), **data)
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
-    result = run_cli("prepare", "-c", str(tmp_path / "c.yaml"))
+    result = run_here("prepare", "-c", str(tmp_path / "c.yaml"))
     assert result.returncode == 2, result.stderr
     assert result.stderr.count("\n") == 1 and expected in result.stderr, result.stderr
     assert not [p for p in (tmp_path / "cache").glob("*") if p.is_dir()]  # nothing half-written left
@@ -281,7 +281,7 @@ def test_one_file_with_class_weights_trains_and_reports_per_class(tiny_model, tm
     raw["train"].update(epochs=3, batch_size=16, class_weights="auto")
     raw["eval"]["metric"] = "auto"
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
-    trained = run_cli("train", "-c", str(tmp_path / "c.yaml"), "--json")
+    trained = run_here("train", "-c", str(tmp_path / "c.yaml"), "--json")
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert "class weights" in trained.stderr and "validation: 60 rows" in trained.stderr
     summary = json.loads(trained.stdout)
@@ -353,7 +353,7 @@ def test_multi_label_end_to_end_matches_scikit_learn(tiny_model, tmp_path, form)
 
     raw = multi_label_config(tiny_model, tmp_path, form)
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
-    trained = run_cli("train", "-c", str(tmp_path / "c.yaml"), "--json")
+    trained = run_here("train", "-c", str(tmp_path / "c.yaml"), "--json")
     assert trained.returncode == 0, trained.stderr[-3000:]
     summary = json.loads(trained.stdout)
     names = ["a", "b", "c"] if form == "names" else ["0", "1", "2"]
@@ -402,7 +402,7 @@ def test_multi_label_training_is_exact_on_two_processes(tiny_model_no_dropout, t
         raw = multi_label_config(tiny_model_no_dropout, tmp_path, batch_size=batch, class_weights="auto",
                                  output_dir=str(tmp_path / name), epochs=3)
         (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(raw))
-    one = run_cli("train", "-c", str(tmp_path / "one.yaml"), "--json")
+    one = run_here("train", "-c", str(tmp_path / "one.yaml"), "--json")
     two = accelerate_launch("train", "-c", str(tmp_path / "two.yaml"), "--json")
     assert one.returncode == 0 and two.returncode == 0, one.stderr[-2000:] + two.stderr[-2000:]
     a, b = json.loads(one.stdout), json.loads(two.stdout)
@@ -480,7 +480,7 @@ def test_init_drafts_a_config_that_trains_as_is(tiny_model, tmp_path):
     cfg["data"]["cache_dir"] = str(tmp_path / "cache")
     cfg["train"].update(output_dir=str(tmp_path / "run"), epochs=1, mixed_precision="no")
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
-    trained = run_cli("train", "-c", str(tmp_path / "run.yaml"), "--json")
+    trained = run_here("train", "-c", str(tmp_path / "run.yaml"), "--json")
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert json.loads(trained.stdout)["metric"] == "multilabel"
 
@@ -566,7 +566,7 @@ def test_prepare_killed_with_sigkill_mid_build_leaves_nothing_after_the_next_one
     proc.wait()
     leftovers = list(cache_dir.glob(".tmp-*"))
     assert leftovers, "the build finished before the kill"
-    result = run_cli("prepare", "-c", str(tmp_path / "c.yaml"))
+    result = run_here("prepare", "-c", str(tmp_path / "c.yaml"))
     assert result.returncode == 0, result.stderr
     assert f"removed {leftovers[0]}, left by a prepare that was killed" in result.stdout + result.stderr
     assert not list(cache_dir.glob(".tmp-*"))

@@ -7,7 +7,7 @@ import json
 import pytest
 import yaml
 
-from conftest import run_cli
+from conftest import run_cli, run_here
 
 pytestmark = pytest.mark.slow
 
@@ -20,7 +20,7 @@ def test_prepare_train_eval(make_config, tmp_path):
     first = json.loads(first.stdout)
     assert first["cache"] == "built" and first["why"] == "first build"
     assert first["splits"]["train"]["rows"] == 96 and first["splits"]["test"]["labeled"] is False
-    again = json.loads(run_cli("prepare", "-c", str(cfg), "--json").stdout)
+    again = json.loads(run_here("prepare", "-c", str(cfg), "--json").stdout)
     assert again["cache"] == "hit" and again["path"] == first["path"]
 
     trained = run_cli("train", "-c", str(cfg), "--json")
@@ -67,6 +67,6 @@ def test_prepare_train_eval(make_config, tmp_path):
     for k in ("accuracy", "f1", "loss"):  # the same model, batches and kernels: the same numbers
         assert ev[k] == metrics["eval"][k]
 
-    table = run_cli("eval", "-c", str(cfg))
+    table = run_here("eval", "-c", str(cfg))
     assert table.returncode == 0
     assert "accuracy" in table.stdout and f"{ev['accuracy']:.4g}" in table.stdout

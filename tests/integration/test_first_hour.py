@@ -16,7 +16,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from conftest import REPO, config_dict, make_rows, run_cli, write_jsonl
+from conftest import REPO, config_dict, run_here
 from ftcli.cli import app
 
 runner = CliRunner()
@@ -67,11 +67,11 @@ def test_init_drafts_blank_tag_cells_that_prepare_loads(tiny_model, tickets, tmp
     assert "other candidates: queue (4 values)" in text
     cfg["data"]["cache_dir"] = str(tmp_path / "cache")
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
-    prepared = run_cli("prepare", "-c", str(tmp_path / "c.yaml"), "--json")
+    prepared = run_here("prepare", "-c", str(tmp_path / "c.yaml"), "--json")
     assert prepared.returncode == 0, prepared.stderr
     splits = json.loads(prepared.stdout)["splits"]
     assert sum(s["no_label"] for s in splits.values()) == blank_rows(tickets)
-    human = run_cli("prepare", "-c", str(tmp_path / "c.yaml"))
+    human = run_here("prepare", "-c", str(tmp_path / "c.yaml"))
     assert "with no label" in human.stdout and "cache hit" in human.stdout
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import accelerate_launch, config_dict, run_cli
+from conftest import accelerate_launch, config_dict, run_here
 
 pytestmark = pytest.mark.slow
 
@@ -56,7 +56,7 @@ def golden_config(tiny_model, task_files, tmp_path):
 
 
 def test_one_process_matches_the_golden_losses(golden_config, tmp_path):
-    result = run_cli("train", "-c", str(golden_config()))
+    result = run_here("train", "-c", str(golden_config()))
     assert result.returncode == 0, result.stderr
     losses = _losses(tmp_path / "run")
     assert len(losses) == 24  # 96 rows / 8 x 2 epochs

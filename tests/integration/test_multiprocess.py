@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, _free_port, accelerate_launch, make_rows, run_cli, write_jsonl
+from conftest import REPO, _free_port, accelerate_launch, make_rows, run_here, write_jsonl
 
 pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
 
@@ -29,7 +29,7 @@ def test_two_process_training_then_one_process_eval_agree(make_config, tmp_path)
     records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert len([r for r in records if r["type"] == "eval"]) == 8  # one writer: no duplicated lines
 
-    single = run_cli("eval", "-c", str(cfg), "--json")
+    single = run_here("eval", "-c", str(cfg), "--json")
     assert single.returncode == 0, single.stderr
     single = json.loads(single.stdout)
     assert single["processes"] == 1 and single["samples"] == result["eval"]["samples"] == 40
@@ -50,7 +50,7 @@ def test_eval_is_exact_across_processes(make_config, tiny_classifier, tmp_path, 
                                       "seven": str(seven)}},
                       model={"labels": ["no", "yes"]}, eval_batch_size=eval_batch)
     args = ("eval", "-c", str(cfg), "--model", str(tiny_classifier), "--split", split, "--json")
-    one = run_cli(*args)
+    one = run_here(*args)
     two = accelerate_launch(*args)
     assert one.returncode == 0, one.stderr
     assert two.returncode == 0, two.stderr[-3000:]
@@ -142,7 +142,7 @@ def test_notebook_launcher_runs_the_library_on_two_processes(make_config, tmp_pa
         "from accelerate import notebook_launcher\n"
         "from ftcli import load_config, train\n"
         f"cfg = load_config({str(cfg)!r})\n"
-        "notebook_launcher(train, (cfg,), num_processes=2)\n"
+        f"notebook_launcher(train, (cfg,), num_processes=2, use_port='{_free_port()}')\n"  # not 29500: tests run side by side
     )
     out = run_python(code)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -177,7 +177,7 @@ def test_processes_given_different_configs_are_refused(make_config, tmp_path):
         "def differ():\n"
         "    rank = PartialState(cpu=True).process_index\n"
         f"    train(load_config({str(cfg)!r}, [f'train.learning_rate={{0.001 * (rank + 1)}}']))\n"
-        "notebook_launcher(differ, num_processes=2)\n"
+        f"notebook_launcher(differ, num_processes=2, use_port='{_free_port()}')\n"
     )
     out = run_python(code)
     assert out.returncode != 0

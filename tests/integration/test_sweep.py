@@ -1,5 +1,5 @@
-"""`ftcli sweep`: the search-space schema, a sweep end to end, pruning, resuming after kill -9,
-and two workers sharing one storage. Tiny model, a few hundred rows."""
+"""`ftcli sweep` run for real: a sweep end to end, resuming after kill -9 and Ctrl-C, two workers
+sharing one storage, and trials on two processes. Tiny model, a few hundred rows."""
 
 from __future__ import annotations
 
@@ -15,69 +15,14 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from conftest import config_dict, make_rows, run_cli, write_jsonl
+from conftest import SWEEP_SPACE as SPACE, run_here, sweep_config
 from ftcli.cli import app
-
-SPACE = {"train.learning_rate": {"low": 1e-3, "high": 6e-3, "log": True}, "train.epochs": {"choices": [3, 4]}}
-
-
-@pytest.fixture(scope="module")
-def sweep_files(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("sweep-data")
-    return {"train": write_jsonl(folder / "train.jsonl", make_rows(200, seed=31)),
-            "validation": write_jsonl(folder / "validation.jsonl", make_rows(60, seed=32))}
-
-
-def sweep_config(tiny_model, files, tmp_path, name="sweep.yaml", **sweep) -> Path:
-    cfg = config_dict(tiny_model, files, tmp_path, epochs=1, batch_size=16, log_every=5, eval_every=4,
-                      checkpoint_every=None)
-    cfg["sweep"] = {"space": SPACE, "trials": 4, "sampler": "random", **sweep}
-    path = tmp_path / name
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    return path
-
-
-@pytest.mark.parametrize("space, expected", [
-    ({"train.learnig_rate": {"low": 1e-5, "high": 1e-4}}, "sweep.space.train.learnig_rate: not a setting (did you mean 'train.learning_rate'?)"),
-    ({"train.learning_rate": {"low": 1e-4, "high": 1e-5}}, "sweep.space.train.learning_rate: low (0.0001) is above high (1e-05)"),
-    ({"train.learning_rate": {"low": 0, "high": 1e-4, "log": True}}, "log: needs low > 0"),
-    ({"train.batch_size": {"choices": [8, "big"]}}, "sweep.space.train.batch_size: 'big' is not a valid train.batch_size"),
-    ({"train.epochs": {"low": 0, "high": 3}}, "sweep.space.train.epochs: 0 is not a valid train.epochs"),
-    ({"train.output_dir": {"choices": ["a", "b"]}}, "sweep.space.train.output_dir: cannot be searched"),
-    ({"train.learning_rate": {"low": 1e-5}}, "give low and high (or choices: [...])"),
-])
-def test_search_space_errors_are_one_line_before_anything_runs(tiny_model, sweep_files, tmp_path, space, expected):
-    cfg = yaml.safe_load(sweep_config(tiny_model, sweep_files, tmp_path).read_text())
-    cfg["sweep"]["space"] = space
-    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    result = CliRunner().invoke(app, ["sweep", "-c", str(tmp_path / "bad.yaml")])
-    assert result.exit_code == 2
-    assert [line for line in result.stderr.splitlines()] == [line for line in result.stderr.splitlines() if
-                                                            line.startswith("error: ")]
-    assert expected in result.stderr, result.stderr
-    assert not (tmp_path / "run").exists()
-
-
-def test_unknown_metric_or_storage_is_bad_input(tiny_model, sweep_files, tmp_path):
-    cfg = sweep_config(tiny_model, sweep_files, tmp_path)
-    bad = CliRunner().invoke(app, ["sweep", "-c", str(cfg), "--storage", "redis://x"])
-    assert bad.exit_code == 2 and "sweep storage 'redis://x': give an SQLAlchemy URL" in bad.stderr
-    (tmp_path / "notes.txt").write_text("the user's file")
-    for url in (f"journal:{tmp_path / 'notes.txt' / 'sweep.log'}", f"sqlite:///{tmp_path / 'notes.txt' / 's.db'}"):
-        under_a_file = CliRunner().invoke(app, ["sweep", "-c", str(cfg), "--storage", url])
-        assert under_a_file.exit_code == 2, under_a_file.output
-        assert f"{tmp_path / 'notes.txt'}' is a file, not a folder" in under_a_file.stderr
-        assert "data:" not in under_a_file.stderr  # refused before the data is prepared
-    metric = CliRunner().invoke(app, ["sweep", "-c", str(cfg), "--set", "sweep.metric=bleu"])
-    assert metric.exit_code == 2
-    assert "error: sweep.metric: 'bleu' is not reported by metric 'mrpc'; choose one of accuracy, f1, loss" in metric.stderr
-    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.slow
 def test_sweep_end_to_end_and_best_yaml_reproduces_the_best_trial(tiny_model, sweep_files, tmp_path):
     cfg = sweep_config(tiny_model, sweep_files, tmp_path, pruner="none")
-    result = run_cli("sweep", "-c", str(cfg), "--json")
+    result = run_here("sweep", "-c", str(cfg), "--json")
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout)
     out = tmp_path / "run"
@@ -98,7 +43,7 @@ def test_sweep_end_to_end_and_best_yaml_reproduces_the_best_trial(tiny_model, sw
     evaluated = CliRunner().invoke(app, ["eval", "-c", str(cfg), "--model", best["run_dir"], "--json"])
     assert evaluated.exit_code == 0 and json.loads(evaluated.stdout)["f1"] == best["value"]
     # best.yaml is a plain config: training it again gives the best trial's number.
-    again = run_cli("train", "-c", str(out / "best.yaml"), "--json")
+    again = run_here("train", "-c", str(out / "best.yaml"), "--json")
     assert again.returncode == 0, again.stderr[-2000:]
     assert json.loads(again.stdout)["eval"]["f1"] == best["value"]
     # The same command again: the study is complete, nothing runs.
@@ -124,7 +69,7 @@ def test_kill_9_mid_sweep_then_the_same_command_completes_the_study(tiny_model, 
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    resumed = run_cli("sweep", "-c", str(cfg), "--json")
+    resumed = run_here("sweep", "-c", str(cfg), "--json")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "retrying failed trial(s) 1" in resumed.stderr
     summary = json.loads(resumed.stdout)
@@ -162,7 +107,7 @@ def test_ctrl_c_then_sweep_resume_continues_that_study_and_that_trial(tiny_model
     assert err.splitlines()[-1] == f"sweep interrupted: the running trial wrote a checkpoint and continues from it; " \
                                    f"continue the study with: ftcli sweep --resume {out}"
     assert "Traceback" not in err and "failed with" not in err and "train --resume" not in err, err[-3000:]
-    resumed = run_cli("sweep", "--resume", str(out), "--json")
+    resumed = run_here("sweep", "--resume", str(out), "--json")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     summary = json.loads(resumed.stdout)
     assert summary["finished"] == 3  # --trials 3, not sweep.trials (8)
@@ -176,36 +121,6 @@ def test_ctrl_c_then_sweep_resume_continues_that_study_and_that_trial(tiny_model
     for t in summary["trials"]:
         if t["run_dir"] != best:
             assert not (Path(t["run_dir"]) / "checkpoints").exists(), t
-
-
-def test_a_continued_study_draws_new_points():
-    """The sampler is seeded from train.seed and the trials the study has: reproducible from
-    scratch, and a second run does not replay the first run's draws."""
-    import optuna
-
-    from ftcli.config import SweepConfig
-    from ftcli.sweeps.study import sampler as _sampler
-
-    sw = SweepConfig(space=SPACE, sampler="random")
-    first = [_sampler(sw, 42, drawn=0).sample_independent(None, None, "x", optuna.distributions.FloatDistribution(
-        0, 1)) for _ in range(2)]
-    assert first[0] == first[1]  # a new study is reproducible
-    again = _sampler(sw, 42, drawn=3).sample_independent(None, None, "x", optuna.distributions.FloatDistribution(0, 1))
-    assert again != first[0]
-
-
-def test_searching_epochs_under_max_steps_is_refused(tiny_model, sweep_files, tmp_path):
-    cfg = yaml.safe_load(sweep_config(tiny_model, sweep_files, tmp_path).read_text())
-    cfg["train"]["max_steps"] = 20
-    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    result = CliRunner().invoke(app, ["sweep", "-c", str(tmp_path / "bad.yaml")])
-    assert result.exit_code == 2
-    assert "sweep.space.train.epochs: train.max_steps (20) sets every trial's length" in result.stderr, result.stderr
-
-
-def test_sweep_resume_needs_a_sweep_folder(tmp_path):
-    result = CliRunner().invoke(app, ["sweep", "--resume", str(tmp_path)])
-    assert result.exit_code == 2 and "no sweep_config.yaml here" in result.stderr
 
 
 @pytest.mark.slow
@@ -251,42 +166,3 @@ def test_sweep_under_accelerate_launch_trains_each_trial_on_every_process(tiny_m
         else:
             assert t["steps"] == 7  # ceil(200 / (16 x 2 processes)): one epoch
     assert any(t["state"] == "pruned" for t in summary["trials"]), summary["trials"]
-
-
-@pytest.mark.parametrize("pruner", ["median", "hyperband"])
-def test_pruner_warmup_steps_keeps_a_trial_until_then(pruner):
-    """`sweep.pruner_warmup_steps` is the step before which no trial is judged: a trial far behind
-    the others at step 4 is stopped there without a warm-up, and runs on to step 8 with one."""
-    import optuna
-
-    from ftcli.config import SweepConfig
-    from ftcli.sweeps.study import pruner as _pruner
-
-    def study_with_two_good_trials(warmup: int):
-        sweep = SweepConfig(space={"train.learning_rate": {"low": 1e-5, "high": 1e-4}}, pruner=pruner,
-                            pruner_startup_trials=1, pruner_warmup_steps=warmup)
-        # hyperband compares a trial only with trials of its bracket: enough good trials, and a
-        # fixed study name (the bracket is a hash of it), put good ones in every bracket
-        study = optuna.create_study(direction="maximize", pruner=_pruner(sweep), study_name="warm-up")
-        for _ in range(6):
-            good = study.ask()
-            for step in (4, 8, 12):
-                good.report(0.9, step)
-                assert not good.should_prune()
-            study.tell(good, 0.9)
-        return study
-
-    def first_pruned_step(study):
-        bad = study.ask()
-        for step in (4, 8, 12):
-            bad.report(0.1, step)
-            if bad.should_prune():
-                return step
-        return None
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        assert first_pruned_step(study_with_two_good_trials(0)) == 4
-        assert first_pruned_step(study_with_two_good_trials(8)) == 8
-    finally:
-        optuna.logging.set_verbosity(optuna.logging.INFO)

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
 
 import pytest
 from typer.testing import CliRunner
 
-from conftest import REPO, accelerate_launch, make_rows, run_cli, write_jsonl
+from conftest import REPO, accelerate_launch, make_rows, run_cli, run_here, write_jsonl
 from ftcli.cli import app
 
 runner = CliRunner()
@@ -81,7 +80,7 @@ def test_predict_keeps_chosen_input_columns(make_config, tiny_classifier, tmp_pa
 def test_predict_mrpc_test_same_with_one_or_two_processes(make_config, tiny_classifier, tmp_path):
     cfg = make_config()
     args = ("predict", "-c", str(cfg), "--model", str(tiny_classifier), "--input", str(MRPC_TEST), "--json")
-    one = run_cli(*args, "--output", str(tmp_path / "one.jsonl"))
+    one = run_here(*args, "--output", str(tmp_path / "one.jsonl"))
     two = accelerate_launch(*args, "--output", str(tmp_path / "two.jsonl"))
     assert one.returncode == 0, one.stderr
     assert two.returncode == 0, two.stderr[-3000:]
@@ -158,7 +157,7 @@ def test_piped_output_is_plain_lines(make_config):
 
 
 def test_quiet_prints_results_only(make_config):
-    result = run_cli("train", "-c", str(make_config(epochs=1)), "--quiet")
+    result = run_here("train", "-c", str(make_config(epochs=1)), "--quiet")
     assert result.returncode == 0
     assert result.stderr.strip() == "" and "accuracy" in result.stdout
 
@@ -180,7 +179,7 @@ def test_rich_display_renders(make_config, tmp_path):
 
 @pytest.mark.slow
 def test_tensorboard_tracker_logs_events(make_config, tmp_path):
-    result = run_cli("train", "-c", str(make_config(epochs=1, report_to=["tensorboard"])))
+    result = run_here("train", "-c", str(make_config(epochs=1, report_to=["tensorboard"])))
     assert result.returncode == 0, result.stderr
     events = list((tmp_path / "run" / "tracking").rglob("events.out.tfevents.*"))
     assert events

@@ -14,7 +14,7 @@ from ftcli import gate
 from ftcli.cli import app
 from ftcli.errors import FtcliError
 
-README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 
 
 @pytest.mark.parametrize("text, expected", [

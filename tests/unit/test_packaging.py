@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from ftcli.cli import app
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_setup_installs_the_tested_versions():

@@ -9,7 +9,7 @@ import pytest
 
 from ftcli.config import load_config
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[3]
 FTCLI_CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
 ACCELERATE_CONFIGS = sorted((REPO / "configs" / "accelerate").glob("*.yaml"))
 

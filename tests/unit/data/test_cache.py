@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 
-import numpy as np
 import pytest
 
 from conftest import config_dict, make_rows, write_jsonl
@@ -260,7 +259,7 @@ def test_hub_dataset_through_the_seams(tiny_model, tmp_path, monkeypatch):
 def test_disk_full_during_prepare_says_so_and_leaves_no_partial_build(tiny_model, tmp_path, small_disk):
     import yaml
 
-    from conftest import config_dict, make_rows, run_cli, write_jsonl
+    from conftest import config_dict, make_rows, run_here, write_jsonl
 
     mount, fill = small_disk
     files = {"train": write_jsonl(tmp_path / "train.jsonl", make_rows(3000, seed=8))}
@@ -268,7 +267,7 @@ def test_disk_full_during_prepare_says_so_and_leaves_no_partial_build(tiny_model
     cfg["data"]["cache_dir"] = str(mount / "cache")
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     fill(16 * 1024)
-    result = run_cli("prepare", "-c", str(tmp_path / "c.yaml"))
+    result = run_here("prepare", "-c", str(tmp_path / "c.yaml"))
     assert result.returncode == 2, result.stderr
     assert result.stderr.splitlines() == [
         f"error: no space left on the disk holding data.cache_dir '{mount / 'cache'}': free some space, or set "

@@ -4,7 +4,6 @@ if torch stopped reading it, clipping would silently stop, and these tests would
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 
 import pytest
 import torch
