@@ -65,7 +65,7 @@ def train_log(run: Path) -> list[tuple[int, float]]:
     return [(r["step"], r["loss"]) for r in map(json.loads, lines) if r["type"] == "train"]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session, not module: xdist may interleave other modules on the worker
 def reference(tmp_path_factory, tiny_model, task_files):
     """Uninterrupted runs (1 and 2 processes) that the interrupted ones must reproduce exactly."""
     import yaml
