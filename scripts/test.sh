@@ -11,4 +11,4 @@ export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 # them in one process. One torch thread per process: with a worker per core, more threads only
 # wait on each other (the tiny model has nothing to split); set OMP_NUM_THREADS to change it.
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
-python -m pytest -n auto --dist loadgroup "$@"
+python -m pytest -n auto "$@"

@@ -3,7 +3,7 @@
 Clipping by norm normally costs a full read-modify-write pass over every gradient. With torch's
 fused AdamW the clip coefficient can instead be handed to the kernel as its `grad_scale` (the
 hook AMP uses: the kernel divides each gradient by it as it reads it), which saves that pass
-(~4 ms of a ~130 ms MiniLM step on CPU). The hook is private to torch; tests/test_optim.py
+(~4 ms of a ~130 ms MiniLM step on CPU). The hook is private to torch; tests/unit/training/test_optim.py
 checks that folded clipping still equals `clip_grad_norm_` + AdamW, so a torch that ignored it
 would fail there rather than silently train unclipped.
 """

@@ -3,7 +3,7 @@ seed and 96 rows, compared step by step with recorded values. A refactor or a sp
 changes the arithmetic fails here, loudly, even when the model would still learn.
 
 Recorded with the versions in constraints.txt on this project's CI machine type. To re-record
-after a deliberate change of the arithmetic: FTCLI_RECORD_GOLDEN=1 pytest tests/test_golden.py,
+after a deliberate change of the arithmetic: FTCLI_RECORD_GOLDEN=1 pytest tests/integration/test_golden.py,
 and say why in the commit.
 """
 

@@ -15,7 +15,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
 
 
 def test_two_process_training_then_one_process_eval_agree(make_config, tmp_path):
-    cfg = make_config()
+    cfg = make_config(checkpoint_every=None)  # checkpoints are test_resume's
     launched = accelerate_launch("train", "-c", str(cfg), "--json")
     assert launched.returncode == 0, launched.stderr[-3000:]
     result = json.loads(launched.stdout)  # one JSON object: only the main process prints

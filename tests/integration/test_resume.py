@@ -19,9 +19,7 @@ from conftest import accelerate_launch, run_cli, run_here
 from ftcli.training import checkpoint
 from ftcli.files import sha256_file
 
-# One worker runs this module (scripts/test.sh: --dist loadgroup): its reference runs, a 1- and a
-# 2-process training, are made once.
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("resume")]
+pytestmark = pytest.mark.slow
 
 CKPT = ["--set", "train.checkpoint_every=5", "--set", "train.log_every=1", "--set", "train.save_total_limit=3"]
 
@@ -65,9 +63,10 @@ def train_log(run: Path) -> list[tuple[int, float]]:
     return [(r["step"], r["loss"]) for r in map(json.loads, lines) if r["type"] == "train"]
 
 
-@pytest.fixture(scope="session")  # session, not module: xdist may interleave other modules on the worker
+@pytest.fixture(scope="session")
 def reference(tmp_path_factory, tiny_model, task_files):
-    """Uninterrupted runs (1 and 2 processes) that the interrupted ones must reproduce exactly."""
+    """An uninterrupted 1-process run that the interrupted ones must reproduce exactly (trained
+    in this process: the same arithmetic as `ftcli train`, without an interpreter start)."""
     import yaml
 
     from conftest import config_dict
@@ -77,9 +76,17 @@ def reference(tmp_path_factory, tiny_model, task_files):
     cfg.write_text(yaml.safe_dump(config_dict(tiny_model, task_files, work)))
     one = run_here("train", "-c", str(cfg), *CKPT, "--set", f"train.output_dir={work / 'one'}")
     assert one.returncode == 0, one.stderr
-    two = accelerate_launch("train", "-c", str(cfg), *CKPT, "--set", f"train.output_dir={work / 'two'}")
+    return {"config": cfg, "one": work / "one"}
+
+
+@pytest.fixture(scope="session")
+def reference_two(reference):
+    """The same run on 2 processes: made only where a 2-process test runs (xdist may put the
+    tests of this module on either worker)."""
+    out = reference["config"].parent / "two"
+    two = accelerate_launch("train", "-c", str(reference["config"]), *CKPT, "--set", f"train.output_dir={out}")
     assert two.returncode == 0, two.stderr[-3000:]
-    return {"config": cfg, "one": work / "one", "two": work / "two"}
+    return out
 
 
 # Fault points: a crash right after an optimizer step, and one in the middle of writing a
@@ -107,15 +114,15 @@ def test_kill_and_resume_one_process_is_bit_identical(reference, tmp_path, fault
 
 @pytest.mark.multiprocess
 @pytest.mark.parametrize("fault", [f"step:{STEPS2[0]}@1", "checkpoint-write:35@0"])
-def test_kill_and_resume_two_processes_is_bit_identical(reference, tmp_path, fault):
+def test_kill_and_resume_two_processes_is_bit_identical(reference, reference_two, tmp_path, fault):
     out = ["--set", f"train.output_dir={tmp_path / 'run'}"]
     killed = accelerate_launch("train", "-c", str(reference["config"]), *CKPT, *out, env={"FTCLI_FAULT": fault})
     assert killed.returncode != 0
     resumed = accelerate_launch("train", "-c", str(reference["config"]), *CKPT, *out, "--resume", "auto", "--json")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert json.loads(resumed.stdout)["resumed_from"]
-    assert_identical(reference["two"], tmp_path / "run")
-    assert train_log(tmp_path / "run") == train_log(reference["two"])
+    assert_identical(reference_two, tmp_path / "run")
+    assert train_log(tmp_path / "run") == train_log(reference_two)
 
 
 def test_sigkill_from_outside_at_a_random_moment(reference, tmp_path):

@@ -57,7 +57,9 @@ def test_sweep_end_to_end_and_best_yaml_reproduces_the_best_trial(tiny_model, sw
 @pytest.mark.slow
 def test_kill_9_mid_sweep_then_the_same_command_completes_the_study(tiny_model, sweep_files, tmp_path):
     # The default heartbeat (60 s): the rerun must see at once that the trial's process is gone.
-    cfg = sweep_config(tiny_model, sweep_files, tmp_path, pruner="none")
+    # one epoch a trial (13 steps): the learning rate is the only thing searched
+    cfg = sweep_config(tiny_model, sweep_files, tmp_path, pruner="none",
+                       space={"train.learning_rate": SPACE["train.learning_rate"]})
     doc = yaml.safe_load(cfg.read_text())
     doc["train"].update(log_every=1, checkpoint_every=4)
     cfg.write_text(yaml.safe_dump(doc))
@@ -125,7 +127,8 @@ def test_ctrl_c_then_sweep_resume_continues_that_study_and_that_trial(tiny_model
 
 @pytest.mark.slow
 def test_two_workers_share_one_study_without_duplicates(tiny_model, sweep_files, tmp_path):
-    cfg = sweep_config(tiny_model, sweep_files, tmp_path, pruner="none", trials=4)
+    cfg = sweep_config(tiny_model, sweep_files, tmp_path, pruner="none", trials=4,
+                       space={"train.learning_rate": SPACE["train.learning_rate"]})  # one epoch a trial
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     workers = [subprocess.Popen([sys.executable, "-m", "ftcli", "sweep", "-c", str(cfg), "--json"],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
