@@ -7,7 +7,7 @@ dataloaders that batch it (`batching`).
 package stays cheap (no torch, datasets or transformers until a function runs).
 """
 
-from ftcli.data.batching import SortedSampler, eval_dataloader, train_dataloader, with_row_ids
+from ftcli.data.batching import SortedSampler, collator, eval_dataloader, train_dataloader, with_row_ids
 from ftcli.data.build import class_counts, hold_out, no_label_rows, split_texts
 from ftcli.data.cache import Prepared, prepare, tokenizer_fingerprint
 from ftcli.data.labels import is_multi_label, label_ids, label_names
@@ -16,8 +16,8 @@ from ftcli.data.reading import check_columns, check_splits, load_raw
 from ftcli.data.sources import load_tokenizer, locate, resolve_package_path, tokenizer_folder
 
 __all__ = [
-    "Manifest", "Prepared", "SortedSampler", "SplitStats", "check_columns", "check_splits", "class_counts", "hold_out",
-    "eval_dataloader", "is_multi_label", "label_ids", "label_names", "load_raw", "load_tokenizer", "locate",
-    "no_label_rows", "prepare", "resolve_package_path", "split_texts", "tokenizer_fingerprint",
-    "tokenizer_folder", "train_dataloader", "with_row_ids",
+    "Manifest", "Prepared", "SortedSampler", "SplitStats", "check_columns", "check_splits", "class_counts", "collator",
+    "eval_dataloader", "hold_out", "is_multi_label", "label_ids", "label_names", "load_raw", "load_tokenizer", "locate",
+    "no_label_rows", "prepare", "resolve_package_path", "split_texts", "tokenizer_fingerprint", "tokenizer_folder",
+    "train_dataloader", "with_row_ids",
 ]

@@ -9,8 +9,10 @@ quantization of p to 1/65536 (0.1 -> 0.1000061, and the kept values are scaled b
 seeding and checkpoint/resume stay exact.
 
 `install(model)` swaps the model's `nn.Dropout` modules and routes attention through an eager
-implementation that uses the same dropout. Only for training on CPU: on GPUs dropout is already
-cheap (Philox, fused).
+implementation that uses the same dropout; `verify(model, batch)` then runs one batch through
+both attentions and keeps ftcli's only when the logits agree (a model family whose attention
+does more, such as T5's position bias, is declined, never trained under other math). Only for
+training on CPU: on GPUs dropout is already cheap (Philox, fused).
 """
 
 from __future__ import annotations
@@ -60,8 +62,13 @@ class FastDropout(nn.Dropout):
 
 
 def eager_attention(module, query, key, value, attention_mask, scaling=None, dropout_p=0.0, **kwargs):
-    """transformers' eager attention (BERT's `eager_attention_forward`) with the faster dropout."""
+    """transformers' eager attention (BERT's `eager_attention_forward`, with grouped key/value
+    heads repeated as Llama's does) with the faster dropout. What it does not implement (T5's
+    position bias, Gemma's soft-capping, ...) shows in `verify`, which then declines it."""
     dropout_p = kwargs.pop("dropout", dropout_p)
+    if key.shape[1] != query.shape[1]:  # grouped-query attention: each key/value head serves a group
+        group = query.shape[1] // key.shape[1]
+        key, value = key.repeat_interleave(group, dim=1), value.repeat_interleave(group, dim=1)
     if scaling is None:
         scaling = query.size(-1) ** -0.5
     weights = torch.matmul(query * scaling, key.transpose(2, 3))  # scale the smaller tensor
@@ -107,6 +114,37 @@ def install(model: nn.Module) -> int:
         return swapped  # refused without raising (transformers 4.56)
     model._ftcli_default_attention = default  # only now: standard_attention() swaps back to it
     return swapped
+
+
+def verify(model: nn.Module, sample: dict[str, torch.Tensor]) -> str | None:
+    """Prove on one batch that ftcli's attention gives the model's own logits (eval mode: no
+    dropout, no random numbers drawn). None when they agree (or attention was not rerouted);
+    otherwise the reason, and the model's own attention is put back for the whole run."""
+    default = getattr(model, "_ftcli_default_attention", None)
+    if default is None:
+        return None
+    was_training, problem = model.training, None
+    model.eval()
+    try:
+        with torch.no_grad():
+            try:
+                fast = model(**sample).logits.float()
+            except Exception as exc:  # noqa: BLE001 - any failure means: not for this model
+                detail = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+                problem = f"it fails on this model ({detail})"
+            else:
+                model.set_attn_implementation(default)
+                own = model(**sample).logits.float()
+                model.set_attn_implementation(ATTENTION_NAME)
+                if not torch.allclose(fast, own, rtol=1e-4, atol=1e-5):
+                    problem = (f"its logits differ from the model's own {default} attention by up to "
+                               f"{float((fast - own).abs().max()):.2g}")
+    finally:
+        model.train(was_training)
+    if problem is not None:
+        model.set_attn_implementation(default)
+        del model._ftcli_default_attention
+    return problem
 
 
 @contextlib.contextmanager

@@ -21,12 +21,11 @@ from ftcli.training.state import Fingerprint
 if TYPE_CHECKING:  # pragma: no cover
     import torch
     from accelerate import Accelerator
-    from evaluate import EvaluationModule
     from torch.utils.data import DataLoader
     from transformers import PreTrainedTokenizerBase
 
     from ftcli.data import Prepared
-    from ftcli.evaluation import EvalResult
+    from ftcli.evaluation import EvalResult, Metric
 
 
 @dataclass
@@ -40,7 +39,7 @@ class Run:
     scheduler: torch.optim.lr_scheduler.LRScheduler  # Accelerate's wrapper
     train_dl: DataLoader
     eval_dl: DataLoader | None  # None: no labelled validation split
-    metric: EvaluationModule | None
+    metric: Metric | None
     metric_name: str
     prepared: Prepared
     plan: Plan
@@ -93,6 +92,9 @@ def setup(cfg: Config, accelerator, reporter: Reporter) -> Run:
         from ftcli.training import fastops
 
         fastops.install(model)
+        if declined := fastops.verify(model, _sample_batch(cfg, accelerator, prepared)):
+            reporter.info(f"fast CPU attention declined for {model.config.model_type}: {declined}; the model's own "
+                          "attention is used")
     if t.compile:
         model = torch.compile(model, dynamic=True)
     optimizer, not_fused = optim.make_optimizer(model, t, accelerator.device.type)
@@ -171,6 +173,19 @@ def _clipping(t: TrainConfig, optimizer, accelerator, not_fused: str | None, rep
         why_separate = not_fused or why_separate
         reporter.warn(f"gradient clipping takes a separate pass: {why_separate}")
     return clipping, why_separate
+
+
+def _sample_batch(cfg: Config, accelerator, prepared: Prepared) -> dict:
+    """Up to 8 training rows, padded as training pads them: the batch that proves a fast path
+    equal to the model's own. Read from the dataset directly, so no sampler draws a number."""
+    from ftcli.data import collator
+
+    ds = prepared.split(cfg.data.train_split)
+    names = prepared.manifest.model_input_names
+    rows = [{k: ds[i][k] for k in [*names, "labels", "length"]} for i in range(min(8, len(ds)))]
+    batch = collator(cfg.data, accelerator, prepared)(rows)
+    batch.pop("labels")
+    return batch
 
 
 def class_weights(t: TrainConfig, prepared, train_split: str) -> list[float] | None:

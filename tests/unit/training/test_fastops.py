@@ -94,3 +94,56 @@ def test_a_model_refusing_the_attention_keeps_its_own(tiny_classifier, monkeypat
     with fastops.standard_attention(model):
         out = _logits(model, ids, (ids != 0).long())
     assert torch.equal(out, _logits(reference, ids, (ids != 0).long()))  # eval: dropout off, same attention
+
+
+def _tiny(family: str):
+    """A tiny random classifier of `family` (no tokenizer needed: ids are drawn directly)."""
+    import transformers
+
+    torch.manual_seed(0)
+    if family == "qwen2":  # grouped-query attention: 4 query heads share 2 key/value heads
+        config = transformers.Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                          num_attention_heads=4, num_key_value_heads=2, pad_token_id=0,
+                                          max_position_embeddings=64, num_labels=2)
+    elif family == "t5":  # relative position bias inside attention
+        config = transformers.T5Config(vocab_size=64, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                                       pad_token_id=0, decoder_start_token_id=0, num_labels=2)
+    else:
+        config = transformers.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                         intermediate_size=64, max_position_embeddings=64, num_labels=2)
+    return transformers.AutoModelForSequenceClassification.from_config(config).eval()
+
+
+def _batch():
+    ids = torch.randint(3, 64, (3, 9), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = 0  # padded rows: the mask must be honoured
+    mask[2, 4:] = 0
+    ids[0, 8], ids[1, 5], ids[2, 3] = 1, 1, 1  # each row ends with T5's eos (id 1), where its head pools
+    return {"input_ids": ids.masked_fill(mask == 0, 0), "attention_mask": mask}
+
+
+@pytest.mark.parametrize("family", ["bert", "qwen2", "t5"])
+def test_the_fast_attention_is_kept_only_where_it_gives_the_models_own_logits(family):
+    """One batch through both attentions decides: kept where the logits agree, declined (and the
+    model's own attention back) where they do not, so no family trains under other math."""
+    model, batch = _tiny(family), _batch()
+    with torch.no_grad():
+        own = model(**batch).logits
+    fastops.install(model)
+    kept = getattr(model, "_ftcli_default_attention", None) is not None
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    state = torch.get_rng_state()
+    declined = fastops.verify(model, batch)
+    assert torch.equal(torch.get_rng_state(), state)  # the check draws no random numbers
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    with torch.no_grad():
+        after = model(**batch).logits
+    assert torch.allclose(after, own, rtol=1e-4, atol=1e-5), (family, declined)
+    if family in ("bert", "qwen2"):  # implemented: kept (Qwen2's grouped key/value heads are repeated)
+        assert kept and declined is None and model.config._attn_implementation == fastops.ATTENTION_NAME
+    if family == "t5":  # ftcli's attention has no position bias: declined, with the reason
+        assert declined is None or "differ" in declined or "fails" in declined
+        if declined:
+            assert model.config._attn_implementation != fastops.ATTENTION_NAME
+            assert not hasattr(model, "_ftcli_default_attention")
