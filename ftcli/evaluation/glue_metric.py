@@ -1,7 +1,7 @@
 """GLUE-compatible metrics as an `evaluate` module, shipped inside ftcli.
 
 `evaluate.load("glue", task)` downloads its script from the Hugging Face Hub; this module gives
-the same numbers offline and is loaded by path (`ftcli.evaluation.metrics.load_metric`). Config names are
+the same numbers offline and is loaded by path (`ftcli.evaluation.metrics.evaluate_module`). Config names are
 GLUE task names (`mrpc`, `cola`, `stsb`, ...) or kinds (`accuracy`, `accuracy_f1`, `multiclass`,
 `matthews`, `regression`, and `multilabel` for rows x labels of 0/1). The formulas are ftcli's
 own (ftcli.evaluation.metrics); this module only adds what `evaluate` needs around them.

@@ -1,5 +1,6 @@
 """Metrics: which ones a run computes (`metric_name`, `metric_keys`), their formulas, and the
-`evaluate` module that computes them over gathered predictions (`load_metric`).
+`Metric` that computes them over gathered predictions (`load_metric`; `evaluate_module` is the
+same metric as an `evaluate` module).
 
 The formulas are plain NumPy, GLUE-compatible (the test suite checks each against scikit-learn
 and SciPy). Every F1 in ftcli, per label or micro/macro averaged, comes from `f1_from_counts`.
@@ -7,6 +8,7 @@ and SciPy). Every F1 in ftcli, per label or micro/macro averaged, comes from `f1
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -187,9 +189,31 @@ def metric_keys(name: str) -> tuple[str, ...]:
     return KINDS[kind_of(name)]
 
 
-def load_metric(name: str):
-    """The GLUE-compatible metric shipped with ftcli, through `evaluate` (loaded by path: works
-    offline). `keep_in_memory`: processes computing at once never share a cache file."""
+@dataclass(frozen=True)
+class Metric:
+    """Metric `name` over a split's gathered predictions: `compute(predictions=, references=)`, as
+    an `evaluate` module's. ftcli gathers across processes itself (Accelerate's
+    `gather_for_metrics`), so it calls the formulas directly: `import evaluate` costs ~1.5 s of a
+    command's start-up (it imports transformers' pipelines). `evaluate_module` is the same metric
+    for code built around `evaluate`; the tests check that the two agree."""
+
+    name: str
+
+    def compute(self, *, predictions, references) -> dict[str, float]:
+        kind = kind_of(self.name)
+        p, r = np.asarray(predictions), np.asarray(references)
+        functions = MULTILABEL_FUNCTIONS if kind == "multilabel" else FUNCTIONS
+        return {key: float(functions[key](p, r)) for key in KINDS[kind]}
+
+
+def load_metric(name: str) -> Metric:
+    kind_of(name)  # an unknown name fails here, not after the evaluation
+    return Metric(name)
+
+
+def evaluate_module(name: str):
+    """The same metric as an `evaluate` module, loaded by path (offline). `keep_in_memory`:
+    processes computing at once never share a cache file."""
     import evaluate
 
     return evaluate.load(str(METRIC_SCRIPT), name, keep_in_memory=True)

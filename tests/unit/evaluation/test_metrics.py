@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ftcli.evaluation import load_metric
+from ftcli.evaluation import evaluate_module, load_metric
 from ftcli.evaluation import metrics as glue
 
 sklearn_metrics = pytest.importorskip("sklearn.metrics")
@@ -50,16 +50,27 @@ def test_degenerate_inputs():
     ("mrpc", {"accuracy", "f1"}), ("qqp", {"accuracy", "f1"}), ("cola", {"matthews_correlation"}),
     ("sst2", {"accuracy"}), ("multiclass", {"accuracy", "f1_macro"}), ("stsb", {"pearson", "spearmanr"}),
 ])
-def test_loaded_through_evaluate_offline(name, keys):
-    metric = load_metric(name)
+def test_the_metric_and_the_evaluate_module_agree(name, keys):
+    """What ftcli computes (`load_metric`) is what the `evaluate` module gives, offline."""
+    module = evaluate_module(name)
     if name == "stsb":
-        result = metric.compute(predictions=[0.1, 0.4, 0.35, 0.8], references=[0.0, 0.5, 0.3, 0.9])
+        p, r = np.float32([0.1, 0.4, 0.35, 0.8]), np.float32([0.0, 0.5, 0.3, 0.9])
+        result = module.compute(predictions=p, references=r)
     else:
-        metric.add_batch(predictions=[1, 0, 1], references=[1, 0, 0])
-        result = metric.compute(predictions=[1], references=[1])
+        module.add_batch(predictions=[1, 0, 1], references=[1, 0, 0])
+        result = module.compute(predictions=[1], references=[1])
+        p, r = np.array([1, 0, 1, 1]), np.array([1, 0, 0, 1])
     assert set(result) == keys
+    assert load_metric(name).compute(predictions=p, references=r) == pytest.approx(result, rel=1e-6)
     if name in ("mrpc", "qqp"):
         assert result == {"accuracy": 0.75, "f1": pytest.approx(0.8)}
+
+
+def test_multi_label_metric_agrees_with_the_evaluate_module():
+    p, r = np.array([[1, 0, 1], [0, 0, 1], [1, 1, 0]]), np.array([[1, 0, 0], [0, 1, 1], [1, 1, 0]])
+    direct = load_metric("multilabel").compute(predictions=p, references=r)
+    assert direct == pytest.approx(evaluate_module("multilabel").compute(predictions=p, references=r), rel=1e-9)
+    assert direct["f1_micro"] == pytest.approx(sklearn_metrics.f1_score(r, p, average="micro"))
 
 
 def test_unknown_metric_config():
