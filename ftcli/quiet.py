@@ -16,43 +16,36 @@ def quiet(*libraries: str):
     ignores Python warnings (optuna marks its heartbeats and matplotlib some plots experimental).
     Examples: transformers' 'newly initialized: classifier.*' (the expected state of a fresh
     head) and `datasets` logging a full traceback for a file ftcli reports in one line."""
-    undo = []
-    try:
+    with contextlib.ExitStack() as stack:
         for library in libraries:
             if library == "transformers":
                 from transformers.utils import logging
 
                 level, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
+                stack.callback(lambda level=level, bars=bars: (
+                    logging.set_verbosity(level), logging.enable_progress_bar() if bars else None))
                 logging.set_verbosity_error()
                 logging.disable_progress_bar()  # "Loading weights 100%|...": noise in logs, instant anyway
-                undo.append(lambda level=level, bars=bars: (
-                    logging.set_verbosity(level), logging.enable_progress_bar() if bars else None))
             elif library == "datasets":
                 import datasets
                 from datasets.utils import logging as ds_logging
 
                 level, bars = ds_logging.get_verbosity(), datasets.is_progress_bar_enabled()
-                ds_logging.set_verbosity(ds_logging.CRITICAL)
-                datasets.disable_progress_bars()
-                undo.append(lambda level=level, bars=bars: (
+                stack.callback(lambda level=level, bars=bars: (
                     ds_logging.set_verbosity(level),
                     (datasets.enable_progress_bars if bars else datasets.disable_progress_bars)()))
+                ds_logging.set_verbosity(ds_logging.CRITICAL)
+                datasets.disable_progress_bars()
             elif library == "optuna":
                 import optuna
 
-                level = optuna.logging.get_verbosity()
+                stack.callback(optuna.logging.set_verbosity, optuna.logging.get_verbosity())
                 optuna.logging.set_verbosity(optuna.logging.WARNING)
-                undo.append(lambda level=level: optuna.logging.set_verbosity(level))
             elif library == "warnings":
                 import warnings
 
-                caught = warnings.catch_warnings()
-                caught.__enter__()
+                stack.enter_context(warnings.catch_warnings())
                 warnings.simplefilter("ignore")
-                undo.append(lambda caught=caught: caught.__exit__(None, None, None))
             else:
                 raise ValueError(f"quiet: no library {library!r}")
         yield
-    finally:
-        for step in reversed(undo):
-            step()

@@ -697,7 +697,7 @@ def keys_with(attribute: str, value: bool = True) -> set[str]:
     def walk(model: type[BaseModel], prefix: str, inherited: Policy) -> None:
         for name, field in model.model_fields.items():
             own, sub = _policy(field, inherited), _section_type(field)
-            if isinstance(sub, type) and issubclass(sub, _Section) and model is not SweepConfig:
+            if isinstance(sub, type) and issubclass(sub, _Section):
                 walk(sub, f"{prefix}{name}.", own)
             elif getattr(own, attribute) == value:
                 keys.add(f"{prefix}{name}")
