@@ -4,6 +4,7 @@ draws, and the bookkeeping of failed and orphaned trials (retried once with the 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -58,11 +59,18 @@ def open_storage(url: str, heartbeat_s: int):
         path = Path(url.removeprefix("journal:"))
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
-    try:
-        with quiet("warnings"):  # heartbeats are marked experimental
-            return RDBStorage(url, heartbeat_interval=heartbeat_s, grace_period=2 * heartbeat_s)
-    except Exception as exc:  # noqa: BLE001 - a missing driver, a bad URL, an unreachable server: all bad input
-        raise FtcliError(f"sweep storage {url!r}: cannot open it ({str(exc).splitlines()[0][:200]})") from None
+    for attempt in range(5):
+        try:
+            with quiet("warnings"):  # heartbeats are marked experimental
+                return RDBStorage(url, heartbeat_interval=heartbeat_s, grace_period=2 * heartbeat_s)
+        except Exception as exc:  # noqa: BLE001 - a missing driver, a bad URL, an unreachable server: all bad input
+            # Workers started together on a new database race to create its tables: the loser sees
+            # "UNIQUE constraint failed: alembic_version" (or a locked file) and opens it again.
+            racing = any(s in str(exc) for s in ("alembic_version", "already exists", "database is locked"))
+            if not racing or attempt == 4:
+                raise FtcliError(f"sweep storage {url!r}: cannot open it ({str(exc).splitlines()[0][:200]})") from None
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def sampler(sweep: SweepConfig, seed: int, drawn: int = 0):
