@@ -59,7 +59,8 @@ def open_storage(url: str, heartbeat_s: int):
         path = Path(url.removeprefix("journal:"))
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
-    for attempt in range(5):
+    attempt = 0
+    while True:
         try:
             with quiet("warnings"):  # heartbeats are marked experimental
                 return RDBStorage(url, heartbeat_interval=heartbeat_s, grace_period=2 * heartbeat_s)
@@ -67,10 +68,10 @@ def open_storage(url: str, heartbeat_s: int):
             # Workers started together on a new database race to create its tables: the loser sees
             # "UNIQUE constraint failed: alembic_version" (or a locked file) and opens it again.
             racing = any(s in str(exc) for s in ("alembic_version", "already exists", "database is locked"))
-            if not racing or attempt == 4:
+            attempt += 1
+            if not racing or attempt == 5:
                 raise FtcliError(f"sweep storage {url!r}: cannot open it ({str(exc).splitlines()[0][:200]})") from None
-            time.sleep(0.5 * (attempt + 1))
-    raise AssertionError("unreachable")
+            time.sleep(0.5 * attempt)
 
 
 def sampler(sweep: SweepConfig, seed: int, drawn: int = 0):
