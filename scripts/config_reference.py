@@ -28,16 +28,17 @@ def _type(annotation) -> str:
 def reference() -> str:
     import typing
 
-    from ftcli.config import ParamRange
+    from ftcli.config import ModelConfig, ParamRange, PeftConfig
 
     lines = []
     sections = [(section, field.description, field.annotation) for section, field in Config.model_fields.items()]
+    sections.insert(1, ("model.peft", ModelConfig.model_fields["peft"].description, PeftConfig))
     sections.append(("sweep.space.<key>", ParamRange.__doc__, ParamRange))
     for section, description, annotation in sections:
         # An optional section (sweep: SweepConfig | None) documents the section's own fields.
         model: type[BaseModel] = next((a for a in typing.get_args(annotation) if isinstance(a, type)
                                        and issubclass(a, BaseModel)), annotation)
-        lines.append(f"### `{section}`: {description}\n")
+        lines.append(f"### `{section}`: {' '.join((description or '').split())}\n")
         lines.append("| key | default | meaning |")
         lines.append("| --- | --- | --- |")
         for name, f in model.model_fields.items():

@@ -34,7 +34,8 @@ def build(cfg: Config, parts: dict[str, Any], key: str, tmp: Path, raw, labels_o
     import datasets as hfds
     import pyarrow as pa
 
-    from ftcli.data.sources import load_tokenizer
+    from ftcli.data import pad_token
+    from ftcli.data.sources import load_tokenizer, model_config_json
 
     data, model = cfg.data, cfg.model
     raw = raw if raw is not None else load_raw(data, tmp / "raw")
@@ -60,6 +61,7 @@ def build(cfg: Config, parts: dict[str, Any], key: str, tmp: Path, raw, labels_o
         sources[data.validation_name] = (f"{labels.split_source(data, data.train_split)} "
                                          f"({holdout['rows']:,} rows held out, seed {data.split_seed})")
     tokenizer = load_tokenizer(model)
+    pad = pad_token.resolve(tokenizer, model_config_json(model))
     encoder = encoding.Encoder(tokenizer, data, parts["settings"]["max_length"])
     if multi:  # a 0/1 row over the labels
         label_feature = hfds.List(hfds.Value("float32"), length=len(names))
@@ -91,7 +93,7 @@ def build(cfg: Config, parts: dict[str, Any], key: str, tmp: Path, raw, labels_o
     manifest = Manifest(
         key=key, parts=parts, label_names=names,
         problem_type="regression" if model.is_regression else "multi_label" if multi else "single_label",
-        pad_token_id=int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0),
+        pad_token_id=pad.id, pad_token_source=pad.source,
         max_length=encoder.max_length, model_input_names=encoder.keep, splits=splits, holdout=holdout,
         checksums=checksums(tmp, "dataset"), created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         ftcli=version("ftcli") if _installed("ftcli") else "dev",

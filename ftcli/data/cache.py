@@ -27,16 +27,17 @@ from ftcli.data.reading import load_raw
 from ftcli.config import Config, DataConfig
 from ftcli.errors import FtcliError, disk_full_error, is_disk_full
 from ftcli.files import atomic_write_text, sha256_file, verify_checksums
-from ftcli.data.sources import TOKENIZER_FILES, tokenizer_folder
+from ftcli.data.sources import TOKENIZER_FILES, model_config_json, position_limit, tokenizer_folder
 
 if TYPE_CHECKING:  # pragma: no cover
     import datasets
 
 
-CACHE_FORMAT = 3
+CACHE_FORMAT = 4
 """Bump when the layout or contents of a prepared dataset change: every old cache then misses.
 2: a `truncated` flag per row; class counts and the held-out split in the manifest.
-3: one Arrow stream file per split (`dataset/<split>.arrow`) instead of `save_to_disk` shards."""
+3: one Arrow stream file per split (`dataset/<split>.arrow`) instead of `save_to_disk` shards.
+4: the pad token is resolved (tokenizer, model config, EOS) and the manifest says which."""
 
 
 def tokenizer_fingerprint(folder: Path) -> dict[str, str]:
@@ -119,6 +120,7 @@ def fingerprint(cfg: Config, memo: _HashMemo | None = None) -> dict[str, Any]:
     memo = memo or _HashMemo(Path(cfg.data.cache_dir))
     d = cfg.data
     folder = tokenizer_folder(cfg.model)
+    model_config = model_config_json(cfg.model)
     return {
         "format": CACHE_FORMAT,
         "data": _data_fingerprint(d, memo),
@@ -127,7 +129,7 @@ def fingerprint(cfg: Config, memo: _HashMemo | None = None) -> dict[str, Any]:
             "text_columns": d.text_columns,
             "label_column": d.label_column,
             # Resolved, so that a run's saved config (which spells the value out) keys the same cache.
-            "max_length": d.max_length or tokenizer_max_length(folder),
+            "max_length": d.max_length or default_max_length(folder, model_config),
             "truncation": d.truncation,
             # Which rows are validated on when they are held out of the training split.
             "validation_split": [d.holdout, d.split_seed] if d.holdout is not None else None,
@@ -137,18 +139,30 @@ def fingerprint(cfg: Config, memo: _HashMemo | None = None) -> dict[str, Any]:
             "allow_empty_labels": d.allow_empty_labels,
             "num_labels": cfg.model.num_labels,
             "tokenizers": version("tokenizers"),
+            # What the pad token falls back to when the tokenizer has none (ftcli.data.pad_token).
+            "model_pad": [model_config.get("pad_token_id"), model_config.get("eos_token_id")],
         },
     }
 
 
-def tokenizer_max_length(folder: Path) -> int:
-    """The tokenizer's own limit, capped at 512 (BERT's position embeddings): `model_max_length`
-    from tokenizer_config.json, read as a file so a cache hit imports no transformers."""
+DEFAULT_MAX_LENGTH = 512
+"""The longest default `data.max_length`: longer inputs cost quadratic attention time, and most
+classification texts fit. A longer one is asked for by setting `data.max_length`."""
+
+
+def default_max_length(folder: Path, model_config: dict) -> int:
+    """`data.max_length` when the config leaves it out: the least of the tokenizer's limit
+    (`model_max_length` in tokenizer_config.json), the model's position limit (config.json:
+    decoder tokenizers often report an enormous limit that the model cannot take) and
+    DEFAULT_MAX_LENGTH. Both read as files, so a cache hit imports no transformers."""
     try:
         limit = json.loads((folder / "tokenizer_config.json").read_text()).get("model_max_length")
     except (OSError, ValueError):
         limit = None
-    return min(int(limit), 512) if isinstance(limit, (int, float)) and limit > 0 else 512
+    limits = [DEFAULT_MAX_LENGTH, position_limit(model_config) or DEFAULT_MAX_LENGTH]
+    if isinstance(limit, (int, float)) and limit > 0:
+        limits.append(int(min(limit, 1e9)))
+    return min(limits)
 
 
 def _key(parts: dict[str, Any]) -> str:
@@ -181,6 +195,10 @@ class Prepared:
     @property
     def pad_token_id(self) -> int:
         return self.manifest.pad_token_id
+
+    @property
+    def pad_token_source(self) -> str:
+        return self.manifest.pad_token_source
 
     @property
     def max_length(self) -> int:

@@ -33,12 +33,13 @@ class Manifest:
     parts: dict[str, Any]  # what the key hashes: the data's and tokenizer's fingerprints, the settings
     label_names: list[str]  # [] for regression
     problem_type: str  # single_label, multi_label or regression
-    pad_token_id: int
+    pad_token_id: int  # what batches are padded with (ftcli.data.pad_token)
     max_length: int
     model_input_names: list[str]  # the tokenizer's outputs kept (input_ids, attention_mask, ...)
     splits: dict[str, SplitStats]
     checksums: dict[str, Any]  # size and sha256 of every dataset file
     holdout: dict[str, Any] | None = None  # data.validation_split as a fraction or count: what was held out
+    pad_token_source: str = ""  # where pad_token_id comes from, in words
     created: str = ""
     ftcli: str = ""  # the version that built it
     extra: dict[str, Any] = field(default_factory=dict, repr=False)  # keys a newer ftcli wrote, kept

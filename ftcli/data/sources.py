@@ -94,6 +94,50 @@ def hub_tokenizer_snapshot(repo_id: str, revision: str | None) -> Path:
         ) from None
 
 
+def model_config_json(model: ModelConfig) -> dict:
+    """The model's own `config.json` as a dict, read as a file (a cache hit imports no
+    transformers): from the local folder, or fetched from the Hub. {} when it cannot be read;
+    loading the model then reports the problem."""
+    import json
+
+    source = locate(model.name_or_path, "model.name_or_path")
+    folder = Path(source)
+    path = folder / "config.json" if folder.is_dir() else hub_model_config(source, model.revision)
+    try:
+        return json.loads(path.read_text()) if path is not None else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def hub_model_config(repo_id: str, revision: str | None) -> Path | None:
+    """The `config.json` of a Hub model (downloaded, or from the local Hub cache); None when it
+    cannot be had. A seam: tests patch it."""
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return Path(hf_hub_download(repo_id, "config.json", revision=revision))
+    except Exception:  # noqa: BLE001 - offline or unknown: the model load says what is wrong
+        return None
+
+
+POSITION_OFFSET_FAMILIES = ("roberta", "xlm-roberta", "camembert", "data2vec-text", "longformer", "xmod",
+                            "roberta-prelayernorm", "luke", "mpnet", "ibert")
+"""Families whose position ids start after the padding id (fairseq's convention): of
+`max_position_embeddings` (514 in RoBERTa), `pad_token_id + 1` are never used for tokens."""
+
+
+def position_limit(config: dict) -> int | None:
+    """The longest input the model's position embeddings allow, from its config.json; None when
+    it has no fixed limit (relative positions, as in T5)."""
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        limit = config.get(key)
+        if isinstance(limit, int) and limit > 0:
+            if config.get("model_type") in POSITION_OFFSET_FAMILIES:
+                limit -= int(config.get("pad_token_id") or 0) + 1
+            return limit
+    return None
+
+
 def load_tokenizer(model: ModelConfig):
     """The model's fast tokenizer (`model.tokenizer_name`, else the model's own), from wherever
     `locate` finds it."""

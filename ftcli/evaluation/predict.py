@@ -77,7 +77,7 @@ def predict(config: Config | str | Path, input_file: str | Path, output_file: st
         reporter.enabled = reporter.enabled and accelerator.is_main_process
         kept = _kept_columns(pcfg, source, keep_columns) if keep_columns else {}
         prepared = prepare(pcfg, log=reporter.info, labels_optional=True, progress=reporter.progress)
-        model = modeling.load_trained(folder, labels)
+        model = modeling.load_trained(folder, labels, prepared.pad_token_id, pcfg.model)
         ds = with_row_ids(prepared.split("predict"))
         dl = eval_dataloader(pcfg.data, accelerator, ds, prepared, batch_size=pcfg.train.eval_batch_size,
                              workers=pcfg.train.dataloader_workers, with_row_ids=True)

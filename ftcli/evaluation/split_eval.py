@@ -73,7 +73,7 @@ def evaluate_model(config: Config | str | Path, *, model_dir: str | Path | None 
             raise FtcliError("--errors: regression has no misclassified rows; compare predictions from ftcli predict")
         name = metric_name(cfg.eval, prepared.label_names, multi)
         gate.check_names(list(require), ["loss", *metric_keys(name)])
-        model = modeling.load_trained(folder, prepared.label_names)
+        model = modeling.load_trained(folder, prepared.label_names, prepared.pad_token_id, cfg.model)
         threshold, threshold_source = threshold_for(cfg, folder) if multi else (cfg.eval.threshold, "")
         metric = load_metric(name)
         dl = eval_dataloader(cfg.data, accelerator, prepared.split(split), prepared,

@@ -108,8 +108,9 @@ def suggest(trial, cfg: Config) -> dict[str, Any]:
     """The trial's values, typed like the settings they replace (integers stay integers)."""
     values = {}
     for key, spec in cfg.sweep.space.items():
-        section, _, name = key.partition(".")
-        current = getattr(getattr(cfg, section), name)
+        current = cfg
+        for part in key.split("."):  # model.peft.r: a setting of a section inside a section
+            current = getattr(current, part)
         if spec.choices is not None:
             values[key] = trial.suggest_categorical(key, spec.choices)
         elif isinstance(current, int) and not isinstance(current, bool):

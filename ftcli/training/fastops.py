@@ -80,9 +80,9 @@ def eager_attention(module, query, key, value, attention_mask, scaling=None, dro
     return output, weights
 
 
-def install(model: nn.Module) -> int:
-    """Use the faster dropout everywhere in `model`; returns how many dropout modules it swapped.
-    Attention is rerouted only for models that use transformers' attention interface."""
+def swap_dropout(model: nn.Module) -> int:
+    """Use the faster dropout for every `nn.Dropout` in `model` (also adapters' dropouts);
+    returns how many modules it swapped."""
     swapped = 0
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
@@ -91,6 +91,13 @@ def install(model: nn.Module) -> int:
                 replacement.train(child.training)
                 setattr(module, name, replacement)
                 swapped += 1
+    return swapped
+
+
+def install(model: nn.Module) -> int:
+    """Use the faster dropout everywhere in `model`; returns how many dropout modules it swapped.
+    Attention is rerouted only for models that use transformers' attention interface."""
+    swapped = swap_dropout(model)
     try:
         from transformers import AttentionInterface
         from transformers.masking_utils import AttentionMaskInterface, eager_mask

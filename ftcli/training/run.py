@@ -150,8 +150,9 @@ def _finish(run: Run, state: TrainState, result: dict[str, Any], ckpt: Path | No
         acc.load_state(str(checkpoint.root(out) / best.checkpoint))
         final_eval = {"type": "eval", "step": best.step, **best.eval}
         exported = {"from": "best", "step": best.step, "checkpoint": best.checkpoint}
-    run_dir.export_model(acc, run.model, run.tokenizer, out / "model")
     report = _class_report(run, final_eval, fresh=exported["from"] == "last")
+    peft = cfg.model.peft
+    run_dir.export_model(acc, run.model, run.tokenizer, out / "model", peft.export if peft else None)
     summary = {
         "output_dir": str(out),
         "model_dir": str(out / "model"),

@@ -106,22 +106,30 @@ def write_run_json(out: Path, status: str, **extra: Any) -> None:
     atomic_write_text(path, json.dumps(current, indent=2))
 
 
-def export_model(acc, model, tokenizer, folder: Path) -> None:
+def export_model(acc, model, tokenizer, folder: Path, adapter_export: str | None = None) -> None:
     """Write the final model and tokenizer to `folder` atomically (a temporary folder renamed
     when complete). The full state dict is gathered through the Accelerator, so this also works
-    when FSDP or DeepSpeed shard the weights; every process must call it."""
+    when FSDP or DeepSpeed shard the weights; every process must call it. A model with adapters
+    (`adapter_export`: `model.peft.export`) is written merged into a plain model, or as its
+    adapters and head only; merging changes the model in place, so exporting comes last."""
     acc.wait_for_everyone()
-    state_dict = acc.get_state_dict(model)
+    state_dict = acc.get_state_dict(model) if adapter_export is None else None
     if state_dict is not None:  # safetensors writes host memory: an XLA (TPU) tensor must come to the CPU first
         state_dict = {k: v.detach().cpu() if hasattr(v, "cpu") else v for k, v in state_dict.items()}
     tmp = folder.with_name(f".{folder.name}.tmp")
     if acc.is_main_process:
+        from ftcli import adapters
         from ftcli.quiet import quiet
 
         shutil.rmtree(tmp, ignore_errors=True)
         unwrapped = acc.unwrap_model(model)
         with quiet("transformers"):
-            unwrapped.save_pretrained(tmp, state_dict=state_dict, save_function=acc.save)
+            if adapter_export == "adapter":
+                adapters.save_adapter(unwrapped, tmp)
+            elif adapter_export == "merged":
+                adapters.merged(unwrapped).save_pretrained(tmp)
+            else:
+                unwrapped.save_pretrained(tmp, state_dict=state_dict, save_function=acc.save)
             tokenizer.save_pretrained(tmp)
         for f in tmp.iterdir():
             f.chmod(0o644)  # safetensors writes 0600 temp files; a model folder is meant to be shared

@@ -63,8 +63,8 @@ def setup(cfg: Config, accelerator, reporter: Reporter) -> Run:
     from accelerate.utils import set_seed
     from transformers import get_scheduler
 
-    from ftcli import evaluation, modeling
-    from ftcli.data import eval_dataloader, load_tokenizer, prepare, train_dataloader
+    from ftcli import evaluation
+    from ftcli.data import eval_dataloader, give_tokenizer, load_tokenizer, prepare, train_dataloader
     from ftcli.runtime import single_process_launch_hint
     from ftcli.training import optim
 
@@ -73,6 +73,13 @@ def setup(cfg: Config, accelerator, reporter: Reporter) -> Run:
     _check_same_config(cfg, accelerator)
     if hint := single_process_launch_hint(accelerator):
         reporter.warn(hint)
+    if cfg.model.peft is not None:
+        from ftcli.adapters import require_peft
+
+        require_peft()  # before minutes of tokenizing and loading
+    if cfg.model.dtype == "bfloat16" and accelerator.mixed_precision != "bf16":
+        raise FtcliError(f"model.dtype: bfloat16 computes in bf16 autocast, but this launch runs in "
+                         f"{accelerator.mixed_precision}; drop accelerate launch --mixed_precision or set it to bf16")
     set_seed(t.seed)
 
     # One process tokenizes (or finds the cache); the others wait on the cache's file lock, then
@@ -87,14 +94,8 @@ def setup(cfg: Config, accelerator, reporter: Reporter) -> Run:
     eval_split = _eval_split(cfg, prepared, reporter)
 
     tokenizer = load_tokenizer(cfg.model)
-    model = modeling.load_model(cfg.model, prepared.label_names, prepared.is_multi_label)
-    if t.fast_dropout and accelerator.device.type == "cpu" and cfg.model.attn_implementation == "auto":
-        from ftcli.training import fastops
-
-        fastops.install(model)
-        if declined := fastops.verify(model, _sample_batch(cfg, accelerator, prepared)):
-            reporter.info(f"fast CPU attention declined for {model.config.model_type}: {declined}; the model's own "
-                          "attention is used")
+    give_tokenizer(tokenizer, prepared.pad_token_id)  # the exported tokenizer pads as training did
+    model = _model(cfg, accelerator, prepared, reporter)
     if t.compile:
         model = torch.compile(model, dynamic=True)
     optimizer, not_fused = optim.make_optimizer(model, t, accelerator.device.type)
@@ -134,9 +135,40 @@ def setup(cfg: Config, accelerator, reporter: Reporter) -> Run:
         if clipping == "folded" else None,
         class_weights=torch.tensor(weights, device=accelerator.device) if weights else None,
     )
-    _report_start(run, sum(p.numel() for p in accelerator.unwrap_model(model).parameters()),
-                  torch.get_num_threads(), why_separate)
+    from ftcli.adapters import parameter_counts
+
+    _report_start(run, parameter_counts(accelerator.unwrap_model(model)), torch.get_num_threads(), why_separate)
     return run
+
+
+def _model(cfg: Config, accelerator, prepared: Prepared, reporter: Reporter):
+    """The model to train: pretrained, padded as the data is, with the fast CPU path where it is
+    proven equal, gradient checkpointing and adapters as the config says."""
+    from ftcli import modeling
+    from ftcli.training import fastops
+
+    t = cfg.train
+    model = modeling.load_model(cfg.model, prepared.label_names, prepared.is_multi_label, prepared.pad_token_id)
+    fast = t.fast_dropout and accelerator.device.type == "cpu" and cfg.model.attn_implementation == "auto"
+    if fast:
+        fastops.install(model)
+        if declined := fastops.verify(model, _sample_batch(cfg, accelerator, prepared)):
+            reporter.info(f"fast CPU attention declined for {model.config.model_type}: {declined}; the model's own "
+                          "attention is used")
+    if t.gradient_checkpointing:
+        if not getattr(model, "supports_gradient_checkpointing", False):
+            raise FtcliError(f"train.gradient_checkpointing: transformers has no gradient checkpointing for "
+                             f"{model.config.model_type} models; turn it off")
+        # Non-reentrant: works with frozen inputs (adapters) and replays dropout's random numbers.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.model.peft is not None:
+        from ftcli.adapters import add_adapters
+        from ftcli.data import locate
+
+        model = add_adapters(model, cfg.model, locate(cfg.model.name_or_path, "model.name_or_path"))
+        if fast:
+            fastops.swap_dropout(model)  # the adapters' own dropouts
+    return model
 
 
 def _eval_split(cfg: Config, prepared: Prepared, reporter: Reporter) -> str | None:
@@ -250,7 +282,7 @@ def _report_cache(reporter: Reporter, prepared, validation: str) -> None:
         reporter.warn(warning)
 
 
-def _report_start(run: Run, n_params: int, threads: int, why_separate: str | None) -> None:
+def _report_start(run: Run, params: tuple[int, int], threads: int, why_separate: str | None) -> None:
     from ftcli.runtime import precision_label
 
     cfg, acc, plan, prep, eval_split = run.cfg, run.accelerator, run.plan, run.prepared, run.eval_split
@@ -258,7 +290,9 @@ def _report_start(run: Run, n_params: int, threads: int, why_separate: str | Non
     clipping = {"off": "off", "folded": f"norm {cfg.train.max_grad_norm}, folded into fused AdamW",
                 "separate": f"norm {cfg.train.max_grad_norm}, separate pass ({why_separate})"}[run.clipping]
     run.reporter.summary("ftcli train", [
-        ("model", f"{cfg.model.name_or_path} ({n_params / 1e6:.1f}M parameters)"),
+        ("model", f"{cfg.model.name_or_path} ({_parameters(*params)})"),
+        *([("adapters", _adapters(cfg.model))] if cfg.model.peft is not None else []),
+        ("pad token", f"id {prep.pad_token_id}, {prep.pad_token_source}"),
         ("labels", ", ".join(labels)),
         ("data", f"{cfg.data.train_split} {prep.split_info(cfg.data.train_split).rows:,} rows"
                  + (f", {eval_split} {prep.split_info(eval_split).rows:,} rows" if eval_split else "")),
@@ -275,6 +309,19 @@ def _report_start(run: Run, n_params: int, threads: int, why_separate: str | Non
           if run.class_weights is not None else []),
         ("output", str(run.output_dir)),
     ])
+
+
+def _parameters(trainable: int, total: int) -> str:
+    if trainable == total:
+        return f"{total / 1e6:.1f}M parameters"
+    return f"{total / 1e6:.1f}M parameters, {trainable / 1e6:.2f}M trainable ({100 * trainable / total:.2f}%)"
+
+
+def _adapters(model) -> str:
+    p = model.peft
+    targets = "auto (every attention and MLP projection)" if p.target_modules == "auto" else ", ".join(p.target_modules)
+    return (f"{p.method} r {p.r}, alpha {p.alpha:g}, dropout {p.dropout:g}, on {targets}; head trained in full; "
+            f"base in {model.dtype}; export {p.export}")
 
 
 def scalar_settings(obj: dict[str, Any]) -> dict[str, Any]:
