@@ -25,11 +25,11 @@ ADAPTER_CONFIG = "adapter_config.json"
 
 def require_peft() -> None:
     """The one-line error for a `peft:` section without the package."""
-    import importlib.util
-
-    if importlib.util.find_spec("peft") is None:
+    try:
+        import peft  # noqa: F401
+    except ImportError:
         raise FtcliError("model.peft: adapters need the peft package, which is not installed; "
-                         "pip install peft (or pip install 'ftcli[peft]'), or remove the peft: section")
+                         "pip install peft (or pip install 'ftcli[peft]'), or remove the peft: section") from None
 
 
 def backbone_name(model: nn.Module) -> str:
@@ -100,8 +100,11 @@ def add_adapters(model: nn.Module, cfg: ModelConfig, source: str) -> nn.Module:
         target_modules=auto_targets(model) if p.target_modules == "auto" else list(p.target_modules),
         modules_to_save=head_modules(model), base_model_name_or_path=source,
     )
+    from ftcli.quiet import quiet
+
     try:
-        wrapped = get_peft_model(model, config)
+        with quiet("transformers", "warnings"):  # peft's calls of APIs transformers marks deprecated
+            wrapped = get_peft_model(model, config)
     except (ValueError, TypeError) as exc:
         raise FtcliError(f"model.peft: peft cannot add {p.method} adapters to this model ({first_line(exc)})") from None
     if cfg.dtype == "bfloat16":
@@ -138,8 +141,11 @@ def attach_saved(base: nn.Module, folder: Path) -> nn.Module:
     require_peft()
     from peft import PeftModel
 
+    from ftcli.quiet import quiet
+
     try:
-        model = PeftModel.from_pretrained(base, str(folder), is_trainable=False)
+        with quiet("transformers", "warnings"):
+            model = PeftModel.from_pretrained(base, str(folder), is_trainable=False)
     except (ValueError, RuntimeError, OSError, KeyError) as exc:
         raise FtcliError(f"model folder {str(folder)!r}: its adapters do not fit the base model "
                          f"({first_line(exc)}); evaluate it with the config it was trained with") from None

@@ -80,7 +80,7 @@ class PeftConfig(_Section):
     r: int = Field(default=8, ge=1)
     """Rank of each update. 8-16 suits classification; more adapts more and costs more memory."""
 
-    alpha: float = Field(default=16, gt=0)
+    alpha: float = Field(default=16.0, gt=0)
     """Scaling of the updates (`alpha / r`); 2 x r is the common choice."""
 
     dropout: float = Field(default=0.05, ge=0, lt=1)

@@ -312,9 +312,15 @@ def _report_start(run: Run, params: tuple[int, int], threads: int, why_separate:
 
 
 def _parameters(trainable: int, total: int) -> str:
+    def count(n: int) -> str:
+        for size, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+            if n >= size:
+                return f"{n / size:.3g}{unit}"
+        return str(n)
+
     if trainable == total:
-        return f"{total / 1e6:.1f}M parameters"
-    return f"{total / 1e6:.1f}M parameters, {trainable / 1e6:.2f}M trainable ({100 * trainable / total:.2f}%)"
+        return f"{count(total)} parameters"
+    return f"{count(total)} parameters, {count(trainable)} trainable ({100 * trainable / total:.2g}%)"
 
 
 def _adapters(model) -> str:

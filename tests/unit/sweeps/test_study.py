@@ -20,6 +20,7 @@ from ftcli.cli import app
     ({"train.epochs": {"low": 0, "high": 3}}, "sweep.space.train.epochs: 0 is not a valid train.epochs"),
     ({"train.output_dir": {"choices": ["a", "b"]}}, "sweep.space.train.output_dir: cannot be searched"),
     ({"train.learning_rate": {"low": 1e-5}}, "give low and high (or choices: [...])"),
+    ({"model.peft.r": {"choices": [4, 8]}}, "sweep.space.model.peft.r: model.peft is not set; add a model.peft section"),
 ])
 def test_search_space_errors_are_one_line_before_anything_runs(tiny_model, sweep_files, tmp_path, space, expected):
     cfg = yaml.safe_load(sweep_config(tiny_model, sweep_files, tmp_path).read_text())
@@ -116,3 +117,29 @@ def test_pruner_warmup_steps_keeps_a_trial_until_then(pruner):
         assert first_pruned_step(study_with_two_good_trials(8)) == 8
     finally:
         optuna.logging.set_verbosity(optuna.logging.INFO)
+
+
+def test_adapter_settings_can_be_searched(tiny_model, sweep_files, tmp_path):
+    """`model.peft.r` and `alpha` sit a section deeper than other settings: they validate, draw
+    with their types (r an integer) and reach the trial's config."""
+    import optuna
+
+    from ftcli.config import load_config
+    from ftcli.sweeps.study import suggest, trial_config
+
+    cfg = yaml.safe_load(sweep_config(tiny_model, sweep_files, tmp_path).read_text())
+    cfg["model"]["peft"] = {"r": 8}
+    cfg["sweep"]["space"] = {"model.peft.r": {"low": 2, "high": 16, "log": True}, "model.peft.alpha": {"low": 4, "high": 32},
+                             "train.learning_rate": {"low": 1e-4, "high": 1e-3}}
+    (tmp_path / "lora.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    loaded = load_config(tmp_path / "lora.yaml")
+    trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1)).ask()
+    values = suggest(trial, loaded)
+    assert isinstance(values["model.peft.r"], int) and 2 <= values["model.peft.r"] <= 16
+    assert isinstance(values["model.peft.alpha"], float)
+    trial_cfg = trial_config(loaded, values, tmp_path / "t0")
+    assert trial_cfg.model.peft.r == values["model.peft.r"] and trial_cfg.model.peft.alpha == values["model.peft.alpha"]
+    bad = dict(cfg, sweep={**cfg["sweep"], "space": {"model.peft.r": {"low": 0, "high": 4}}})
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad, sort_keys=False))
+    result = CliRunner().invoke(app, ["sweep", "-c", str(tmp_path / "bad.yaml")])
+    assert result.exit_code == 2 and "sweep.space.model.peft.r: 0 is not a valid model.peft.r" in result.stderr
