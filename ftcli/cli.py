@@ -177,6 +177,10 @@ def init(
         kind = "multi-label" if result["multi_label"] else "single-label"
         typer.echo(f"wrote {result['output']}: text {', '.join(result['text_columns'])}; {kind} labels from "
                    f"{result['label_column']!r}; max_length {result['max_length']} ({result['rows']:,} rows read)")
+        facts = result["model"]
+        if facts["peft"]:
+            typer.echo(f"model: {facts['parameters'] / 1e6:,.0f}M parameters: LoRA adapters on a bf16 base, "
+                       "gradient checkpointing (see the comments)")
         typer.echo(f"next: ftcli train --config {result['output']}")
 
     _run(go, as_json=as_json)

@@ -22,6 +22,79 @@ LABEL_NAMES = ("label", "labels", "target", "targets", "class", "category", "cat
 ID_NAMES = re.compile(r"^(id|idx|index|uuid|guid|key|row|row_id|.*_id)$", re.IGNORECASE)
 SEPARATORS = (",", "|", ";")
 SAMPLE_ROWS = 5000  # rows tokenized to measure lengths
+PEFT_ABOVE = 500_000_000
+"""Parameters from which `init` writes a `peft:` section (LoRA, bf16 base, gradient
+checkpointing) instead of full fine-tuning. Full fine-tuning with AdamW holds ~16 bytes per
+parameter (fp32 weights, gradients and two moments) before activations: 8 GB at 500M, already
+most of a 12-16 GB GPU or a laptop's memory, and 16 GB at 1B. Below it (BERT, RoBERTa and
+DeBERTa up to their large sizes, ~350M) full fine-tuning fits and is the stronger baseline; LoRA
+is still one setting away (the comment in the draft)."""
+DECODER_FAMILIES = ("gpt2", "gpt_neo", "gpt_neox", "gptj", "llama", "mistral", "mixtral", "qwen2", "qwen3",
+                    "qwen2_moe", "qwen3_moe", "gemma", "gemma2", "gemma3_text", "phi", "phi3", "opt", "bloom", "falcon",
+                    "olmo", "olmo2", "stablelm", "starcoder2", "granite", "cohere", "smollm3")
+
+
+@dataclass
+class ModelFacts:
+    """What the draft says about the model: its size, whether it is a decoder, its pad token."""
+
+    parameters: int | None  # None: unknown (a Hub model offline)
+    decoder: bool
+    pad_id: int
+    pad_source: str
+    position_limit: int | None
+
+    @property
+    def wants_peft(self) -> bool:
+        return self.parameters is not None and self.parameters > PEFT_ABOVE
+
+
+def _parameter_count(source: str, config: dict) -> int | None:
+    """Parameters of a model: from its safetensors headers (local folder; no weights read), the
+    Hub's metadata, or an estimate from config.json."""
+    import struct
+
+    folder = Path(source)
+    if folder.is_dir() and list(folder.glob("*.safetensors")):
+        total = 0
+        for file in folder.glob("*.safetensors"):
+            with file.open("rb") as f:
+                header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
+            for name, info in header.items():
+                if name != "__metadata__":
+                    n = 1
+                    for dim in info["shape"]:
+                        n *= dim
+                    total += n
+        return total
+    if not folder.is_dir():
+        try:
+            from huggingface_hub import HfApi
+
+            return int(HfApi().model_info(source).safetensors.total)
+        except Exception:  # noqa: BLE001 - offline or no metadata: estimate below
+            pass
+    h = config.get("hidden_size") or config.get("n_embd") or config.get("d_model")
+    layers = config.get("num_hidden_layers") or config.get("n_layer") or config.get("num_layers")
+    if not (h and layers):
+        return None
+    ffn = config.get("intermediate_size") or config.get("n_inner") or config.get("d_ff") or 4 * h
+    gated = config.get("hidden_act") in ("silu", "swiglu", "gelu_pytorch_tanh") and config.get("model_type") != "bert"
+    return int((config.get("vocab_size") or 0) * h + layers * (4 * h * h + (3 if gated else 2) * h * ffn))
+
+
+def model_facts(model: str, tokenizer) -> ModelFacts:
+    from ftcli.config import ModelConfig
+    from ftcli.data import locate, model_config_json, position_limit
+    from ftcli.data.pad_token import resolve
+
+    config = model_config_json(ModelConfig(name_or_path=model))
+    architectures = config.get("architectures") or []
+    decoder = config.get("model_type") in DECODER_FAMILIES or any(
+        a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures)
+    pad = resolve(tokenizer, config)
+    return ModelFacts(_parameter_count(locate(model, "--model"), config), decoder, pad.id, pad.source,
+                      position_limit(config))
 
 
 @dataclass
@@ -132,10 +205,11 @@ def _no_label(value: Any) -> bool:
 
 
 def draft(rows: dict[str, list], tokenizer, *, label_column: str | None = None,
-          text_columns: list[str] | None = None, multi_label: bool | None = None) -> Draft:
+          text_columns: list[str] | None = None, multi_label: bool | None = None,
+          position_limit: int | None = None) -> Draft:
     """The choices for a table of rows (column name -> values). `label_column`, `text_columns`
     and `multi_label` (`ftcli init --label-column/--text-column/--multi-label`) override what
-    would be guessed."""
+    would be guessed. `position_limit`: the model's (max_length never exceeds it)."""
     columns = profile(rows)
     by_name = {c.name: c for c in columns}
     label, others = choose(columns, label_column)
@@ -182,7 +256,7 @@ def draft(rows: dict[str, list], tokenizer, *, label_column: str | None = None,
                            + "; set label_column (or init --label-column) to use one of them")
     lengths = _token_lengths(tokenizer, [rows[c.name] for c in chosen])
     covered = _percentile(lengths, 0.99)
-    limit = min(int(getattr(tokenizer, "model_max_length", 512) or 512), 512)
+    limit = min(int(min(getattr(tokenizer, "model_max_length", 512) or 512, 1e9)), position_limit or 512, 512)
     max_length = min(limit, max(16, -(-covered // 8) * 8))
     over = sum(n > max_length for n in lengths)
     length_notes = [f"covers {1 - over / max(1, len(lengths)):.1%} of {len(lengths):,} sampled rows in tokens "
@@ -231,7 +305,8 @@ def _percentile(values: list[int], q: float) -> int:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def render(d: Draft, data_file: str, validation_file: str | None, model: str, output_dir: str) -> str:
+def render(d: Draft, data_file: str, validation_file: str | None, model: str, output_dir: str,
+           facts: ModelFacts | None = None) -> str:
     """The commented YAML."""
     def comment(key: str, indent: str = "  ") -> str:
         return "".join(f"{indent}# {line}\n" for line in d.notes.get(key, []))
@@ -245,6 +320,9 @@ def render(d: Draft, data_file: str, validation_file: str | None, model: str, ou
         lines.append(f"  num_labels: {max(map(int, d.class_counts)) + 1}   # integer label ids 0..K-1\n")
     if d.multi_label:
         lines.append("  problem_type: multi_label        # a row may carry several labels\n")
+    peft = facts is not None and facts.wants_peft
+    if facts is not None:
+        lines.append(_model_notes(facts))
     lines.append("\ndata:\n  files:\n")
     lines.append(f"    train: {json.dumps(data_file)}\n")
     if validation_file:
@@ -262,8 +340,10 @@ def render(d: Draft, data_file: str, validation_file: str | None, model: str, ou
     if not validation_file:
         lines.append("  validation_split: 0.1                # no validation file: a stratified tenth of the rows\n")
     counts = list(d.class_counts.values())
-    lines.append(f"\ntrain:\n  output_dir: {json.dumps(output_dir)}\n  epochs: 3\n  batch_size: 8\n"
-                 "  learning_rate: 5.0e-5\n")
+    lines.append(f"\ntrain:\n  output_dir: {json.dumps(output_dir)}\n  epochs: 3\n  batch_size: 8\n")
+    lines.append("  learning_rate: 2.0e-4                # adapters learn at a higher rate than full fine-tuning (5e-5)\n"
+                 "  gradient_checkpointing: true         # activations recomputed, not kept: less memory\n"
+                 if peft else "  learning_rate: 5.0e-5\n")
     if d.sparse:
         median = sorted(counts)[len(counts) // 2] / d.rows
         lines.append(f"  class_weights: auto                 # sparse labels (the median label is on {median:.0%} of "
@@ -277,6 +357,25 @@ def render(d: Draft, data_file: str, validation_file: str | None, model: str, ou
                  + ("micro/macro F1, micro precision/recall, subset accuracy\n" if d.multi_label
                     else "accuracy and F1 (macro F1 for more than two labels)\n"))
     return "".join(lines)
+
+
+def _model_notes(facts: ModelFacts) -> str:
+    """The model's size, pad token and, above PEFT_ABOVE, a peft: section (else how to add one)."""
+    size = f"{facts.parameters / 1e6:,.0f}M parameters" if facts.parameters else "size unknown"
+    lines = [f"  # {size}" + (", a decoder: the head reads the last token that is not padding" if facts.decoder else "")]
+    if facts.decoder:
+        lines.append(f"  # pad token: id {facts.pad_id}, {facts.pad_source}")
+    if facts.wants_peft:
+        lines.append(f"  # above {PEFT_ABOVE / 1e6:.0f}M parameters, full fine-tuning holds ~16 bytes per parameter "
+                     f"({16 * facts.parameters / 1e9:.0f} GB)")
+        lines.append("  # before activations; LoRA trains <1% of them, on a base held in bf16")
+        lines.append("  dtype: bfloat16")
+        lines += ["  peft:", "    method: lora", "    r: 16", "    alpha: 32", "    dropout: 0.05",
+                  "    target_modules: auto               # every attention and MLP projection"]
+    else:
+        lines.append("  # full fine-tuning fits at this size; for adapters instead (less memory, smaller exports):")
+        lines.append("  # peft: {method: lora, r: 16, alpha: 32}   (and learning_rate: 2.0e-4)")
+    return "\n".join(lines) + "\n"
 
 
 def init(data_file: str | Path, *, validation_file: str | Path | None = None, model: str = DEFAULT_MODEL,
@@ -306,11 +405,13 @@ def init(data_file: str | Path, *, validation_file: str | Path | None = None, mo
         raw = load_raw(spec)
     table = raw["train"].data.to_pydict()
     tokenizer = load_tokenizer(ModelConfig(name_or_path=model))
-    d = draft(table, tokenizer, label_column=label_column, text_columns=text_columns, multi_label=multi_label)
+    facts = model_facts(model, tokenizer)
+    d = draft(table, tokenizer, label_column=label_column, text_columns=text_columns, multi_label=multi_label,
+              position_limit=facts.position_limit)
     # runs/<the data's name>: a file called train.jsonl names its folder instead.
     stem = data_file.stem if data_file.stem.lower() not in ("train", "data", "dataset", "all", "full") \
         else (data_file.resolve().parent.name or data_file.stem)
-    text = render(d, str(data_file), str(validation_file) if validation_file else None, model, f"runs/{stem}")
+    text = render(d, str(data_file), str(validation_file) if validation_file else None, model, f"runs/{stem}", facts)
     import yaml
 
     config_from_dict(yaml.safe_load(text), source=str(output))  # what is written must load as is
@@ -319,4 +420,6 @@ def init(data_file: str | Path, *, validation_file: str | Path | None = None, mo
     return {"output": str(output), "text_columns": d.text_columns, "label_column": d.label_column,
             "multi_label": d.multi_label, "label_separator": d.separator, "labels": d.labels,
             "max_length": d.max_length, "rows": len(next(iter(table.values()))), "empty_rows": d.empty_rows,
-            "class_weights": "auto" if "class_weights: auto" in text else None, "notes": d.notes}
+            "class_weights": "auto" if "class_weights: auto" in text else None, "notes": d.notes,
+            "model": {"parameters": facts.parameters, "decoder": facts.decoder, "pad_token_id": facts.pad_id,
+                      "peft": facts.wants_peft}}

@@ -63,15 +63,20 @@ class FastDropout(nn.Dropout):
 
 def eager_attention(module, query, key, value, attention_mask, scaling=None, dropout_p=0.0, **kwargs):
     """transformers' eager attention (BERT's `eager_attention_forward`, with grouped key/value
-    heads repeated as Llama's does) with the faster dropout. What it does not implement (T5's
-    position bias, Gemma's soft-capping, ...) shows in `verify`, which then declines it."""
+    heads repeated as Llama's does, and Gemma 2's soft-capping) with the faster dropout. Sliding
+    windows arrive in `attention_mask`. What it does not implement (T5's position bias, attention
+    sinks, ...) shows in `verify`, which then declines it."""
     dropout_p = kwargs.pop("dropout", dropout_p)
+    if kwargs.get("s_aux") is not None:  # attention sinks (gpt-oss): not implemented, so `verify` declines
+        raise NotImplementedError("attention sinks")
     if key.shape[1] != query.shape[1]:  # grouped-query attention: each key/value head serves a group
         group = query.shape[1] // key.shape[1]
         key, value = key.repeat_interleave(group, dim=1), value.repeat_interleave(group, dim=1)
     if scaling is None:
         scaling = query.size(-1) ** -0.5
     weights = torch.matmul(query * scaling, key.transpose(2, 3))  # scale the smaller tensor
+    if (softcap := kwargs.get("softcap")) is not None:  # Gemma 2's soft-capping of the scores
+        weights = torch.tanh(weights / softcap) * softcap
     if attention_mask is not None:
         weights = weights + attention_mask
     weights = nn.functional.softmax(weights, dim=-1)

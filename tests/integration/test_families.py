@@ -111,3 +111,44 @@ def test_t5_trains_its_relative_position_bias(task_files, tmp_path):
     before = load_file(model / "model.safetensors")[key]
     after = load_file(tmp_path / "run" / "model" / "model.safetensors")[f"transformer.{key}"]
     assert not torch.equal(before, after)
+
+
+def _fake_size(folder, parameters: int) -> None:
+    """Make the weights file's header claim `parameters` (init reads headers, never weights)."""
+    import struct
+
+    header = json.dumps({"big": {"dtype": "BF16", "shape": [parameters], "data_offsets": [0, 2 * parameters]}}).encode()
+    (folder / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header)
+
+
+def test_init_drafts_a_working_decoder_config(task_files, tmp_path):
+    small = families.build("llama", tmp_path / "llama")
+    out = run_here("init", "--data", str(task_files["train"]), "--validation", str(task_files["validation"]),
+                   "--model", str(small), "-o", str(tmp_path / "small.yaml"), "--json")
+    assert out.returncode == 0, out.stderr
+    facts = json.loads(out.stdout)["model"]
+    assert facts["decoder"] and not facts["peft"] and facts["pad_token_id"] == 2
+    text = (tmp_path / "small.yaml").read_text()
+    assert "pad token: id 2, the tokenizer's EOS token" in text and "# peft: {method: lora" in text
+    drafted = yaml.safe_load(text)
+    assert drafted["data"]["max_length"] <= 64  # the model's positions, not the tokenizer's 1e30
+    trained = run_here("train", "-c", str(tmp_path / "small.yaml"), "--set", f"train.output_dir={tmp_path / 'run'}",
+                       "--set", "train.max_steps=2")
+    assert trained.returncode == 0, trained.stderr
+
+    import shutil
+
+    big = tmp_path / "big"
+    shutil.copytree(small, big)
+    _fake_size(big, 1_200_000_000)
+    out = run_here("init", "--data", str(task_files["train"]), "--model", str(big), "-o", str(tmp_path / "big.yaml"),
+                   "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["model"] == {"parameters": 1_200_000_000, "decoder": True, "pad_token_id": 2,
+                                               "peft": True}
+    drafted = yaml.safe_load((tmp_path / "big.yaml").read_text())
+    assert drafted["model"]["peft"]["method"] == "lora" and drafted["model"]["dtype"] == "bfloat16"
+    assert drafted["train"]["gradient_checkpointing"] is True and drafted["train"]["learning_rate"] == 2e-4
+    from ftcli import load_config
+
+    assert load_config(tmp_path / "big.yaml").model.peft.target_modules == "auto"
