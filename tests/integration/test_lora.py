@@ -109,8 +109,9 @@ def test_only_adapters_and_head_train_and_the_adapter_export_reloads(llama, task
     assert not any("lora" in name for name, _ in merged.named_modules())
 
 
-def test_merged_export_is_a_plain_model_with_the_adapter_models_results(llama, task_files, tmp_path):
-    path = lora_config(tmp_path, llama, task_files, epochs=1)
+@pytest.mark.parametrize("method", ["lora", "dora"])
+def test_merged_export_is_a_plain_model_with_the_adapter_models_results(llama, task_files, tmp_path, method):
+    path = lora_config(tmp_path, llama, task_files, epochs=1, peft={"method": method})
     trained = run_here("train", "-c", str(path), "--json")
     assert trained.returncode == 0, trained.stderr
     result = json.loads(trained.stdout)

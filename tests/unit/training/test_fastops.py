@@ -105,6 +105,15 @@ def _tiny(family: str):
         config = transformers.Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                           num_attention_heads=4, num_key_value_heads=2, pad_token_id=0,
                                           max_position_embeddings=64, num_labels=2)
+    elif family == "gemma2":  # soft-capped scores (small cap, so it changes them) and sliding windows
+        config = transformers.Gemma2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                           num_attention_heads=4, num_key_value_heads=2, head_dim=8, pad_token_id=0,
+                                           max_position_embeddings=64, attn_logit_softcapping=0.5, sliding_window=4, initializer_range=0.5,
+                                           num_labels=2)
+    elif family == "mistral":  # a sliding window shorter than the rows
+        config = transformers.MistralConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                            num_attention_heads=4, num_key_value_heads=2, pad_token_id=0,
+                                            max_position_embeddings=64, sliding_window=4, num_labels=2)
     elif family == "t5":  # relative position bias inside attention
         config = transformers.T5Config(vocab_size=64, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
                                        pad_token_id=0, decoder_start_token_id=0, num_labels=2)
@@ -123,7 +132,7 @@ def _batch():
     return {"input_ids": ids.masked_fill(mask == 0, 0), "attention_mask": mask}
 
 
-@pytest.mark.parametrize("family", ["bert", "qwen2", "t5"])
+@pytest.mark.parametrize("family", ["bert", "qwen2", "gemma2", "mistral", "t5"])
 def test_the_fast_attention_is_kept_only_where_it_gives_the_models_own_logits(family):
     """One batch through both attentions decides: kept where the logits agree, declined (and the
     model's own attention back) where they do not, so no family trains under other math."""
@@ -140,7 +149,7 @@ def test_the_fast_attention_is_kept_only_where_it_gives_the_models_own_logits(fa
     with torch.no_grad():
         after = model(**batch).logits
     assert torch.allclose(after, own, rtol=1e-4, atol=1e-5), (family, declined)
-    if family in ("bert", "qwen2"):  # implemented: kept (Qwen2's grouped key/value heads are repeated)
+    if family != "t5":  # implemented: kept (grouped key/value heads repeated, Gemma 2's cap applied, windows masked)
         assert kept and declined is None and model.config._attn_implementation == fastops.ATTENTION_NAME
     if family == "t5":  # ftcli's attention has no position bias: declined, with the reason
         assert declined is None or "differ" in declined or "fails" in declined
