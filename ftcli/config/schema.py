@@ -144,9 +144,10 @@ class ModelConfig(_Section):
     weight is trained."""
 
     dtype: Literal["float32", "bfloat16"] = "float32"
-    """The dtype the frozen base weights are held in. `bfloat16` halves their memory; it needs
-    `peft` (trained weights always stay float32, and full fine-tuning trains every weight) and
-    computes in bf16 autocast."""
+    """The dtype the frozen base weights (linear layers, embeddings) are held in. `bfloat16`
+    halves their memory; it needs `peft` (trained weights always stay float32, and full
+    fine-tuning trains every weight). The arithmetic stays as `train.mixed_precision` says: each
+    weight is widened for its product (float32), or autocast runs it in bf16."""
 
     @field_validator("name_or_path", "tokenizer")
     @classmethod
@@ -664,16 +665,6 @@ class Config(_Section):
 
     sweep: Annotated[SweepConfig | None, MAY_CHANGE_ON_RESUME] = None
     """What `ftcli sweep` searches (ignored by the other commands)."""
-
-    @model_validator(mode="after")
-    def _bf16_base_computes_in_bf16(self) -> Config:
-        # A bf16 base meets float32 inputs and adapters: only autocast makes their matmuls agree.
-        if self.model.dtype == "bfloat16" and self.train.mixed_precision != "bf16":
-            if self.train.mixed_precision != "auto":
-                raise ValueError(f"model.dtype: bfloat16 computes in bf16 autocast, but train.mixed_precision is "
-                                 f"{self.train.mixed_precision}; set it to bf16 (or auto)")
-            self.train.mixed_precision = "bf16"
-        return self
 
     @model_validator(mode="after")
     def _sweep_keys_exist(self) -> Config:

@@ -74,7 +74,7 @@ def sparse_grad_embedding(model, processes: int):
     output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if embeddings is None or (output is not None and getattr(output, "weight", None) is embeddings.weight):
         return None
-    return embeddings.weight
+    return embeddings.weight if embeddings.weight.requires_grad else None  # frozen under adapters: no gradient
 
 
 def fold_clipping(model, optimizer, max_norm: float, *, embedding=None, input_ids=None) -> torch.Tensor:

@@ -77,9 +77,6 @@ def setup(cfg: Config, accelerator, reporter: Reporter) -> Run:
         from ftcli.adapters import require_peft
 
         require_peft()  # before minutes of tokenizing and loading
-    if cfg.model.dtype == "bfloat16" and accelerator.mixed_precision != "bf16":
-        raise FtcliError(f"model.dtype: bfloat16 computes in bf16 autocast, but this launch runs in "
-                         f"{accelerator.mixed_precision}; drop accelerate launch --mixed_precision or set it to bf16")
     set_seed(t.seed)
 
     # One process tokenizes (or finds the cache); the others wait on the cache's file lock, then

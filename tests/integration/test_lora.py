@@ -151,18 +151,46 @@ def test_gradient_checkpointing_changes_no_loss(llama, task_files, tmp_path):
 
 
 def test_bf16_base_keeps_trained_weights_in_fp32(llama, task_files, tmp_path):
+    """The frozen linear and embedding weights are held in bf16 and widened for each product:
+    the logits are the fp32 model's with bf16-rounded weights; gradients reach the adapters."""
     import torch
+    from torch import nn
 
     from ftcli import load_config
     from ftcli.adapters import add_adapters
     from ftcli.modeling import load_model
 
-    path = lora_config(tmp_path, llama, task_files, epochs=1, model_extra={"dtype": "bfloat16"}, mixed_precision="auto")
+    path = lora_config(tmp_path, llama, task_files, epochs=1, model_extra={"dtype": "bfloat16"})
     cfg = load_config(path)
-    assert cfg.train.mixed_precision == "bf16"  # auto: the bf16 base computes under bf16 autocast
+    assert cfg.train.mixed_precision == "no"  # storage, not arithmetic: the products stay float32
+    torch.manual_seed(0)
     model = add_adapters(load_model(cfg.model, ["no", "yes"], pad_token_id=2), cfg.model, str(llama))
-    dtypes = {(p.requires_grad, p.dtype) for p in model.parameters()}
-    assert dtypes == {(True, torch.float32), (False, torch.bfloat16)}
+    for module in model.modules():
+        for p in module.parameters(recurse=False):
+            frozen_matrix = not p.requires_grad and isinstance(module, (nn.Linear, nn.Embedding)) and p.dim() == 2
+            assert p.dtype == (torch.bfloat16 if frozen_matrix else torch.float32), module
+    assert any(p.dtype == torch.bfloat16 for p in model.parameters())
+    torch.manual_seed(0)
+    reference = add_adapters(load_model(cfg.model.model_copy(update={"dtype": "float32"}), ["no", "yes"],
+                                        pad_token_id=2), cfg.model.model_copy(update={"dtype": "float32"}), str(llama))
+    trained = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    for name, p in reference.named_parameters():  # the same weights, rounded as the bf16 base holds them
+        if not p.requires_grad and p.dim() == 2:
+            p.data = p.data.to(torch.bfloat16).float()
+        elif name in trained:  # the new head was drawn in bf16
+            p.data = trained[name].data.clone()
+    batch = {"input_ids": torch.tensor([[1, 5, 9, 13, 2, 2]]), "attention_mask": torch.tensor([[1, 1, 1, 1, 0, 0]]),
+             "labels": torch.tensor([1])}
+    model.train(False), reference.train(False)
+    out, want = model(**batch), reference(**batch)
+    assert torch.allclose(out.logits, want.logits, atol=1e-5)
+    out.loss.backward()
+    want.loss.backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    ref_grads = {n: p.grad for n, p in reference.named_parameters() if p.requires_grad}
+    assert grads.keys() == ref_grads.keys() and all(g is not None for g in grads.values())
+    assert all(torch.allclose(grads[n], ref_grads[n], atol=1e-6) for n in grads)
+
     trained = run_here("train", "-c", str(path), "--json")
     assert trained.returncode == 0, trained.stderr
     assert "base in bfloat16" in trained.stderr
@@ -170,8 +198,9 @@ def test_bf16_base_keeps_trained_weights_in_fp32(llama, task_files, tmp_path):
 
     exported = load_file(tmp_path / "run" / "model" / "model.safetensors")
     assert {v.dtype for v in exported.values()} == {torch.float32}  # merged in fp32
+    result = json.loads(trained.stdout)
     ev = json.loads(run_here("eval", "-c", str(path), "--json").stdout)
-    assert ev["samples"] == 40
+    assert ev["accuracy"] == result["eval"]["accuracy"]
 
 
 def test_kill_and_resume_with_adapters_is_bit_identical(llama, task_files, tmp_path):
