@@ -85,14 +85,13 @@ def _parameter_count(source: str, config: dict) -> int | None:
 
 def model_facts(model: str, tokenizer) -> ModelFacts:
     from ftcli.config import ModelConfig
-    from ftcli.data import locate, model_config_json, position_limit
-    from ftcli.data.pad_token import resolve
+    from ftcli.data import locate, model_config_json, position_limit, resolve_pad_token
 
     config = model_config_json(ModelConfig(name_or_path=model))
     architectures = config.get("architectures") or []
     decoder = config.get("model_type") in DECODER_FAMILIES or any(
         a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures)
-    pad = resolve(tokenizer, config)
+    pad = resolve_pad_token(tokenizer, config)
     return ModelFacts(_parameter_count(locate(model, "--model"), config), decoder, pad.id, pad.source,
                       position_limit(config))
 

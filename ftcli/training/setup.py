@@ -157,7 +157,10 @@ def _model(cfg: Config, accelerator, prepared: Prepared, reporter: Reporter):
             raise FtcliError(f"train.gradient_checkpointing: transformers has no gradient checkpointing for "
                              f"{model.config.model_type} models; turn it off")
         # Non-reentrant: works with frozen inputs (adapters) and replays dropout's random numbers.
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.23's name
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if cfg.model.peft is not None:
         from ftcli.adapters import add_adapters
         from ftcli.data import locate

@@ -16,9 +16,9 @@ pytestmark = pytest.mark.slow
 
 # Where ftcli's fast CPU attention is proven equal to the model's own, and where it is declined
 # (and why): the README's "Models" table says the same.
-FAST_PATH = {"bert": True, "roberta": True, "deberta-v2": None, "modernbert": None, "t5": False, "gpt2": True,
+FAST_PATH = {"bert": True, "roberta": True, "deberta-v2": None, "modernbert": True, "t5": False, "gpt2": True,
              "llama": True, "qwen2": True}
-# None: the family does not use transformers' attention interface; only dropout is swapped.
+# None: DeBERTa-v2 does not use transformers' attention interface; only its dropout is swapped.
 
 PAD = {"gpt2": "the tokenizer's EOS token", "llama": "the tokenizer's EOS token"}
 
