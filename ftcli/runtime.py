@@ -332,12 +332,17 @@ def _set_tf32(on: bool) -> None:
     _restore_tf32((value, value))
 
 
-def tune_process_for_training(train: TrainConfig) -> None:
+def tune_process_for_training(train: TrainConfig, bf16_base: bool = False) -> None:
     """What the `ftcli` commands do to their own process before torch loads, and a library call
     does not: OpenMP's wait policy (`train.openmp_wait`), and glibc heap reuse for CPU training
-    (`train.cpu_heap_reuse`), which cannot be undone."""
+    (`train.cpu_heap_reuse`), which cannot be undone. A run that asks to save memory (a bf16
+    base, `bf16_base`, or gradient checkpointing) returns freed tensors to the OS instead."""
     set_openmp_wait(openmp_wait_for(train))
-    if train.cpu_heap_reuse and use_cpu():
+    if not use_cpu():
+        return
+    if bf16_base or train.gradient_checkpointing:
+        release_heap_memory()
+    elif train.cpu_heap_reuse:
         reuse_heap_memory()
 
 
@@ -401,21 +406,38 @@ def set_openmp_wait(policy: str) -> bool:
     return True
 
 
+def _mallopt():
+    import ctypes
+    import ctypes.util
+
+    if os.name != "posix":
+        return None
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return None
+
+
+def release_heap_memory() -> bool:
+    """Tell glibc's malloc to map every allocation of 1 MiB or more on its own and unmap it when
+    freed, so the process's memory follows the live tensors. By default glibc raises that
+    threshold each time such a block is freed, after which freed activations stay in the heap:
+    measured on a 74M-parameter Llama with LoRA and a bf16 base, ~450 MB more resident memory
+    than live tensors. Costs page faults (the speed `reuse_heap_memory` buys back), so only runs
+    that ask to save memory use it. Linux/glibc only; process-wide and permanent."""
+    mallopt = _mallopt()
+    m_mmap_threshold = -3
+    return bool(mallopt(m_mmap_threshold, 1 << 20)) if mallopt is not None else False
+
+
 def reuse_heap_memory() -> bool:
     """Tell glibc's malloc to serve every allocation from the heap and keep freed memory there
     (no mmap, no trimming). Without it, each tensor over 32 MB (the 30k x 384 word-embedding
     gradient) is a fresh mmap whose pages fault in, zero-filled, on every step. Linux/glibc only;
     a no-op elsewhere. Process-wide and permanent (glibc has no undo), so only the `ftcli train`
     command calls it, for CPU training: a library call leaves the caller's process alone."""
-    import ctypes
-    import ctypes.util
-
-    if os.name != "posix":
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
+    mallopt = _mallopt()
+    if mallopt is None:
         return False
     m_trim_threshold, m_mmap_max = -1, -4
     return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2**31 - 1))

@@ -431,7 +431,9 @@ class TrainConfig(_Section):
     cpu_heap_reuse: Annotated[bool, MAY_CHANGE_ON_RESUME] = True
     """On CPU (Linux/glibc), keep freed memory in the process heap instead of returning large
     blocks to the OS after each step: the 47 MB word-embedding gradient of a BERT-base vocabulary
-    then costs no page faults every step (measured ~15 ms of a ~135 ms MiniLM step)."""
+    then costs no page faults every step (measured ~15 ms of a ~135 ms MiniLM step). A run that
+    saves memory (`model.dtype: bfloat16`, `gradient_checkpointing`) returns freed memory at once
+    instead, whatever this says."""
 
     openmp_wait: Literal["auto", "spin", "passive"] = "auto"
     """How OpenMP threads wait for each other on CPU (GNU OpenMP; set by the `ftcli` commands

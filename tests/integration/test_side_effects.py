@@ -81,7 +81,11 @@ def test_the_train_command_reuses_the_heap_for_cpu_training(monkeypatch):
     from ftcli.config import TrainConfig
 
     calls = []
-    monkeypatch.setattr(runtime, "reuse_heap_memory", lambda: calls.append(1))
+    monkeypatch.setattr(runtime, "reuse_heap_memory", lambda: calls.append("reuse"))
+    monkeypatch.setattr(runtime, "release_heap_memory", lambda: calls.append("release"))
     runtime.tune_process_for_training(TrainConfig())
     runtime.tune_process_for_training(TrainConfig(cpu_heap_reuse=False))
-    assert calls == [1]
+    # A run that saves memory returns freed memory to the OS instead of keeping it.
+    runtime.tune_process_for_training(TrainConfig(), bf16_base=True)
+    runtime.tune_process_for_training(TrainConfig(gradient_checkpointing=True))
+    assert calls == ["reuse", "release", "release"]
