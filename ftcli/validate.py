@@ -26,6 +26,10 @@ def validate(cfg: Config, require: list[Requirement] = ()) -> dict[str, Any]:
     from ftcli.quiet import quiet
 
     data, model = cfg.data, cfg.model
+    if model.peft is not None:
+        from ftcli.adapters import require_peft
+
+        require_peft()
     check_splits(data, data.train_split, *([data.validation_name] if data.holdout is not None else []))
     tokenizer_fingerprint(tokenizer_folder(model))  # the tokenizer's files are there
     with tempfile.TemporaryDirectory(prefix="ftcli-validate-") as tmp:

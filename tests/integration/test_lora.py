@@ -255,9 +255,11 @@ def test_bad_target_modules_get_one_line(llama, task_files, tmp_path, peft, expe
 
 def test_peft_missing_gets_one_line(llama, task_files, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "peft", None)  # import peft now raises ImportError
-    out = run_here("train", "-c", str(lora_config(tmp_path, llama, task_files)))
-    assert out.returncode == 2
-    assert "model.peft: adapters need the peft package" in out.stderr and "pip install peft" in out.stderr
+    path = lora_config(tmp_path, llama, task_files)
+    for command in ("train", "validate"):
+        out = run_here(command, "-c", str(path))
+        assert out.returncode == 2, out.stderr
+        assert "model.peft: adapters need the peft package" in out.stderr and "pip install peft" in out.stderr
     assert not (tmp_path / "run").exists()
 
 
