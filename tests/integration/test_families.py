@@ -152,3 +152,23 @@ def test_init_drafts_a_working_decoder_config(task_files, tmp_path):
     from ftcli import load_config
 
     assert load_config(tmp_path / "big.yaml").model.peft.target_modules == "auto"
+
+
+def test_the_tokenizers_padding_side_changes_nothing(task_files, tmp_path):
+    """Decoder tokenizers often pad on the left; ftcli's collator pads on the right either way, so
+    the same model gives the same results whichever side its tokenizer names."""
+    import shutil
+
+    model = families.build("llama", tmp_path / "llama")
+    _, path = _config(tmp_path, model, task_files, max_steps=4)
+    assert run_here("train", "-c", str(path)).returncode == 0
+    left = tmp_path / "left-tokenizer"
+    shutil.copytree(model, left)
+    settings = json.loads((left / "tokenizer_config.json").read_text())
+    (left / "tokenizer_config.json").write_text(json.dumps({**settings, "padding_side": "left"}))
+    right_eval = json.loads(run_here("eval", "-c", str(path), "--json").stdout)
+    left_eval = run_here("eval", "-c", str(path), "--set", f"model.tokenizer={left}", "--json")
+    assert left_eval.returncode == 0, left_eval.stderr
+    left_eval = json.loads(left_eval.stdout)
+    for k in ("accuracy", "f1", "loss"):
+        assert left_eval[k] == right_eval[k]
