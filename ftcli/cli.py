@@ -282,7 +282,7 @@ def train(
         from ftcli.training import train as train_fn
 
         # this process is ftcli's own: settings a library call must not make
-        tune_process_for_training(cfg.train, bf16_base=cfg.model.dtype == "bfloat16")
+        tune_process_for_training(cfg)
         reporter = _reporter(quiet, as_json)
         result = train_fn(cfg, resume=resume, overwrite=overwrite, allow_changes=allow_changes, reporter=reporter)
         if as_json and reporter.enabled:  # enabled: this is the main process
@@ -422,7 +422,7 @@ def sweep(
         from ftcli.runtime import tune_process_for_training
         from ftcli.sweeps import sweep as sweep_fn
 
-        tune_process_for_training(cfg.train, bf16_base=cfg.model.dtype == "bfloat16")
+        tune_process_for_training(cfg)
         reporter = _reporter(quiet, as_json)
         result = sweep_fn(cfg, trials=trials or saved.get("trials"), timeout_s=timeout or saved.get("timeout_s"),
                           storage=storage or saved.get("storage"), study_name=study or saved.get("study_name"),

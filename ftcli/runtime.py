@@ -19,7 +19,7 @@ import os
 from datetime import timedelta
 from pathlib import Path
 
-from ftcli.config import TrainConfig
+from ftcli.config import Config, TrainConfig
 from ftcli.errors import FtcliError
 
 
@@ -332,18 +332,22 @@ def _set_tf32(on: bool) -> None:
     _restore_tf32((value, value))
 
 
-def tune_process_for_training(train: TrainConfig, bf16_base: bool = False) -> None:
+def tune_process_for_training(cfg: Config) -> None:
     """What the `ftcli` commands do to their own process before torch loads, and a library call
     does not: OpenMP's wait policy (`train.openmp_wait`), and glibc heap reuse for CPU training
-    (`train.cpu_heap_reuse`), which cannot be undone. A run that asks to save memory (a bf16
-    base, `bf16_base`, or gradient checkpointing) returns freed tensors to the OS instead."""
+    (`train.cpu_heap_reuse`), which cannot be undone. Left out, heap reuse is on, except in a
+    run that asks to save memory (a bf16 base, or gradient checkpointing): that one returns
+    freed tensors to the OS instead."""
+    train = cfg.train
     set_openmp_wait(openmp_wait_for(train))
     if not use_cpu():
         return
-    if bf16_base or train.gradient_checkpointing:
-        release_heap_memory()
-    elif train.cpu_heap_reuse:
+    saves_memory = cfg.model.dtype == "bfloat16" or train.gradient_checkpointing
+    reuse = train.cpu_heap_reuse if train.cpu_heap_reuse is not None else not saves_memory
+    if reuse:
         reuse_heap_memory()
+    elif saves_memory:
+        release_heap_memory()
 
 
 def openmp_wait_for(train: TrainConfig) -> str:

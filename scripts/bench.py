@@ -214,7 +214,7 @@ def run_ftcli(args, work: Path, overrides: list[str]) -> dict:
     ])
     from ftcli.runtime import tune_process_for_training
 
-    tune_process_for_training(cfg.train, bf16_base=cfg.model.dtype == "bfloat16")  # as `ftcli train` does
+    tune_process_for_training(cfg)  # what the `ftcli train` command does for its own process
     result = train(cfg, overwrite=True, reporter=Reporter(mode="quiet"))
     # ftcli counts what its loop trained on itself (rows, real and padded tokens): a counting
     # collate function would miss the batches built in dataloader worker processes on GPU.

@@ -78,14 +78,20 @@ def test_train_predict_evaluate_leave_the_process_as_they_found_it(make_config, 
 
 def test_the_train_command_reuses_the_heap_for_cpu_training(monkeypatch):
     from ftcli import runtime
-    from ftcli.config import TrainConfig
+    from ftcli.config import config_from_dict
 
     calls = []
     monkeypatch.setattr(runtime, "reuse_heap_memory", lambda: calls.append("reuse"))
     monkeypatch.setattr(runtime, "release_heap_memory", lambda: calls.append("release"))
-    runtime.tune_process_for_training(TrainConfig())
-    runtime.tune_process_for_training(TrainConfig(cpu_heap_reuse=False))
-    # A run that saves memory returns freed memory to the OS instead of keeping it.
-    runtime.tune_process_for_training(TrainConfig(), bf16_base=True)
-    runtime.tune_process_for_training(TrainConfig(gradient_checkpointing=True))
-    assert calls == ["reuse", "release", "release"]
+    def config(model=None, **train):
+        return config_from_dict({"model": {"name_or_path": "m", **(model or {})}, "data": {"files": {"train": "t.csv"}},
+                                 **({"train": train} if train else {})})
+
+    runtime.tune_process_for_training(config())
+    runtime.tune_process_for_training(config(cpu_heap_reuse=False))
+    # A run that saves memory returns freed memory to the OS instead of keeping it, unless the
+    # config asks for heap reuse itself (a resumed run's saved config says null: the same choice).
+    runtime.tune_process_for_training(config({"dtype": "bfloat16", "peft": {}}))
+    runtime.tune_process_for_training(config(gradient_checkpointing=True))
+    runtime.tune_process_for_training(config(gradient_checkpointing=True, cpu_heap_reuse=True))
+    assert calls == ["reuse", "release", "release", "reuse"]
