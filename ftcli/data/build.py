@@ -35,7 +35,7 @@ def build(cfg: Config, parts: dict[str, Any], key: str, tmp: Path, raw, labels_o
     import pyarrow as pa
 
     from ftcli.data import pad_token
-    from ftcli.data.sources import load_tokenizer, model_config_json
+    from ftcli.data.sources import load_tokenizer
 
     data, model = cfg.data, cfg.model
     raw = raw if raw is not None else load_raw(data, tmp / "raw")
@@ -61,7 +61,9 @@ def build(cfg: Config, parts: dict[str, Any], key: str, tmp: Path, raw, labels_o
         sources[data.validation_name] = (f"{labels.split_source(data, data.train_split)} "
                                          f"({holdout['rows']:,} rows held out, seed {data.split_seed})")
     tokenizer = load_tokenizer(model)
-    pad = pad_token.resolve(tokenizer, model_config_json(model))
+    # The model config's pad and EOS ids, as the fingerprint read them (no second read).
+    model_pad, model_eos = parts["settings"]["model_pad"]
+    pad = pad_token.resolve(tokenizer, {"pad_token_id": model_pad, "eos_token_id": model_eos})
     encoder = encoding.Encoder(tokenizer, data, parts["settings"]["max_length"])
     if multi:  # a 0/1 row over the labels
         label_feature = hfds.List(hfds.Value("float32"), length=len(names))
