@@ -42,7 +42,7 @@ class ModelFacts:
     decoder: bool
     pad_id: int
     pad_source: str
-    position_limit: int | None
+    length_limit: int  # the default max_length: tokenizer's and model's limits, at most 512
 
     @property
     def wants_peft(self) -> bool:
@@ -85,15 +85,16 @@ def _parameter_count(source: str, config: dict) -> int | None:
 
 def model_facts(model: str, tokenizer) -> ModelFacts:
     from ftcli.config import ModelConfig
-    from ftcli.data import locate, model_config_json, position_limit, resolve_pad_token
+    from ftcli.data import default_max_length, locate, model_config_json, resolve_pad_token, tokenizer_folder
 
-    config = model_config_json(ModelConfig(name_or_path=model))
+    spec = ModelConfig(name_or_path=model)
+    config = model_config_json(spec)
     architectures = config.get("architectures") or []
     decoder = config.get("model_type") in DECODER_FAMILIES or any(
         a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures)
     pad = resolve_pad_token(tokenizer, config)
     return ModelFacts(_parameter_count(locate(model, "--model"), config), decoder, pad.id, pad.source,
-                      position_limit(config))
+                      default_max_length(tokenizer_folder(spec), config))
 
 
 @dataclass
@@ -205,10 +206,10 @@ def _no_label(value: Any) -> bool:
 
 def draft(rows: dict[str, list], tokenizer, *, label_column: str | None = None,
           text_columns: list[str] | None = None, multi_label: bool | None = None,
-          position_limit: int | None = None) -> Draft:
+          limit: int = 512) -> Draft:
     """The choices for a table of rows (column name -> values). `label_column`, `text_columns`
     and `multi_label` (`ftcli init --label-column/--text-column/--multi-label`) override what
-    would be guessed. `position_limit`: the model's (max_length never exceeds it)."""
+    would be guessed. `limit`: the longest max_length the model takes (ftcli.data.default_max_length)."""
     columns = profile(rows)
     by_name = {c.name: c for c in columns}
     label, others = choose(columns, label_column)
@@ -255,7 +256,6 @@ def draft(rows: dict[str, list], tokenizer, *, label_column: str | None = None,
                            + "; set label_column (or init --label-column) to use one of them")
     lengths = _token_lengths(tokenizer, [rows[c.name] for c in chosen])
     covered = _percentile(lengths, 0.99)
-    limit = min(int(min(getattr(tokenizer, "model_max_length", 512) or 512, 1e9)), position_limit or 512, 512)
     max_length = min(limit, max(16, -(-covered // 8) * 8))
     over = sum(n > max_length for n in lengths)
     length_notes = [f"covers {1 - over / max(1, len(lengths)):.1%} of {len(lengths):,} sampled rows in tokens "
@@ -406,7 +406,7 @@ def init(data_file: str | Path, *, validation_file: str | Path | None = None, mo
     tokenizer = load_tokenizer(ModelConfig(name_or_path=model))
     facts = model_facts(model, tokenizer)
     d = draft(table, tokenizer, label_column=label_column, text_columns=text_columns, multi_label=multi_label,
-              position_limit=facts.position_limit)
+              limit=facts.length_limit)
     # runs/<the data's name>: a file called train.jsonl names its folder instead.
     stem = data_file.stem if data_file.stem.lower() not in ("train", "data", "dataset", "all", "full") \
         else (data_file.resolve().parent.name or data_file.stem)
