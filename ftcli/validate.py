@@ -21,8 +21,8 @@ def validate(cfg: Config, require: list[Requirement] = ()) -> dict[str, Any]:
     """Run the checks; return what a run would see (splits, labels, metrics). FtcliError at the
     first kind of problem found, naming every bad row of it as `prepare` does."""
     from ftcli import evaluation, gate
-    from ftcli.data import (check_columns, check_splits, hold_out, is_multi_label, label_ids, label_names, load_raw,
-                            tokenizer_fingerprint, tokenizer_folder)
+    from ftcli.data import (check_columns, check_splits, check_windows, hold_out, is_multi_label, label_ids,
+                            label_names, load_raw, tokenizer_fingerprint, tokenizer_folder)
     from ftcli.quiet import quiet
 
     data, model = cfg.data, cfg.model
@@ -32,6 +32,7 @@ def validate(cfg: Config, require: list[Requirement] = ()) -> dict[str, Any]:
         require_peft()
     check_splits(data, data.train_split, *([data.validation_name] if data.holdout is not None else []))
     tokenizer_fingerprint(tokenizer_folder(model))  # the tokenizer's files are there
+    check_windows(cfg)  # a fast tokenizer, and a stride that fits
     with tempfile.TemporaryDirectory(prefix="ftcli-validate-") as tmp:
         with quiet("datasets"):
             raw = load_raw(data, Path(tmp))

@@ -9,7 +9,7 @@ package stays cheap (no torch, datasets or transformers until a function runs).
 
 from ftcli.data.batching import SortedSampler, collator, eval_dataloader, train_dataloader, with_row_ids
 from ftcli.data.build import class_counts, hold_out, no_label_rows, split_texts
-from ftcli.data.cache import Prepared, default_max_length, prepare, tokenizer_fingerprint
+from ftcli.data.cache import Prepared, check_windows, default_max_length, prepare, tokenizer_fingerprint
 from ftcli.data.labels import is_multi_label, label_ids, label_names
 from ftcli.data.manifest import Manifest, SplitStats
 from ftcli.data.pad_token import PadToken, give_tokenizer, resolve as resolve_pad_token
@@ -19,7 +19,8 @@ from ftcli.data.sources import (
 )
 
 __all__ = [
-    "Manifest", "PadToken", "Prepared", "SortedSampler", "SplitStats", "check_columns", "check_splits", "class_counts", "collator",
+    "Manifest", "PadToken", "Prepared", "SortedSampler", "SplitStats", "check_columns", "check_splits",
+    "check_windows", "class_counts", "collator",
     "default_max_length", "eval_dataloader", "give_tokenizer", "hold_out", "is_multi_label", "label_ids",
     "label_names", "load_raw", "load_tokenizer", "locate",
     "model_config_json", "no_label_rows", "position_limit", "prepare", "resolve_package_path", "resolve_pad_token",

@@ -131,6 +131,10 @@ class Collator:
         batch["labels"] = torch.tensor(labels, dtype=torch.float32 if self.regression else torch.long)
         if self.with_row_ids:
             batch["row_ids"] = torch.tensor([r["row_id"] for r in rows], dtype=torch.long)
+        if "document" in rows[0]:  # windows: which document each row is a window of
+            batch["documents"] = torch.tensor([r["document"] for r in rows], dtype=torch.long)
+        if "weight" in rows[0]:  # train.window_weight: document
+            batch["weights"] = torch.tensor([r["weight"] for r in rows], dtype=torch.float32)
         return batch
 
 
@@ -180,14 +184,30 @@ def train_dataloader(data: DataConfig, train: TrainConfig, accelerator, ds, prep
     from torch.utils.data import DataLoader
 
     micro_batch = train.batch_size * accelerator.num_processes
+    columns = prepared.manifest.model_input_names + ["labels", "length"]
+    if prepared.windowed and train.window_weight == "document":
+        ds = ds.add_column("weight", document_weights(ds["document"]))
+        columns.append("weight")
     return DataLoader(
-        ds.select_columns(prepared.manifest.model_input_names + ["labels", "length"]),
+        ds.select_columns(columns),
         batch_size=micro_batch,
         sampler=LengthGroupedSampler(ds["length"], micro_batch, train.seed, group=train.group_by_length),
         collate_fn=collator(data, accelerator, prepared),
         generator=torch.Generator(),  # see eval_dataloader: keep the global RNG for dropout only
         **loader_options(train.dataloader_workers, accelerator),
     )
+
+
+def document_weights(documents):
+    """`train.window_weight: document`: each window's loss weight, 1/windows of its document,
+    scaled so that the mean over the split is 1 (a batch's loss keeps the scale of unweighted
+    training, and so does the learning rate that suits it)."""
+    import numpy as np
+
+    documents = np.asarray(documents)
+    windows = np.bincount(documents)
+    present = int((windows > 0).sum())
+    return ((len(documents) / present) / windows[documents]).astype(np.float32)
 
 
 def eval_dataloader(data: DataConfig, accelerator, ds, prepared: Prepared, *, batch_size: int,

@@ -69,7 +69,7 @@ def build(cfg: Config, parts: dict[str, Any], key: str, tmp: Path, raw, labels_o
         label_feature = hfds.List(hfds.Value("float32"), length=len(names))
     else:
         label_feature = hfds.Value("float32" if model.is_regression else "int64")
-    schema = encoding.features(encoder.keep, label_feature).arrow_schema
+    schema = encoding.features(encoder.keep, label_feature, windows=encoder.windows).arrow_schema
     (tmp / "dataset").mkdir()
     splits = {}
     for split, (origin, positions) in plan.items():
@@ -87,6 +87,8 @@ def build(cfg: Config, parts: dict[str, Any], key: str, tmp: Path, raw, labels_o
             rows=done.rows, labeled=labelled, tokens=done.tokens, max_tokens=done.max_tokens, truncated=done.truncated,
             source=sources[split], classes=class_counts(split_ids, names) if labelled and names else None,
             no_label=no_label_rows(split_ids) if labelled and multi else None,
+            documents=done.documents if encoder.windows else None,
+            most_windows=done.most_windows if encoder.windows else None,
         )
     del raw
     shutil.rmtree(tmp / "raw", ignore_errors=True)
@@ -97,6 +99,8 @@ def build(cfg: Config, parts: dict[str, Any], key: str, tmp: Path, raw, labels_o
         problem_type="regression" if model.is_regression else "multi_label" if multi else "single_label",
         pad_token_id=pad.id, pad_token_source=pad.source,
         max_length=encoder.max_length, model_input_names=encoder.keep, splits=splits, holdout=holdout,
+        long_texts=data.long_texts, stride=encoder.stride if encoder.windows else None,
+        max_windows=data.max_windows if encoder.windows else None,
         checksums=checksums(tmp, "dataset"), created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         ftcli=version("ftcli") if _installed("ftcli") else "dev",
     )

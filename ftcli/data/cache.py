@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ftcli.data.build import build
+from ftcli.data.encoding import window_stride
 from ftcli.data.manifest import Manifest, SplitStats
 from ftcli.data.reading import load_raw
 from ftcli.config import Config, DataConfig
@@ -33,11 +34,12 @@ if TYPE_CHECKING:  # pragma: no cover
     import datasets
 
 
-CACHE_FORMAT = 4
+CACHE_FORMAT = 5
 """Bump when the layout or contents of a prepared dataset change: every old cache then misses.
 2: a `truncated` flag per row; class counts and the held-out split in the manifest.
 3: one Arrow stream file per split (`dataset/<split>.arrow`) instead of `save_to_disk` shards.
-4: the pad token is resolved (tokenizer, model config, EOS) and the manifest says which."""
+4: the pad token is resolved (tokenizer, model config, EOS) and the manifest says which.
+5: `data.long_texts: windows` writes a row per window with its `document`."""
 
 
 def tokenizer_fingerprint(folder: Path) -> dict[str, str]:
@@ -121,6 +123,7 @@ def fingerprint(cfg: Config, memo: _HashMemo | None = None) -> dict[str, Any]:
     d = cfg.data
     folder = tokenizer_folder(cfg.model)
     model_config = model_config_json(cfg.model)
+    max_length = d.max_length or default_max_length(folder, model_config)
     return {
         "format": CACHE_FORMAT,
         "data": _data_fingerprint(d, memo),
@@ -129,8 +132,10 @@ def fingerprint(cfg: Config, memo: _HashMemo | None = None) -> dict[str, Any]:
             "text_columns": d.text_columns,
             "label_column": d.label_column,
             # Resolved, so that a run's saved config (which spells the value out) keys the same cache.
-            "max_length": d.max_length or default_max_length(folder, model_config),
+            "max_length": max_length,
             "truncation": d.truncation,
+            # windows: the overlap (resolved, as max_length) and the cap; None when texts are cut
+            "windows": [window_stride(d, max_length), d.max_windows] if d.long_texts == "windows" else None,
             # Which rows are validated on when they are held out of the training split.
             "validation_split": [d.holdout, d.split_seed] if d.holdout is not None else None,
             "labels": cfg.model.labels,
@@ -143,6 +148,20 @@ def fingerprint(cfg: Config, memo: _HashMemo | None = None) -> dict[str, Any]:
             "model_pad": [model_config.get("pad_token_id"), model_config.get("eos_token_id")],
         },
     }
+
+
+def check_windows(cfg: Config) -> None:
+    """`data.long_texts: windows` can be made with this tokenizer and stride (a fast tokenizer; a
+    stride that leaves each window new tokens): what `prepare` would refuse, without tokenizing.
+    Pairs whose first text leaves no room are found by `prepare`, row by row."""
+    from ftcli.data.encoding import Encoder
+    from ftcli.data.sources import load_tokenizer
+
+    if cfg.data.long_texts != "windows":
+        return
+    folder = tokenizer_folder(cfg.model)
+    Encoder(load_tokenizer(cfg.model), cfg.data,
+            cfg.data.max_length or default_max_length(folder, model_config_json(cfg.model)))
 
 
 DEFAULT_MAX_LENGTH = 512
@@ -213,24 +232,54 @@ class Prepared:
             )
         return splits[split]
 
+    @property
+    def windowed(self) -> bool:
+        """Rows are windows of documents (`data.long_texts: windows`), each with its `document`."""
+        return self.manifest.windowed
+
     def describe(self, split: str) -> str:
-        """One line on a split: rows, tokens, rows cut at max_length, classes."""
+        """One line on a split: rows (with windows: documents and their windows), tokens, rows cut at
+        max_length (or documents cut by max_windows), classes."""
         i = self.split_info(split)
-        line = f"{split}: {i.rows:,} rows, {i.tokens:,} tokens (longest {i.max_tokens})"
-        if i.truncated:
-            line += f", {i.truncated:,} cut at max_length {self.max_length} ({i.truncated / i.rows:.1%})"
+        docs = i.docs
+        if self.windowed:
+            line = (f"{split}: {docs:,} documents in {i.rows:,} windows (mean {i.mean_windows or 0:.2f}, "
+                    f"most {i.most_windows}), {i.tokens:,} tokens")
+            if i.truncated:
+                line += (f", {i.truncated:,} documents cut at max_windows {self.manifest.max_windows} "
+                         f"({i.truncated / docs:.1%})")
+        else:
+            line = f"{split}: {i.rows:,} rows, {i.tokens:,} tokens (longest {i.max_tokens})"
+            if i.truncated:
+                line += f", {i.truncated:,} cut at max_length {self.max_length} ({i.truncated / i.rows:.1%})"
         if not i.labeled:
             return line + ", unlabelled"
+        rows = "documents" if self.windowed else "rows"
         if i.classes:
-            line += "; classes: " + ", ".join(f"{name} {n:,} ({n / i.rows:.0%})" for name, n in i.classes.items())
+            line += "; classes: " + ", ".join(f"{name} {n:,} ({n / docs:.0%})" for name, n in i.classes.items())
         if i.no_label is not None:  # multi-label
-            line += f"; {i.no_label:,} rows ({i.no_label / i.rows:.0%}) with no label"
+            line += f"; {i.no_label:,} {rows} ({i.no_label / docs:.0%}) with no label"
         return line
 
     def summary(self, validation: str) -> dict[str, Any]:
         """What `ftcli prepare --json` prints: hit or built (and why), where, the labels, and each
-        split's rows, tokens, cut rows, classes and rows with no label."""
+        split's rows, tokens, cut rows, classes and rows with no label; with windows, each split's
+        documents, mean and most windows per document, and `truncated` counts the documents
+        `max_windows` cut."""
         splits = self.manifest.splits
+        windows = None
+        if self.windowed:
+            windows = {"stride": self.manifest.stride, "max_windows": self.manifest.max_windows,
+                       "max_length": self.max_length}
+
+        def split_summary(i: SplitStats) -> dict[str, Any]:
+            out = {k: getattr(i, k) for k in ("rows", "labeled", "tokens", "max_tokens", "truncated", "classes",
+                                              "no_label")}
+            if self.windowed:
+                out.update(documents=i.docs, windows=i.rows, mean_windows=round(i.mean_windows or 0, 4),
+                           most_windows=i.most_windows)
+            return out
+
         return {
             "cache": "hit" if self.hit else "built",  # as train's summary says it
             "why": self.why_missed,
@@ -238,8 +287,9 @@ class Prepared:
             "key": self.manifest.key,
             "labels": self.label_names,
             "seconds": round(self.seconds, 3),
-            "splits": {s: {k: getattr(i, k) for k in ("rows", "labeled", "tokens", "max_tokens", "truncated", "classes",
-                                                      "no_label")} for s, i in splits.items()},
+            "long_texts": self.manifest.long_texts,
+            **({"windows": windows} if windows else {}),
+            "splits": {s: split_summary(i) for s, i in splits.items()},
             "holdout": self.manifest.holdout,
             "absent_from_validation": self.absent_classes(validation),
         }

@@ -17,14 +17,25 @@ from typing import Any
 class SplitStats:
     """One prepared split: its rows and tokens, and (labelled splits) its classes."""
 
-    rows: int
+    rows: int  # rows of the prepared split: with windows, windows
     labeled: bool
     tokens: int
     max_tokens: int  # the longest row, after truncation
-    truncated: int  # rows cut at max_length
+    truncated: int  # documents not read whole: cut at max_length, or (windows) by data.max_windows
     source: str  # where its rows come from, in words (a file; "N rows held out, seed S")
-    classes: dict[str, int] | None = None  # rows per label (classification)
-    no_label: int | None = None  # multi-label rows whose label set is empty (data.allow_empty_labels)
+    classes: dict[str, int] | None = None  # documents per label (classification)
+    no_label: int | None = None  # multi-label documents whose label set is empty (data.allow_empty_labels)
+    documents: int | None = None  # input rows; None without windows (then each row is one)
+    most_windows: int | None = None  # windows: the most windows a document gave (after max_windows)
+
+    @property
+    def docs(self) -> int:
+        """Input rows (documents), with or without windows."""
+        return self.rows if self.documents is None else self.documents
+
+    @property
+    def mean_windows(self) -> float | None:
+        return self.rows / self.documents if self.documents else None
 
 
 @dataclass(frozen=True)
@@ -40,6 +51,9 @@ class Manifest:
     checksums: dict[str, Any]  # size and sha256 of every dataset file
     holdout: dict[str, Any] | None = None  # data.validation_split as a fraction or count: what was held out
     pad_token_source: str = ""  # where pad_token_id comes from, in words
+    long_texts: str = "truncate"  # data.long_texts: truncate, or windows (a row per window)
+    stride: int | None = None  # windows: the overlap, resolved
+    max_windows: int | None = None  # windows: the cap per document (None: none)
     created: str = ""
     ftcli: str = ""  # the version that built it
     extra: dict[str, Any] = field(default_factory=dict, repr=False)  # keys a newer ftcli wrote, kept
@@ -56,6 +70,11 @@ class Manifest:
     @classmethod
     def read(cls, path: Path) -> Manifest:
         return cls.from_json(json.loads(Path(path).read_text()))
+
+    @property
+    def windowed(self) -> bool:
+        """Whether rows are windows of documents (each carries its `document`)."""
+        return self.long_texts == "windows"
 
     def to_json(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)

@@ -37,6 +37,24 @@ RAW_BATCH_ROWS = 10_000
 touches each batch's header, and the kernel maps 64 KB around each touch: with 1,000-row batches
 that made a million rows' file count ~60 MB in resident memory before a row was read."""
 
+RAW_BATCH_BYTES = 16 << 20
+"""...and at most about this much text per batch: tokenizing reads a whole batch at a time (see
+`raw_batches`), and 10,000 documents of 10 KB would be 100 MB of it."""
+
+
+def _batch_rows(file: Path) -> int:
+    """Rows per raw record batch for `file`: RAW_BATCH_ROWS, fewer when its first MiB says its rows
+    are long (an estimate from the line count: a quoted CSV cell may hold several lines)."""
+    try:
+        with open(file, "rb") as f:
+            head = f.read(1 << 20)
+    except OSError:
+        return RAW_BATCH_ROWS
+    if Path(file).suffix.lower() == ".parquet" or not head:
+        return RAW_BATCH_ROWS
+    per_row = len(head) / max(1, head.count(b"\n"))
+    return int(max(100, min(RAW_BATCH_ROWS, RAW_BATCH_BYTES // per_row)))
+
 
 def load_raw(data: DataConfig, cache_dir: Path | None = None) -> dict[str, datasets.Dataset]:
     """The raw splits, as Arrow-backed datasets."""
@@ -62,7 +80,7 @@ def load_raw(data: DataConfig, cache_dir: Path | None = None) -> dict[str, datas
 
                 ds = load_dataset(
                     DATA_FORMATS[suffix], data_files=str(file), split="train",
-                    cache_dir=str(cache_dir) if cache_dir else None, writer_batch_size=RAW_BATCH_ROWS, **kwargs,
+                    cache_dir=str(cache_dir) if cache_dir else None, writer_batch_size=_batch_rows(Path(file)), **kwargs,
                 )
         except Exception as exc:  # noqa: BLE001 - parse errors of any kind
             if is_disk_full(exc):
@@ -76,6 +94,41 @@ def load_raw(data: DataConfig, cache_dir: Path | None = None) -> dict[str, datas
             raise FtcliError(f"{file}: cannot read it as {suffix[1:]} ({detail[:200]}); fix the file") from None
         out[split] = _plain_json_column(ds, data.label_column)
     return out
+
+
+def raw_batches(ds: datasets.Dataset) -> Iterator[pa.RecordBatch]:
+    """The split's rows in order as Arrow record batches. From its Arrow files with plain reads
+    when it is the files as loaded (each batch is freed after use): pages of a memory-mapped table
+    that a scan touched stay resident, the whole file's worth for long documents. Else (in memory,
+    or a selection of rows) from its table."""
+    import pyarrow as pa
+
+    files = [f["filename"] for f in ds.cache_files]
+    # A loaded split's table is its files (datasets writes shards of 500 MB, in order), with the
+    # features put into the schema's metadata.
+    changed = [op for op, *_ in getattr(ds.data, "replays", None) or () if op != "replace_schema_metadata"]
+    as_loaded = (files and getattr(ds, "_indices", None) is None and not changed
+                 and ds.data.num_rows == ds.num_rows == _rows_in(files))
+    if as_loaded:
+        for file in files:
+            with pa.OSFile(file) as f:
+                yield from pa.ipc.open_stream(f)
+    else:  # in memory, or a selection of rows
+        for table in ds.with_format("arrow").iter(batch_size=RAW_BATCH_ROWS):
+            yield from table.to_batches()
+
+
+def _rows_in(files: list[str]) -> int:
+    """Rows of Arrow stream files, from their batches' headers (no data read)."""
+    import pyarrow as pa
+
+    rows = 0
+    for file in files:
+        with pa.memory_map(file) as f:
+            reader = pa.ipc.open_stream(f)
+            for batch in reader:
+                rows += batch.num_rows
+    return rows
 
 
 MISSING_WORDS = ["", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
@@ -173,11 +226,46 @@ def check_columns(data: DataConfig, raw: dict[str, datasets.Dataset], labels_opt
                 problems.append(
                     f"{where}: column {col!r} not found (columns: {', '.join(ds.column_names)}); fix {setting}"
                 )
-        for col in data.text_columns:
-            if col in ds.column_names:
-                problems += _text_problems(ds.data.column(col), col, where)
+        present = [col for col in data.text_columns if col in ds.column_names]
+        if present:
+            problems += _text_columns_problems(ds, present, where)
     if problems:
         raise FtcliError("\n".join(problems))
+
+
+def _text_columns_problems(ds: datasets.Dataset, columns: list[str], where: str) -> list[str]:
+    """`_text_problems` of each text column. A string column is checked batch by batch with plain
+    reads (`raw_batches`): a scan of the memory-mapped table would leave every page of the texts
+    resident, the whole file's worth for long documents."""
+    import pyarrow as pa
+
+    problems, streamed = [], []
+    for col in columns:
+        kind = ds.data.column(col).type  # the schema's: no data read
+        if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+            streamed.append(col)
+        else:
+            problems += _text_problems(ds.data.column(col), col, where)
+    if streamed:
+        flags = {col: [] for col in streamed}
+        for batch in raw_batches(ds):
+            for col in streamed:
+                flags[col].append(_empty_texts(batch.column(batch.schema.get_field_index(col))))
+        for col in streamed:
+            problems += _empty_rows(pa.chunked_array(flags[col], type=pa.bool_()).combine_chunks(), col, where)
+    return problems
+
+
+def _empty_texts(column):
+    """Whether each text is empty: missing, or only white space (booleans only: no trimmed copy of
+    the texts)."""
+    import pyarrow.compute as pc
+
+    return pc.fill_null(pc.or_(pc.equal(pc.utf8_length(column), 0), pc.utf8_is_space(column)), True)
+
+
+def _empty_rows(empty, name: str, where: str) -> list[str]:
+    return labels.row_lines(empty, lambda row: f"{where}: row {row + 1}: column {name!r} is empty; fill in or drop the row")
 
 
 def _text_problems(column, name: str, where: str) -> list[str]:
@@ -203,8 +291,4 @@ def _text_problems(column, name: str, where: str) -> list[str]:
         shown = "numbers" if pa.types.is_integer(kind) or pa.types.is_floating(kind) else f"values of type {kind}"
         return [f"{where}: column {name!r} holds {shown}, not texts; fix data.text_columns, or write the texts as "
                 "strings (in quotes)"]
-    column = column.combine_chunks()
-    # booleans only (no trimmed copy of the texts: a million rows' worth of memory)
-    empty = pc.fill_null(pc.or_(pc.equal(pc.utf8_length(column), 0), pc.utf8_is_space(column)), True)
-    return labels.row_lines(empty, lambda row: (
-        f"{where}: row {row + 1}: column {name!r} is empty; fill in or drop the row"))
+    return _empty_rows(_empty_texts(column.combine_chunks()), name, where)

@@ -108,6 +108,17 @@ CASES = [
     ("require-inf", {"trained": True}, ["eval", "--require", "f1<=inf"], "the bound must be a finite number, not inf"),
     ("report-dir-under-a-file", {"trained": True, "a_file": "notes.txt"}, ["eval", "--report-dir", "notes.txt/eval"],
      "--report-dir 'notes.txt/eval': 'notes.txt' is a file, not a folder"),
+    ("windows-stride-max-length", {"set": {"data.long_texts": "windows", "data.stride": 48}}, ["train"],
+     "data.stride: 48 tokens of overlap do not fit in windows of max_length 48"),
+    ("windows-stride-no-new-tokens", {"set": {"data.long_texts": "windows", "data.stride": 45}}, ["prepare"],
+     "data.stride: 45 tokens of overlap leave no new tokens in a window of max_length 48 (45 after 3 special tokens)"),
+    ("windows-stride-no-new-tokens-validate", {"set": {"data.long_texts": "windows", "data.stride": 45}}, ["validate"],
+     "data.stride: 45 tokens of overlap leave no new tokens in a window of max_length 48"),
+    ("windows-max-windows-0", {"set": {"data.long_texts": "windows", "data.max_windows": 0}}, ["prepare"],
+     "data.max_windows: read at least 1 window of a document, not 0"),
+    ("windows-first-text-too-long", {"set": {"data.long_texts": "windows"},
+                                     "rows": {5: {"sentence1": " ".join(["cat"] * 60)}}}, ["train"],
+     "row 6: its sentence1 alone is 60 tokens, and long_texts: windows keeps the first text whole"),
 ]
 
 

@@ -53,7 +53,7 @@ def test_every_ascii_character_gives_the_tokenizers_ids(tokenizer):
     assert shortcut.encode([a]) == plain.encode([a])
     # told apart: the 94 printable characters (A-Z fall onto a-z when uncased), one group of
     # dropped controls and one of characters that become a space
-    assert len(set(map(tuple, shortcut.encode([a])[0]))) == (68 if tokenizer.do_lower_case else 94) + 2
+    assert len(set(map(tuple, shortcut.encode([a]).ids))) == (68 if tokenizer.do_lower_case else 94) + 2
 
 
 @pytest.mark.parametrize("truncation", ["longest_first", "only_first", "only_second"])
@@ -71,9 +71,9 @@ def test_random_ascii_pairs_and_other_rows_mixed_in_keep_their_ids_cuts_and_orde
     texts = [pa.array(a), pa.array(b)]
     takes, _ = shortcut.ascii.split(texts)
     assert takes.tolist() == [i not in others for i in range(400)]  # exactly those go to the tokenizer
-    ids, types, cut = shortcut.encode(texts)
-    assert (ids, types, cut) == plain.encode(texts)
-    assert any(cut) and not all(cut)
+    done = shortcut.encode(texts)
+    assert done == plain.encode(texts)
+    assert any(done.cut) and not all(done.cut)
 
 
 def test_rows_holding_an_added_tokens_text_are_left_to_the_tokenizer(tokenizer):
