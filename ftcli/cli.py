@@ -380,7 +380,10 @@ def predict(
             _print_json(result)
         else:
             counts = ", ".join(f"{k} {v}" for k, v in result["labels"].items())
-            typer.echo(f"{result['rows']:,} predictions -> {result['output']} ({counts})")
+            read = f", read in {result['windows']:,} windows" if "windows" in result else ""
+            cut = (f"; {result['truncated']:,} rows not read whole ("
+                   + ("max_windows" if "windows" in result else "cut at max_length") + ")") if result["truncated"] else ""
+            typer.echo(f"{result['rows']:,} predictions -> {result['output']} ({counts}{read}){cut}")
 
     _run(go, as_json=as_json)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ftcli.errors import FtcliError
 
-NOT_PLOTTED = {"type", "time", "step", "epoch", "split", "samples", "seconds", "loss"}
+NOT_PLOTTED = {"type", "time", "step", "epoch", "split", "samples", "windows", "seconds", "loss"}
 
 
 def read_log(run_dir: Path) -> tuple[list[dict], list[dict]]:

@@ -1,5 +1,5 @@
 """Evaluation: metrics and their formulas (`metrics`, with the `evaluate` module `glue_metric`),
-the evaluation loop (`loop`), reports and error rows (`reports`), multi-label thresholds
+pooling a long document's windows (`windows`), the evaluation loop (`loop`), reports and error rows (`reports`), multi-label thresholds
 (`thresholds`), `ftcli eval` (`split_eval`) and `ftcli predict` (`predict`). Other packages use
 only the names exported here; importing this package loads NumPy, not torch."""
 

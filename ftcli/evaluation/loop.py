@@ -16,55 +16,52 @@ if TYPE_CHECKING:  # pragma: no cover
 
 @dataclass
 class EvalResult:
-    """What `run_eval` measured, in dataset order (the dataloader's)."""
+    """What `run_eval` measured: one row per dataset row in the dataloader's order, or with
+    windows one row per document in document order."""
 
-    rows: int
+    rows: int  # rows evaluated: documents, with windows
     metrics: dict[str, float] = field(default_factory=dict)  # `loss` and the metric's values; empty unlabelled
     predictions: np.ndarray | None = None  # predicted label ids (multi-label: rows x labels of 0/1)
     references: np.ndarray | None = None  # true label ids (multi-label: rows x labels)
     scores: np.ndarray | None = None  # each label's probability (softmax; multi-label: sigmoid)
-    logits: torch.Tensor | None = None  # keep_outputs: the raw outputs, for predict
-    row_ids: torch.Tensor | None = None  # keep_outputs: each output's row in the dataset
+    logits: torch.Tensor | None = None  # keep_outputs: the raw outputs (pooled per document; None for
+    # multi-label windows, which are pooled as probabilities: see `scores`)
+    row_ids: torch.Tensor | None = None  # keep_outputs: each output's row in the dataset (windows: its document)
+    windows: np.ndarray | None = None  # windows: how many windows each document's row pools
 
     def values(self) -> dict[str, Any]:
-        """The metrics with the number of rows, as logged and reported (`samples`: rows)."""
-        return {"samples": self.rows, **self.metrics}
+        """The metrics with the number of rows, as logged and reported (`samples`: rows, or
+        documents; `windows`: the windows they were read in)."""
+        read = {"windows": int(self.windows.sum())} if self.windows is not None else {}
+        return {"samples": self.rows, **read, **self.metrics}
 
 
 def run_eval(accelerator, model, dataloader, metric, *, regression: bool, progress=None,
              keep_outputs: bool = False, keep_predictions: bool = False, multi_label: bool = False,
-             threshold: float = 0.5) -> EvalResult:
+             threshold: float = 0.5, pooling: str = "mean") -> EvalResult:
     """Evaluate `model` on a prepared dataloader: the metrics and mean loss (labelled rows and a
     `metric`), with `keep_outputs` the gathered logits and row ids (for predict), with
     `keep_predictions` the predicted and true labels and the probabilities. Multi-label rows
-    predict every label whose probability is at least `threshold`."""
+    predict every label whose probability is at least `threshold`. Batches that carry `documents`
+    (windows of long texts) are pooled per document (`pooling`: mean or max, see
+    ftcli.evaluation.windows) after every window is gathered: metrics, loss and outputs are then
+    per document."""
     import numpy as np
     import torch
     import torch.nn.functional as F
+
+    from ftcli.evaluation.windows import pool
 
     model.eval()
     kept: dict[str, list] = {}
     with torch.no_grad():
         for batch in dataloader:
-            labels = batch.pop("labels")
-            row_ids = batch.pop("row_ids", None)
+            step = {"references": batch.pop("labels")}
+            for name in ("row_ids", "documents"):
+                if name in batch:
+                    step[name] = batch.pop(name)
             with accelerator.autocast():
-                logits = model(**batch).logits
-            logits = logits.float()
-            if regression:
-                pred = logits.squeeze(-1)
-                loss = F.mse_loss(pred, labels.float(), reduction="none")
-            elif multi_label:
-                pred = (torch.sigmoid(logits) >= threshold).long()
-                loss = F.binary_cross_entropy_with_logits(logits, labels.clamp(min=0), reduction="none").mean(-1)
-            else:
-                pred = logits.argmax(-1)
-                loss = F.cross_entropy(logits, labels.clamp(min=0), reduction="none")
-            step = {"predictions": pred, "references": labels, "loss": loss}
-            if keep_outputs:
-                step.update(logits=logits, row_ids=row_ids)
-            if keep_predictions and not regression:
-                step["scores"] = torch.sigmoid(logits) if multi_label else torch.softmax(logits, -1)
+                step["logits"] = model(**batch).logits.float()
             for name, value in accelerator.gather_for_metrics(step).items():
                 kept.setdefault(name, []).append(value.cpu())
             if progress is not None:
@@ -74,20 +71,45 @@ def run_eval(accelerator, model, dataloader, metric, *, regression: bool, progre
     def joined(name: str, empty):
         return torch.cat(kept[name]) if kept.get(name) else empty
 
-    p = joined("predictions", torch.zeros(0)).numpy()
-    r = joined("references", torch.zeros(0)).numpy()
-    result = EvalResult(rows=int(len(p)))
+    logits, r = joined("logits", torch.zeros(0, 1)), joined("references", torch.zeros(0))
+    row_ids = joined("row_ids", torch.zeros(0, dtype=torch.long)) if "row_ids" in kept else None
+    pooled = None
+    if "documents" in kept:
+        # multi-label windows pool probabilities: a mean of logits would not be a mean of beliefs
+        pooled = pool(torch.sigmoid(logits) if multi_label else logits, joined("documents", None), pooling)
+        r, row_ids = r[pooled.first], torch.from_numpy(pooled.documents)
+    probabilities = None
+    if regression:
+        values = pooled.values if pooled is not None else logits
+        pred = values.squeeze(-1)
+        loss = F.mse_loss(pred, r.float(), reduction="none")
+    elif multi_label:
+        targets = r.float().clamp(min=0)
+        if pooled is not None:
+            probabilities = pooled.values
+            loss = F.binary_cross_entropy(probabilities.double(), targets.double(), reduction="none").mean(-1)
+        else:
+            probabilities = torch.sigmoid(logits)
+            loss = F.binary_cross_entropy_with_logits(logits, targets, reduction="none").mean(-1)
+        pred = (probabilities >= threshold).long()
+    else:
+        values = pooled.values if pooled is not None else logits
+        pred = values.argmax(-1)
+        loss = F.cross_entropy(values, r.long().clamp(min=0), reduction="none")
+        probabilities = torch.softmax(values, -1)
+    p, refs = pred.numpy(), r.numpy()
+    result = EvalResult(rows=int(len(p)), windows=pooled.windows if pooled is not None else None)
     # Unlabelled splits (GLUE test sets) carry -1 (classification) or NaN (regression).
-    labelled = bool(len(r)) and bool((~np.isnan(r)).all() if regression else (r >= 0).all())
+    labelled = bool(len(refs)) and bool((~np.isnan(refs)).all() if regression else (refs >= 0).all())
     if labelled and len(p) and metric is not None:
-        result.metrics["loss"] = float(joined("loss", torch.zeros(0)).double().mean())
-        refs_for_metric = r.astype(np.int64) if multi_label else r
+        result.metrics["loss"] = float(loss.double().mean())
+        refs_for_metric = refs.astype(np.int64) if multi_label else refs
         result.metrics.update({k: float(v) for k, v in metric.compute(predictions=p, references=refs_for_metric).items()})
     if keep_outputs:
-        result.logits = joined("logits", torch.zeros(0))
-        result.row_ids = joined("row_ids", torch.zeros(0, dtype=torch.long))
-    if keep_predictions:
-        result.predictions, result.references = p, r
-        if not regression:
-            result.scores = joined("scores", torch.zeros(0, 0)).numpy()
+        result.logits = None if pooled is not None and multi_label else (pooled.values if pooled is not None else logits)
+        result.row_ids = row_ids if row_ids is not None else torch.zeros(0, dtype=torch.long)
+    if keep_predictions or keep_outputs:
+        result.predictions, result.references = p, refs
+        if probabilities is not None:
+            result.scores = probabilities.numpy()
     return result

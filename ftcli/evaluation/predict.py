@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ftcli.config import Config
 from ftcli.console import Reporter
@@ -14,6 +15,9 @@ from ftcli.evaluation.loop import run_eval
 from ftcli.evaluation.split_eval import find_model_dir
 from ftcli.evaluation.thresholds import threshold_for
 from ftcli.files import atomic_path, check_output
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
 
 
 def trained_labels(folder: Path) -> list[str]:
@@ -85,54 +89,80 @@ def predict(config: Config | str | Path, input_file: str | Path, output_file: st
         start = time.perf_counter()
         with reporter.progress(len(dl), "predict", every=1, unit="batches", min_interval=10) as bar:
             result = run_eval(accelerator, model, dl, None, regression=prepared.is_regression, progress=bar,
-                              keep_outputs=True)
+                              keep_outputs=True, multi_label=multi, threshold=threshold or 0.5,
+                              pooling=pcfg.eval.window_pooling)
         seconds = time.perf_counter() - start
         order = torch.argsort(result.row_ids)
-        logits = result.logits[order]
         rows = result.row_ids[order].tolist()
-        if rows != list(range(len(ds))):
-            raise RuntimeError(f"gathered {len(rows)} predictions for {len(ds)} rows")  # a bug, not bad input
-        # Rows whose text was cut at max_length: the model did not read all of it.
-        cut = ds["truncated"] if "truncated" in ds.column_names else [False] * len(rows)
-        records, counts = _records(logits, rows, labels, multi, threshold, kept, cut)
+        documents = prepared.split_info("predict").docs
+        if rows != list(range(documents)):
+            raise RuntimeError(f"gathered {len(rows)} predictions for {documents} rows")  # a bug, not bad input
+        outputs = result.logits[order].squeeze(-1).numpy() if prepared.is_regression else result.scores[order.numpy()]
+        read = _read_whole(ds, documents, prepared.windowed)
+        records, counts = _records(outputs, rows, labels, multi, threshold, kept, read)
         if accelerator.is_main_process:
             write_predictions(output, records, labels, list(kept),
                               separator=label_separator or pcfg.data.label_separator or "|")
         accelerator.wait_for_everyone()
+        windows = {"windows": int(read.windows.sum())} if read.windows is not None else {}
         return {"input": str(source), "output": str(output), "model": str(folder), "rows": len(records),
                 "labels": counts, **({"threshold": threshold} if multi else {}),
-                "truncated": int(sum(bool(c) for c in cut)), "processes": accelerator.num_processes,
+                "truncated": int(read.cut.sum()), **windows, "processes": accelerator.num_processes,
                 "seconds": round(seconds, 3)}
 
 
-def _records(logits, rows: list[int], labels: list[str], multi: bool, threshold: float | None,
-             kept: dict[str, list], cut) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """One prediction per row (its kept columns, label(s), probabilities, whether its text was cut),
-    and the counts the summary shows: rows per label, or the mean of a regression."""
+@dataclass(frozen=True)
+class _Read:
+    """How much of each input row the model read."""
+
+    cut: np.ndarray  # not read whole: cut at max_length, or (windows) by data.max_windows
+    windows: np.ndarray | None  # windows: the windows each row was read in
+
+
+def _read_whole(ds, documents: int, windowed: bool) -> _Read:
     import numpy as np
-    import torch
+
+    flags = np.asarray(ds["truncated"], dtype=bool)
+    if not windowed:
+        return _Read(cut=flags, windows=None)
+    of = np.asarray(ds["document"])
+    cut = np.zeros(documents, dtype=bool)
+    cut[of] = flags  # every window of a document carries its flag
+    return _Read(cut=cut, windows=np.bincount(of, minlength=documents))
+
+
+def _records(outputs, rows: list[int], labels: list[str], multi: bool, threshold: float | None,
+             kept: dict[str, list], read: _Read) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """One prediction per row (its kept columns, label(s), probabilities, whether its text was cut,
+    and with windows how many it was read in), and the counts the summary shows: rows per label,
+    or the mean of a regression. `outputs`: each row's probabilities (regression: its value)."""
+    import numpy as np
+
+    def tail(r: int) -> dict[str, Any]:
+        out = {"truncated": bool(read.cut[r])}
+        if read.windows is not None:
+            out["windows"] = int(read.windows[r])
+        return out
 
     if multi:  # every label at or above the threshold, and each label's probability
-        probs = torch.sigmoid(logits).numpy()
+        probs = np.asarray(outputs)
         chosen = probs >= threshold
         records = [{"row": r, **{c: v[r] for c, v in kept.items()},
                     "labels": [name for name, on in zip(labels, hit) if on],
-                    "probabilities": {name: round(float(p), 6) for name, p in zip(labels, pr)},
-                    "truncated": bool(cut[r])}
+                    "probabilities": {name: round(float(p), 6) for name, p in zip(labels, pr)}, **tail(r)}
                    for r, hit, pr in zip(rows, chosen, probs)]
         counts = {name: int(chosen[:, k].sum()) for k, name in enumerate(labels)}
     elif labels:
-        probs = torch.softmax(logits, dim=-1).numpy()
+        probs = np.asarray(outputs)
         ids = probs.argmax(-1)
         records = [{"row": r, **{c: v[r] for c, v in kept.items()}, "label": labels[i], "label_id": int(i),
-                    "probabilities": {name: round(float(p), 6) for name, p in zip(labels, pr)},
-                    "truncated": bool(cut[r])}
+                    "probabilities": {name: round(float(p), 6) for name, p in zip(labels, pr)}, **tail(r)}
                    for r, i, pr in zip(rows, ids, probs)]
         counts = {name: int((ids == k).sum()) for k, name in enumerate(labels)}
     else:
-        values = logits.squeeze(-1).numpy()
-        records = [{"row": r, **{c: v[r] for c, v in kept.items()}, "prediction": float(p),
-                    "truncated": bool(cut[r])} for r, p in zip(rows, values)]
+        values = np.asarray(outputs).reshape(-1)
+        records = [{"row": r, **{c: v[r] for c, v in kept.items()}, "prediction": float(p), **tail(r)}
+                   for r, p in zip(rows, values)]
         counts = {"mean": float(np.mean(values)) if len(values) else None}
     return records, counts
 
@@ -167,17 +197,18 @@ def write_predictions(path: Path, records: list[dict[str, Any]], labels: list[st
                 fields = (["row", *kept, "labels"] + [f"p_{n}" for n in labels]) if multi else \
                     (["row", *kept, "label", "label_id"] + [f"p_{n}" for n in labels]) if labels \
                     else ["row", *kept, "prediction"]
+                windows = bool(records) and "windows" in records[0]
                 writer = csv.writer(f)
-                writer.writerow([*fields, "truncated"])
+                writer.writerow([*fields, "truncated", *(["windows"] if windows else [])])
                 for r in records:
                     head = [r["row"], *(r[c] for c in kept)]
+                    read = [r["truncated"], *([r["windows"]] if windows else [])]
                     if multi:
-                        writer.writerow([*head, separator.join(r["labels"]), *r["probabilities"].values(),
-                                         r["truncated"]])
+                        writer.writerow([*head, separator.join(r["labels"]), *r["probabilities"].values(), *read])
                     elif labels:
-                        writer.writerow([*head, r["label"], r["label_id"], *r["probabilities"].values(), r["truncated"]])
+                        writer.writerow([*head, r["label"], r["label_id"], *r["probabilities"].values(), *read])
                     else:
-                        writer.writerow([*head, r["prediction"], r["truncated"]])
+                        writer.writerow([*head, r["prediction"], *read])
             else:
                 for r in records:
                     f.write(json.dumps(r) + "\n")

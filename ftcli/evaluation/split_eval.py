@@ -82,7 +82,8 @@ def evaluate_model(config: Config | str | Path, *, model_dir: str | Path | None 
         start = time.perf_counter()
         with reporter.progress(len(dl), f"eval {split}", every=1, unit="batches", min_interval=10) as bar:
             evaluated = run_eval(accelerator, model, dl, metric, regression=prepared.is_regression, progress=bar,
-                                 keep_predictions=True, multi_label=multi, threshold=threshold)
+                                 keep_predictions=True, multi_label=multi, threshold=threshold,
+                                 pooling=cfg.eval.window_pooling)
         predictions, references, scores = evaluated.predictions, evaluated.references, evaluated.scores
         result = evaluated.values()
         extra: dict[str, Any] = {}
@@ -148,7 +149,9 @@ def _write_error_rows(cfg: Config, split: str, prepared, evaluated: EvalResult, 
     multi = prepared.is_multi_label
     texts, positions = split_texts(cfg, split, prepared.label_names, multi)
     # The evaluation saw the rows longest first (batching.SortedSampler): put them in that order.
-    order = SortedSampler(prepared.split(split)["length"]).indices.tolist()
+    # Windows are pooled into documents, which come in document order.
+    order = (list(range(len(positions))) if evaluated.windows is not None
+             else SortedSampler(prepared.split(split)["length"]).indices.tolist())
     texts = {c: [v[k] for k in order] for c, v in texts.items()}
     records = error_rows(evaluated.predictions, evaluated.references, evaluated.scores, prepared.label_names, texts,
                          [positions[k] for k in order], multi)

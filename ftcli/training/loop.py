@@ -36,10 +36,10 @@ def fit(run: Run, state: TrainState) -> dict[str, Any]:
             for index, batch in enumerate(loader, start=state.batch_in_epoch):
                 touched.append(batch["input_ids"])
                 with acc.accumulate(model):
-                    labels = batch.pop("labels")
+                    labels, weights = batch.pop("labels"), batch.pop("weights", None)
                     loss, real = batch_loss(model(**batch).logits, labels, index, plan, acc.process_index,
                                             window.rows, run.prepared.is_regression, run.class_weights,
-                                            multi_label=run.prepared.is_multi_label)
+                                            multi_label=run.prepared.is_multi_label, weights=weights)
                     acc.backward(loss)
                     clip(run, touched)
                     optimizer.step()
@@ -215,7 +215,8 @@ def _evaluate(run: Run, state: TrainState, *, epoch: float, log) -> dict[str, An
     with standard_attention(run.accelerator.unwrap_model(run.model)):
         run.last_eval = run_eval(run.accelerator, run.model, run.eval_dl, run.metric,
                                  regression=run.prepared.is_regression, keep_predictions=True,
-                                 multi_label=run.prepared.is_multi_label, threshold=run.cfg.eval.threshold)
+                                 multi_label=run.prepared.is_multi_label, threshold=run.cfg.eval.threshold,
+                                 pooling=run.cfg.eval.window_pooling)
     if run.prepared.is_multi_label and (warning := few_positives_warning(
             run.last_eval.predictions, run.last_eval.references, run.cfg.eval.threshold, run.eval_split)):
         run.reporter.warn(f"step {state.step}: {warning}")
@@ -226,9 +227,10 @@ def _evaluate(run: Run, state: TrainState, *, epoch: float, log) -> dict[str, An
     if run.cfg.train.report_to:
         run.accelerator.log({f"eval/{k}": v for k, v in result.items()}, step=state.step)
     state.last_eval = record
-    shown = "  ".join(f"{k} {v:.4f}" for k, v in result.items() if k not in ("samples", "seconds"))
-    run.reporter.info(f"eval step {state.step} (epoch {epoch:g}): {shown}  ({result['samples']} rows, "
-                      f"{result['seconds']:.1f}s)")
+    shown = "  ".join(f"{k} {v:.4f}" for k, v in result.items() if k not in ("samples", "windows", "seconds"))
+    read = f"{result['samples']} documents in {result['windows']} windows" if "windows" in result \
+        else f"{result['samples']} rows"
+    run.reporter.info(f"eval step {state.step} (epoch {epoch:g}): {shown}  ({read}, {result['seconds']:.1f}s)")
     return result
 
 

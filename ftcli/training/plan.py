@@ -61,10 +61,11 @@ def make_plan(t: TrainConfig, micro_batches_per_epoch: int, processes: int) -> P
 
 
 def batch_loss(logits, labels, index: int, plan: Plan, process: int, rows: int, regression: bool,
-               class_weights=None, *, multi_label: bool = False):
+               class_weights=None, *, multi_label: bool = False, weights=None):
     """This process's share of the mean loss over the real rows of micro batch `index`.
-    `class_weights` weigh each row's loss by its label (the mean is still over rows, not over
-    weights: a batch's loss does not depend on which other classes share it).
+    `class_weights` weigh each row's loss by its label, and `weights` (one per row: a window's
+    share of its document, `train.window_weight: document`) each row as given; the mean is still
+    over rows, not over weights: a batch's loss does not depend on which other rows share it.
 
     Accelerate splits each micro batch of M rows into equal per-process slices; a last, short
     batch is padded with rows from the start of the epoch so every process gets a full slice. Those
@@ -82,6 +83,8 @@ def batch_loss(logits, labels, index: int, plan: Plan, process: int, rows: int, 
                                                      reduction="none").mean(-1)
     else:
         per_row = F.cross_entropy(logits.float(), labels, weight=class_weights, reduction="none")
+    if weights is not None:
+        per_row = per_row * weights
     in_batch = min(plan.micro_batch, rows - index * plan.micro_batch)  # real rows in this micro batch
     real = max(0, min(len(per_row), in_batch - process * plan.batch_size))
     if real == len(per_row) and in_batch == plan.micro_batch:

@@ -211,7 +211,8 @@ def _class_report(run: Run, final_eval: dict[str, Any] | None, *, fresh: bool) -
     if not fresh or run.last_eval is None:
         with standard_attention(run.accelerator.unwrap_model(run.model)):
             run.last_eval = run_eval(run.accelerator, run.model, run.eval_dl, run.metric, regression=False,
-                                     keep_predictions=True, multi_label=multi, threshold=run.cfg.eval.threshold)
+                                     keep_predictions=True, multi_label=multi, threshold=run.cfg.eval.threshold,
+                                     pooling=run.cfg.eval.window_pooling)
     metrics = {k: v for k, v in final_eval.items() if k not in ("type", "time", "epoch", "seconds")}
     return {**metrics, **per_class_report(run.last_eval.predictions, run.last_eval.references,
                                           run.prepared.label_names, multi)}

@@ -233,7 +233,7 @@ def class_weights(t: TrainConfig, prepared, train_split: str) -> list[float] | N
     if t.class_weights == "auto":
         counts = prepared.split_info(train_split).classes
         if prepared.is_multi_label:  # BCE's pos_weight: negatives per positive of each label
-            rows = prepared.split_info(train_split).rows
+            rows = prepared.split_info(train_split).docs  # the counts are of documents
             return [(rows - counts[name]) / counts[name] if counts[name] else 1.0 for name in names]
         total = sum(counts.values())
         # A class without training rows gets weight 0: it never appears in the loss anyway.
@@ -270,8 +270,13 @@ def named_validation(cfg: Config) -> bool:
     return cfg.data.holdout is None and cfg.data.validation_split != DataConfig.model_fields["validation_split"].default
 
 
+def _rows(info, windowed: bool) -> str:
+    """A split's size in words: rows, or documents and the windows they make."""
+    return f"{info.docs:,} documents in {info.rows:,} windows" if windowed else f"{info.rows:,} rows"
+
+
 def _report_cache(reporter: Reporter, prepared, validation: str) -> None:
-    splits = ", ".join(f"{s} {i.rows:,}" for s, i in prepared.manifest.splits.items())
+    splits = ", ".join(f"{s} {_rows(i, prepared.windowed)}" for s, i in prepared.manifest.splits.items())
     if prepared.hit:
         reporter.info(f"data: cache hit {prepared.path} ({splits})")
     else:
@@ -294,8 +299,11 @@ def _report_start(run: Run, params: tuple[int, int], threads: int, why_separate:
         *([("adapters", _adapters(cfg.model))] if cfg.model.peft is not None else []),
         ("pad token", f"id {prep.pad_token_id}, {prep.pad_token_source}"),
         ("labels", ", ".join(labels)),
-        ("data", f"{cfg.data.train_split} {prep.split_info(cfg.data.train_split).rows:,} rows"
-                 + (f", {eval_split} {prep.split_info(eval_split).rows:,} rows" if eval_split else "")),
+        ("data", f"{cfg.data.train_split} {_rows(prep.split_info(cfg.data.train_split), prep.windowed)}"
+                 + (f", {eval_split} {_rows(prep.split_info(eval_split), prep.windowed)}" if eval_split else "")
+                 + (f"; windows of {prep.max_length} tokens, stride {prep.manifest.stride}, "
+                    f"{cfg.eval.window_pooling} pooling, one weight per {cfg.train.window_weight}"
+                    if prep.windowed else "")),
         ("device", f"{acc.device.type} x {acc.num_processes} process(es)"
                    + (f" ({acc.distributed_type.value})" if acc.num_processes > 1 else "")
                    + (f", {threads} threads each" if acc.device.type == "cpu" else "")),

@@ -178,6 +178,11 @@ def test_class_weights_scale_each_rows_loss_by_its_class():
     assert real == 4 and abs(float(loss) - by_hand) < 1e-6
     plain, _ = batch_loss(logits, labels, 0, plan, 0, 4, False)
     assert abs(float(plain) - float(-log_p[range(4), labels].mean())) < 1e-6 and abs(float(plain) - by_hand) > 0.1
+    # and a weight per row (windows' shares of their documents) on top
+    rows = torch.tensor([0.5, 0.5, 2.0, 1.0])
+    both, _ = batch_loss(logits, labels, 0, plan, 0, 4, False, weights, weights=rows)
+    by_hand = sum(-float(rows[i] * weights[y]) * float(log_p[i, y]) for i, y in enumerate(labels.tolist())) / 4
+    assert abs(float(both) - by_hand) < 1e-6
 
 
 def test_auto_class_weights_are_inverse_frequency(tiny_model, tmp_path):

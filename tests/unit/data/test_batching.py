@@ -66,3 +66,18 @@ def test_collator_row_ids_and_regression_labels():
     batch = batching.Collator(pad_token_id=0, with_row_ids=True, regression=True)(rows_of([2, 3]))
     assert batch["row_ids"].tolist() == [0, 1]
     assert batch["labels"].dtype.is_floating_point
+
+
+def test_document_weights_give_each_document_one_rows_weight_with_mean_one():
+    documents = [0, 0, 0, 1, 2, 2]  # 3 documents in 6 windows: a mean window weighs 1
+    weights = batching.document_weights(documents)
+    assert weights.tolist() == pytest.approx([2 / 3, 2 / 3, 2 / 3, 2.0, 1.0, 1.0])
+    assert weights.mean() == pytest.approx(1.0)
+    assert [weights[[0, 1, 2]].sum(), weights[3], weights[[4, 5]].sum()] == pytest.approx([2.0, 2.0, 2.0])
+
+
+def test_collator_carries_documents_and_weights():
+    rows = [{**r, "document": d, "weight": w} for r, d, w in zip(rows_of([2, 3]), [4, 4], [0.5, 0.5])]
+    batch = batching.Collator(pad_token_id=0)(rows)
+    assert batch["documents"].tolist() == [4, 4] and batch["weights"].tolist() == [0.5, 0.5]
+    assert "documents" not in batching.Collator(pad_token_id=0)(rows_of([2, 3]))
