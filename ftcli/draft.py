@@ -123,6 +123,8 @@ class Draft:
     class_counts: dict[str, int]
     rows: int = 0
     empty_rows: int = 0  # rows without a label (multi-label: an empty label set)
+    long_texts: str = "truncate"  # windows when many rows are longer than max_length
+    over: int = 0  # sampled rows longer than max_length
 
     @property
     def sparse(self) -> bool:
@@ -258,11 +260,21 @@ def draft(rows: dict[str, list], tokenizer, *, label_column: str | None = None,
     covered = _percentile(lengths, 0.99)
     max_length = min(limit, max(16, -(-covered // 8) * 8))
     over = sum(n > max_length for n in lengths)
+    windows = over > WINDOWS_ABOVE * len(lengths)
     length_notes = [f"covers {1 - over / max(1, len(lengths)):.1%} of {len(lengths):,} sampled rows in tokens "
-                    f"(longest {max(lengths) if lengths else 0}); longer rows are cut (ftcli prepare counts them)"]
+                    f"(longest {max(lengths) if lengths else 0}); "
+                    + (f"{over:,} rows ({over / len(lengths):.0%}) are longer than the model's {max_length}: "
+                       "long_texts: windows reads them whole, in overlapping windows" if windows
+                       else "longer rows are cut (ftcli prepare counts them)")]
     return Draft([c.name for c in chosen], label.name, multi, separator, names, max_length,
                  {"text_columns": text_notes, "label_column": label_notes, "max_length": length_notes}, counts,
-                 rows=len(values), empty_rows=empty)
+                 rows=len(values), empty_rows=empty, long_texts="windows" if windows else "truncate", over=over)
+
+
+WINDOWS_ABOVE = 0.03
+"""The share of rows longer than max_length from which `init` proposes `long_texts: windows`: a
+few percent is more text than a model should never read (max_length covers 99% of rows when the
+model allows)."""
 
 
 def _label_counts(values: list, separator: str | None) -> dict[str, int]:
@@ -336,6 +348,9 @@ def render(d: Draft, data_file: str, validation_file: str | None, model: str, ou
         lines.append("  allow_empty_labels: true             # a row without labels is an empty label set\n")
     lines.append(comment("max_length"))
     lines.append(f"  max_length: {d.max_length}\n")
+    if d.long_texts == "windows":
+        lines.append("  long_texts: windows                  # each long row read whole: windows of max_length, "
+                     "overlapping by\n  # stride (a quarter of max_length); eval and predict pool them per row\n")
     if not validation_file:
         lines.append("  validation_split: 0.1                # no validation file: a stratified tenth of the rows\n")
     counts = list(d.class_counts.values())
@@ -418,7 +433,8 @@ def init(data_file: str | Path, *, validation_file: str | Path | None = None, mo
     atomic_write_text(output, text)
     return {"output": str(output), "text_columns": d.text_columns, "label_column": d.label_column,
             "multi_label": d.multi_label, "label_separator": d.separator, "labels": d.labels,
-            "max_length": d.max_length, "rows": len(next(iter(table.values()))), "empty_rows": d.empty_rows,
+            "max_length": d.max_length, "long_texts": d.long_texts, "rows_over_max_length": d.over,
+            "rows": len(next(iter(table.values()))), "empty_rows": d.empty_rows,
             "class_weights": "auto" if "class_weights: auto" in text else None, "notes": d.notes,
             "model": {"parameters": facts.parameters, "decoder": facts.decoder, "pad_token_id": facts.pad_id,
                       "peft": facts.wants_peft}}
