@@ -5,6 +5,9 @@ the hardware) vs the course's plain Accelerate loop.
     python scripts/bench.py --ablations           # also ftcli with each speed feature switched off
     python scripts/bench.py --device cuda --model bert-base-random --steps 300
     python scripts/bench.py --prepare-rows 1000000  # `prepare` of MRPC-length pairs: rows/s, peak RSS
+    python scripts/bench.py --long-docs 100000    # long documents: prepare with windows vs truncation,
+                                                  # peak RSS against 1k documents, eval documents/s
+    python scripts/bench.py --window-weights      # train.window_weight: window vs document (accuracy)
     python scripts/bench.py --contended --contenders ftcli,plain  # also beside a CPU hog (a shared machine)
     python scripts/bench.py --model roberta-small-random   # a second encoder family (byte-level BPE)
     python scripts/bench.py --model llama-random --steps 30 \
@@ -22,6 +25,11 @@ synthesized from it (its pairs repeated, each copy numbered so no two rows are e
 prepared from scratch in a fresh process with `data.num_proc: auto`; reported are seconds,
 rows/s, the process's peak RSS (and its child processes', if any), and the large case's RSS over
 the small one's.
+
+`--long-docs N` measures `data.long_texts: windows`: N documents of ~2,000 tokens (MRPC sentences
+run together) prepared with windows and with truncation, and 1,000 with windows (peak RSS must
+stay within 1.2x of it at N); then `ftcli eval` of MiniLM (a fresh head) on the first
+`--eval-docs` documents, both ways (documents/s).
 
 `llama-random` is a Llama-shaped decoder (~74M parameters: 8 layers, hidden 768, grouped-query
 attention with 4 key/value heads, MiniLM's 30,522-token vocabulary, no pad token in the config);
@@ -343,7 +351,7 @@ def run_prepare(args, work: Path) -> dict:
     start = time.perf_counter()
     prepared = prepare(cfg, log=lambda *_: None)
     seconds = time.perf_counter() - start
-    rows = prepared.split_info("train")["rows"]
+    rows = prepared.split_info("train").rows
     return {"rows": rows, "seconds": seconds, "rows_per_s": rows / seconds, "hit": prepared.hit,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "children_peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
@@ -389,10 +397,250 @@ def bench_prepare(args, out: Path, work: Path) -> None:
     print(markdown)
 
 
+def synthesize_documents(docs: int, path: Path, words: int = 1650) -> Path:
+    """`docs` long documents as JSON Lines (`text`, `label`): MRPC training sentences run together
+    to `words` words (~2,000 MiniLM tokens), each document from its own starting sentence and
+    numbered, so no two are equal. The label is the first sentence's pair label."""
+    source = [json.loads(line) for line in (REPO / "data" / "mrpc" / "train.jsonl").read_text().splitlines()]
+    sentences = [r[c] for r in source for c in ("sentence1", "sentence2")]
+    with open(path, "w") as f:
+        for i in range(docs):
+            taken, k = [f"Document {i}."], (i * 7) % len(sentences)
+            count = 2
+            while count < words:
+                taken.append(sentences[k % len(sentences)])
+                count += taken[-1].count(" ") + 1
+                k += 1
+            f.write(json.dumps({"text": " ".join(taken), "label": source[(i * 7) % len(sentences) // 2]["label"]}) + "\n")
+    return path
+
+
+def long_docs_config(args, work: Path, data_file: str, long_texts: str, output_dir: Path | None = None):
+    from ftcli.config import config_from_dict
+
+    return config_from_dict({
+        "model": {"name_or_path": args.model, "labels": ["not_equivalent", "equivalent"]},
+        "data": {"files": {"train": data_file, "validation": data_file}, "text_columns": ["text"],
+                 "max_length": 512, "long_texts": long_texts, "cache_dir": str(work / f"cache-{time.time_ns()}"),
+                 "num_proc": args.num_proc},
+        "train": {"output_dir": str(output_dir or work / "run"), "eval_batch_size": 32},
+    })
+
+
+def run_prepare_long(args, work: Path) -> dict:
+    """`prepare` of the long documents' training split only (the bench's data file is both splits)."""
+    from ftcli.config import with_values
+    from ftcli.data import prepare
+
+    cfg = long_docs_config(args, work, args.data_file, args.long_texts)
+    cfg = with_values(cfg, {"data.files": {"train": args.data_file}}, origin="bench")
+    start = time.perf_counter()
+    prepared = prepare(cfg, log=lambda *_: None)
+    seconds = time.perf_counter() - start
+    info = prepared.split_info("train")
+    return {"documents": info.docs, "rows": info.rows, "tokens": info.tokens, "seconds": seconds,
+            "documents_per_s": info.docs / seconds, "rows_per_s": info.rows / seconds,
+            "tokens_per_s": info.tokens / seconds, "truncated": info.truncated,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def run_eval_long(args, work: Path) -> dict:
+    """`ftcli eval` of MiniLM with a fresh classification head on the long documents."""
+    from ftcli.evaluation import evaluate_model
+    from ftcli.console import Reporter
+
+    cfg = long_docs_config(args, work, args.data_file, args.long_texts)
+    reporter = Reporter()
+    reporter.enabled = False
+    result = evaluate_model(cfg, model_dir=args.model_dir, split="validation", reporter=reporter,
+                            report_dir=work / f"report-{time.time_ns()}")
+    return {"documents": result["samples"], "windows": result.get("windows", result["samples"]),
+            "seconds": result["seconds"], "documents_per_s": result["samples"] / result["seconds"],
+            "accuracy": result["accuracy"], "f1": result["f1"],
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def _run_worker(args, kind: str, work: Path, extra: list[str]) -> dict:
+    result_file = work / f"{kind}-{time.time_ns()}.json"
+    cmd = [sys.executable, __file__, "--worker", kind, "--work", str(work), "--result", str(result_file),
+           "--model", args.model, "--num-proc", args.num_proc, *extra]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{kind} failed:\n{proc.stderr[-4000:]}")
+    return json.loads(result_file.read_text())
+
+
+def _each(runs: list[dict], key: str, spec: str = ".1f") -> str:
+    """Every round's value, for the table."""
+    return ", ".join(format(r[key], spec) for r in runs)
+
+
+def bench_long_docs(args, out: Path, work: Path) -> None:
+    """Prepare N long documents with windows (and a 1k-document run, for memory), and with
+    truncation; evaluate the first `--eval-docs` of them both ways."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    small = synthesize_documents(1000, work / "docs-1k.jsonl")
+    large = synthesize_documents(args.long_docs, work / f"docs-{args.long_docs}.jsonl")
+    evaluated = synthesize_documents(args.eval_docs, work / f"docs-eval-{args.eval_docs}.jsonl")
+    model_path = resolve_model(args.model, work)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    sample = [json.loads(line)["text"] for line in small.read_text().splitlines()[:200]]
+    tokens_per_doc = statistics.mean(len(tokenizer(t)["input_ids"]) for t in sample)
+    classifier = work / "classifier"  # MiniLM with a fresh head: evaluation speed needs no training
+    import torch
+
+    torch.manual_seed(0)
+    AutoModelForSequenceClassification.from_pretrained(
+        model_path, num_labels=2, id2label={0: "not_equivalent", 1: "equivalent"},
+        label2id={"not_equivalent": 0, "equivalent": 1}).save_pretrained(classifier)
+    tokenizer.save_pretrained(classifier)
+    cases = [("windows", "1k", small), ("windows", "large", large), ("truncate", "large", large)]
+    runs = []
+    for round_ in range(args.rounds):
+        for long_texts, label, file in cases:
+            result = _run_worker(args, "prepare-long", work, ["--data-file", str(file), "--long-texts", long_texts])
+            result.update(kind="prepare", long_texts=long_texts, label=label, round=round_ + 1)
+            runs.append(result)
+            print(f"round {round_ + 1} prepare {long_texts:<8} {label:<5} {result['documents']:>8,} docs "
+                  f"{result['rows']:>9,} rows {result['seconds']:7.1f} s {result['documents_per_s']:7.0f} docs/s "
+                  f"{result['rows_per_s']:7.0f} rows/s {result['tokens_per_s'] / 1e6:5.2f}M tokens/s "
+                  f"peak RSS {result['peak_rss_mb']:.0f} MB", flush=True)
+        for long_texts in ("windows", "truncate"):
+            result = _run_worker(args, "eval-long", work, ["--data-file", str(evaluated), "--long-texts", long_texts,
+                                                           "--model-dir", str(classifier)])
+            result.update(kind="eval", long_texts=long_texts, round=round_ + 1)
+            runs.append(result)
+            print(f"round {round_ + 1} eval    {long_texts:<8} {result['documents']:>8,} docs {result['windows']:>9,} "
+                  f"windows {result['seconds']:7.1f} s {result['documents_per_s']:7.2f} docs/s "
+                  f"peak RSS {result['peak_rss_mb']:.0f} MB", flush=True)
+
+    def median(kind: str, long_texts: str, key: str, label: str | None = None) -> float:
+        return statistics.median(r[key] for r in runs if r["kind"] == kind and r["long_texts"] == long_texts
+                                 and (label is None or r.get("label") == label))
+
+    lines = [f"Long-documents benchmark: {args.model}, {args.long_docs:,} documents of ~{tokens_per_doc:,.0f} tokens "
+             f"(MRPC sentences run together), max_length 512, default stride (128), num_proc {args.num_proc}, "
+             f"{args.rounds} round(s), {os.cpu_count()} CPUs", "",
+             "| prepare | documents | rows | seconds | documents/s | rows/s | tokens/s | peak RSS MB |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for long_texts, label, _ in cases:
+        mine = [r for r in runs if r["kind"] == "prepare" and r["long_texts"] == long_texts and r["label"] == label]
+        m = {k: statistics.median(r[k] for r in mine) for k in
+             ("documents", "rows", "seconds", "documents_per_s", "rows_per_s", "tokens_per_s", "peak_rss_mb")}
+        lines.append(f"| {long_texts}, {label} | {m['documents']:,.0f} | {m['rows']:,.0f} | {m['seconds']:.1f} "
+                     f"({_each(mine, 'seconds')}) | {m['documents_per_s']:,.0f} | "
+                     f"{m['rows_per_s']:,.0f} | {m['tokens_per_s']:,.0f} | {m['peak_rss_mb']:.0f} "
+                     f"({_each(mine, 'peak_rss_mb', '.0f')}) |")
+    lines += ["", "| eval | documents | windows | seconds | documents/s |", "| --- | --- | --- | --- | --- |"]
+    for long_texts in ("windows", "truncate"):
+        mine = [r for r in runs if r["kind"] == "eval" and r["long_texts"] == long_texts]
+        lines.append(f"| {long_texts} | {mine[0]['documents']:,} | {mine[0]['windows']:,} | "
+                     f"{median('eval', long_texts, 'seconds'):.1f} ({_each(mine, 'seconds')}) | "
+                     f"{median('eval', long_texts, 'documents_per_s'):.2f} |")
+    ratios = {
+        "prepare peak RSS, large / 1k documents (windows)":
+            median("prepare", "windows", "peak_rss_mb", "large") / median("prepare", "windows", "peak_rss_mb", "1k"),
+        "prepare time, windows / truncate (large)":
+            median("prepare", "windows", "seconds", "large") / median("prepare", "truncate", "seconds", "large"),
+        "eval time, windows / truncate": median("eval", "windows", "seconds") / median("eval", "truncate", "seconds"),
+    }
+    lines += [""] + [f"- {name}: **{value:.2f}x**" for name, value in ratios.items()]
+    markdown = "\n".join(lines) + "\n"
+    (out / "long_docs.json").write_text(json.dumps({"machine": machine(), "tokens_per_doc": tokens_per_doc,
+                                                    "ratios": ratios, "runs": runs}, indent=2))
+    (out / "long_docs.md").write_text(markdown)
+    print()
+    print(markdown)
+
+
+def bench_window_weights(args, out: Path, work: Path) -> None:
+    """`train.window_weight: window` against `document`, on documents of 1 to ~14 windows whose
+    label one word tells ("good"/"bad", anywhere in the text): a 2-layer BERT trained from scratch
+    (as the test suite's), `--seeds` seeds each, validation accuracy/F1 per document with mean and
+    max pooling. In process, one run at a time."""
+    import random
+
+    import torch
+    import yaml
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    from ftcli.evaluation import evaluate_model
+    from ftcli.training import train
+    from ftcli.console import Reporter
+
+    words = ("the a cat dog bird fish runs sits eats sleeps on under near big small red blue green fast slow "
+             "house tree car road river happy sad old new today yesterday morning night").split()
+    model = work / "tiny-bert"
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(words + ["good", "bad"])]
+    BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True,
+                      model_max_length=64).save_pretrained(model)
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=64)).save_pretrained(model)
+
+    def documents(n: int, seed: int) -> list[dict]:
+        rng = random.Random(seed)
+        rows = []
+        for _ in range(n):
+            label = rng.randint(0, 1)
+            text = [rng.choice(words) for _ in range(int(rng.choice([20, 40, 80, 160, 300]) * rng.uniform(0.8, 1.2)))]
+            text.insert(rng.randrange(len(text) + 1), "good" if label else "bad")
+            rows.append({"text": " ".join(text), "label": label})
+        return rows
+
+    files = {}
+    for split, n, seed in (("train", 400, 1), ("validation", 200, 2)):
+        files[split] = work / f"weights-{split}.jsonl"
+        files[split].write_text("".join(json.dumps(r) + "\n" for r in documents(n, seed)))
+    runs = []
+    for seed in range(args.seeds):
+        for weight in ("window", "document"):
+            cfg = {"model": {"name_or_path": str(model), "labels": ["no", "yes"]},
+                   "data": {"files": {k: str(v) for k, v in files.items()}, "text_columns": ["text"],
+                            "max_length": 32, "long_texts": "windows", "stride": 8, "cache_dir": str(work / "cache")},
+                   "train": {"output_dir": str(work / f"w-{weight}-{seed}"), "epochs": 4, "batch_size": 8,
+                             "learning_rate": 2e-3, "seed": seed, "mixed_precision": "no", "window_weight": weight,
+                             "checkpoint_every": None, "log_every": 50}}
+            path = work / f"w-{weight}-{seed}.yaml"
+            path.write_text(yaml.safe_dump(cfg))
+            quiet = Reporter(mode="quiet")
+            train(str(path), reporter=quiet)
+            for pooling in ("mean", "max"):
+                cfg["eval"] = {"window_pooling": pooling}
+                path.write_text(yaml.safe_dump(cfg))
+                result = evaluate_model(str(path), reporter=Reporter(mode="quiet"),
+                                        report_dir=work / f"report-{weight}-{seed}-{pooling}")
+                runs.append({"seed": seed, "window_weight": weight, "pooling": pooling,
+                             "accuracy": result["accuracy"], "f1": result["f1"], "loss": result["loss"]})
+                print(f"seed {seed} window_weight {weight:<8} pooling {pooling:<4} accuracy {result['accuracy']:.3f} "
+                      f"f1 {result['f1']:.3f} loss {result['loss']:.4f}", flush=True)
+    lines = [f"Window weighting: 400 training and 200 validation documents of 1 to ~14 windows (max_length 32, "
+             f"stride 8), a 2-layer BERT from scratch, 4 epochs, {args.seeds} seeds", "",
+             "| window_weight | pooling | accuracy (mean; seeds) | F1 (mean) |", "| --- | --- | --- | --- |"]
+    for weight in ("window", "document"):
+        for pooling in ("mean", "max"):
+            mine = [r for r in runs if r["window_weight"] == weight and r["pooling"] == pooling]
+            lines.append(f"| {weight} | {pooling} | {statistics.mean(r['accuracy'] for r in mine):.3f} "
+                         f"({_each(mine, 'accuracy', '.3f')}) | {statistics.mean(r['f1'] for r in mine):.3f} |")
+    markdown = "\n".join(lines) + "\n"
+    (out / "window_weights.json").write_text(json.dumps({"machine": machine(), "runs": runs}, indent=2))
+    (out / "window_weights.md").write_text(markdown)
+    print()
+    print(markdown)
+
+
 def worker(args) -> None:
     work = Path(args.work)
     if args.contender == "prepare":
         Path(args.result).write_text(json.dumps(run_prepare(args, work)))
+        return
+    if args.contender == "prepare-long":
+        Path(args.result).write_text(json.dumps(run_prepare_long(args, work)))
+        return
+    if args.contender == "eval-long":
+        Path(args.result).write_text(json.dumps(run_eval_long(args, work)))
         return
     if args.contender.startswith("ftcli"):  # what the `ftcli` command does first, before torch loads
         from ftcli.config import TrainConfig
@@ -499,7 +747,16 @@ def main() -> None:
                              + "; ".join(ABLATIONS) + " (comma-separated)")
     parser.add_argument("--prepare-rows", type=int, default=None,
                         help="measure `prepare` of this many synthesized rows (and of MRPC's 3,668) instead")
-    parser.add_argument("--num-proc", default="auto", help="data.num_proc for --prepare-rows")
+    parser.add_argument("--num-proc", default="auto", help="data.num_proc for --prepare-rows and --long-docs")
+    parser.add_argument("--long-docs", type=int, default=None,
+                        help="prepare this many ~2,000-token documents with windows and with truncation, "
+                             "and evaluate --eval-docs of them both ways")
+    parser.add_argument("--eval-docs", type=int, default=1000)
+    parser.add_argument("--window-weights", action="store_true",
+                        help="train.window_weight window vs document on synthetic long documents (--seeds seeds)")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--long-texts", help=argparse.SUPPRESS)
+    parser.add_argument("--model-dir", help=argparse.SUPPRESS)
     parser.add_argument("--contended", action="store_true",
                         help="run every contender idle and beside one single-threaded CPU hog (a shared "
                              "machine), alternating, and report each one's slowdown under load")
@@ -522,6 +779,12 @@ def main() -> None:
         if args.num_proc != "auto":
             args.num_proc = str(int(args.num_proc))
         return bench_prepare(args, out, work)
+    if args.window_weights:
+        return bench_window_weights(args, out, work)
+    if args.long_docs:
+        if args.num_proc != "auto":
+            args.num_proc = str(int(args.num_proc))
+        return bench_long_docs(args, out, work)
     plan = [(c, c, []) for c in args.contenders.split(",")]
     if args.ablations:
         wanted = list(ABLATIONS) if args.ablations == "all" else [n.strip() for n in args.ablations.split(",")]
