@@ -268,3 +268,49 @@ def test_a_run_on_windows_killed_and_resumed_is_bit_identical(tiny_model, long_f
         return [(x["step"], x["loss"]) for x in lines if x["type"] == "train"]
 
     assert log("killed") == log("reference")
+
+
+def test_multi_label_pairs_are_windowed_on_their_second_text_and_pooled_as_probabilities(tiny_model, tmp_path):
+    """A title (kept whole) and a long body (windowed); label sets. predict's probabilities are
+    the mean over a document's windows of each label's sigmoid, computed here by hand."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    rng = random.Random(5)
+
+    def rows(n: int) -> list[dict]:
+        out = []
+        for r in long_rows(n, seed=rng.randrange(1000), early=0.3):
+            tags = [t for t in ("x", "y") if rng.random() < 0.5]
+            out.append({"title": " ".join(rng.choice(FILLER) for _ in range(3)), "body": r["text"], "tags": tags})
+        return out
+
+    files = {"train": write_jsonl(tmp_path / "train.jsonl", rows(48)),
+             "validation": write_jsonl(tmp_path / "validation.jsonl", rows(20))}
+    cfg = long_config(tmp_path, tiny_model, files, "multi", data={"text_columns": ["title", "body"],
+                      "label_column": "tags", "allow_empty_labels": True}, epochs=1)
+    text = yaml.safe_load(cfg.read_text())
+    text["model"] = {"name_or_path": str(tiny_model), "problem_type": "multi_label", "labels": ["x", "y"]}
+    cfg.write_text(yaml.safe_dump(text))
+    trained = cli_json("train", "-c", str(cfg))
+    assert trained["metric"] == "multilabel" and trained["eval"]["samples"] == 20 and trained["eval"]["windows"] > 40
+    source = files["validation"]
+    out = cli_json("predict", "-c", str(cfg), "--input", str(source), "--output", str(tmp_path / "p.jsonl"))
+    written = [json.loads(x) for x in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert out["rows"] == 20 and [w["row"] for w in written] == list(range(20))
+
+    docs = [json.loads(x) for x in source.read_text().splitlines()]
+    folder = tmp_path / "multi" / "model"
+    tok, model = AutoTokenizer.from_pretrained(folder), AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    enc = tok([d["title"] for d in docs], [d["body"] for d in docs], truncation="only_second", max_length=MAX_LENGTH,
+              stride=STRIDE, return_overflowing_tokens=True)
+    of = np.asarray(enc["overflow_to_sample_mapping"])
+    assert [w["windows"] for w in written] == np.bincount(of).tolist()
+    for d, w in enumerate(written):
+        picked = np.flatnonzero(of == d)
+        with torch.no_grad():
+            probs = torch.cat([torch.sigmoid(model(input_ids=torch.tensor([enc["input_ids"][i]]),
+                                                   token_type_ids=torch.tensor([enc["token_type_ids"][i]])).logits)
+                               for i in picked]).mean(0)
+        assert [w["probabilities"]["x"], w["probabilities"]["y"]] == pytest.approx(probs.tolist(), abs=2e-6)
+        assert w["labels"] == [name for name, p in zip(("x", "y"), probs.tolist()) if p >= 0.5]

@@ -334,3 +334,26 @@ def test_windows_need_a_fast_tokenizer(tokenizer, monkeypatch):
     monkeypatch.setattr(type(tokenizer), "is_fast", property(lambda self: False))
     with pytest.raises(FtcliError, match=r"^data\.long_texts: windows needs a fast tokenizer"):
         encoding.Encoder(tokenizer, windows_config(False, 2), max_length=16)
+
+
+@pytest.mark.parametrize("family", ["roberta", "deberta-v2", "t5", "gpt2", "llama"])
+@pytest.mark.parametrize("pair", [False, True], ids=["single", "pair"])
+def test_every_familys_windows_are_its_tokenizers_overflow(family, pair):
+    """Byte-level BPE, Unigram and SentencePiece-style tokenizers, with and without special tokens
+    (GPT-2 adds none; Llama only a BOS)."""
+    from families import tokenizer_for
+
+    tok = tokenizer_for(family)
+    a, b = long_texts(40, seed=15, longest=120), long_texts(40, seed=16, longest=120)
+    if pair:  # small vocabularies cut a word into several pieces: 3 words take up to ~17 tokens
+        a = [" ".join(t.split()[:3]) for t in a]
+    length = 40 if pair else 24
+    encoder = encoding.Encoder(tok, windows_config(pair, 5), max_length=length)
+    done = encoder.encode([pa.array(a), pa.array(b)] if pair else [pa.array(a)])
+    expected = tok(*((a, b) if pair else (a,)), truncation="only_second" if pair else True, max_length=length,
+                   stride=5, return_overflowing_tokens=True)
+    assert done.ids == expected["input_ids"]
+    if done.types is not None:
+        assert done.types == expected["token_type_ids"]
+    assert np.repeat(np.arange(len(a)), done.windows).tolist() == expected["overflow_to_sample_mapping"]
+    assert max(done.windows) > 2
