@@ -229,6 +229,16 @@ def test_two_processes_train_eval_and_predict_windows_like_one(tiny_model_no_dro
     split = [d for d in set(documents.tolist()) if len(set(process[documents == d].tolist())) == 2]
     assert len(split) >= 10  # documents with windows on both processes
 
+    evaluated = ("eval", "-c", str(one_cfg), "--model", str(tmp_path / "one" / "model"), "--json")
+    single, double = run_here(*evaluated), accelerate_launch(*evaluated)
+    assert single.returncode == 0 and double.returncode == 0, double.stderr[-3000:]
+    single, double = json.loads(single.stdout), json.loads(double.stdout)
+    assert (single["processes"], double["processes"]) == (1, 2)
+    for key in ("samples", "windows", "accuracy", "f1"):
+        assert double[key] == single[key] == one["eval"][key], key
+    assert double["loss"] == pytest.approx(single["loss"], abs=1e-6)
+    assert double["per_class"] == single["per_class"]
+
     source = long_files["validation"]
     args = ("predict", "-c", str(one_cfg), "--model", str(tmp_path / "one" / "model"), "--input", str(source))
     single = run_here(*args, "--output", str(tmp_path / "p1.jsonl"))
@@ -314,3 +324,36 @@ def test_multi_label_pairs_are_windowed_on_their_second_text_and_pooled_as_proba
                                for i in picked]).mean(0)
         assert [w["probabilities"]["x"], w["probabilities"]["y"]] == pytest.approx(probs.tolist(), abs=2e-6)
         assert w["labels"] == [name for name, p in zip(("x", "y"), probs.tolist()) if p >= 0.5]
+
+
+def test_regression_documents_pool_their_windows_values(tiny_model, long_files, tmp_path):
+    """num_labels 1: a document's prediction is the largest of its windows' values (max pooling),
+    computed here by hand; eval's loss is the squared error per document."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    rows = [{"text": r["text"], "label": float(len(r["text"].split()) / 100)} for r in long_rows(40, seed=6, early=0.5)]
+    files = {"train": write_jsonl(tmp_path / "train.jsonl", rows[:30]),
+             "validation": write_jsonl(tmp_path / "validation.jsonl", rows[30:])}
+    cfg = long_config(tmp_path, tiny_model, files, "regression", epochs=1)
+    text = yaml.safe_load(cfg.read_text())
+    text["model"] = {"name_or_path": str(tiny_model), "num_labels": 1}
+    text["eval"] = {"window_pooling": "max"}
+    cfg.write_text(yaml.safe_dump(text))
+    cli_json("train", "-c", str(cfg))
+    cli_json("predict", "-c", str(cfg), "--input", str(files["validation"]), "--output", str(tmp_path / "p.jsonl"))
+    written = [json.loads(x) for x in (tmp_path / "p.jsonl").read_text().splitlines()]
+    folder = tmp_path / "regression" / "model"
+    tok, model = AutoTokenizer.from_pretrained(folder), AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    enc = tok([r["text"] for r in rows[30:]], truncation=True, max_length=MAX_LENGTH, stride=STRIDE,
+              return_overflowing_tokens=True)
+    of = np.asarray(enc["overflow_to_sample_mapping"])
+    with torch.no_grad():
+        values = [max(float(model(input_ids=torch.tensor([enc["input_ids"][i]])).logits) for i in np.flatnonzero(of == d))
+                  for d in range(10)]
+    assert [w["prediction"] for w in written] == pytest.approx(values, abs=1e-5)
+    assert [w["windows"] for w in written] == np.bincount(of).tolist()
+    evaluated = cli_json("eval", "-c", str(cfg))
+    truth = [r["label"] for r in rows[30:]]
+    assert evaluated["samples"] == 10
+    assert evaluated["loss"] == pytest.approx(np.mean((np.array(values) - truth) ** 2), rel=1e-4)
