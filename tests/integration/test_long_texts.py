@@ -260,12 +260,12 @@ def test_a_run_on_windows_killed_and_resumed_is_bit_identical(tiny_model, long_f
     from conftest import run_cli
 
     sets = ("--set", "train.checkpoint_every=20", "--set", "train.log_every=1")
-    reference = long_config(tmp_path, tiny_model, long_files, "reference", epochs=2)
+    reference = long_config(tmp_path, tiny_model, long_files, "reference", epochs=1)
     cli_json("train", "-c", str(reference), *sets)
-    cfg = long_config(tmp_path, tiny_model, long_files, "killed", epochs=2)
-    killed = run_cli("train", "-c", str(cfg), *sets, env={"FTCLI_FAULT": "step:97"})  # mid-epoch 2
+    cfg = long_config(tmp_path, tiny_model, long_files, "killed", epochs=1)
+    killed = run_cli("train", "-c", str(cfg), *sets, env={"FTCLI_FAULT": "step:53"})  # mid-epoch
     assert killed.returncode == -signal.SIGKILL
-    assert cli_json("train", "-c", str(cfg), *sets, "--resume", "auto")["resumed_from"].endswith("step-0000080")
+    assert cli_json("train", "-c", str(cfg), *sets, "--resume", "auto")["resumed_from"].endswith("step-0000040")
     a = load_file(tmp_path / "reference" / "model" / "model.safetensors")
     b = load_file(tmp_path / "killed" / "model" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
