@@ -123,7 +123,7 @@ def fingerprint(cfg: Config, memo: _HashMemo | None = None) -> dict[str, Any]:
     d = cfg.data
     folder = tokenizer_folder(cfg.model)
     model_config = model_config_json(cfg.model)
-    max_length = d.max_length or default_max_length(folder, model_config)
+    max_length = resolved_max_length(cfg, folder, model_config)
     return {
         "format": CACHE_FORMAT,
         "data": _data_fingerprint(d, memo),
@@ -159,9 +159,16 @@ def check_windows(cfg: Config) -> None:
 
     if cfg.data.long_texts != "windows":
         return
-    folder = tokenizer_folder(cfg.model)
-    Encoder(load_tokenizer(cfg.model), cfg.data,
-            cfg.data.max_length or default_max_length(folder, model_config_json(cfg.model)))
+    Encoder(load_tokenizer(cfg.model), cfg.data, resolved_max_length(cfg))
+
+
+def resolved_max_length(cfg: Config, folder: Path | None = None, model_config: dict | None = None) -> int:
+    """`data.max_length`, or its default for the model (`default_max_length`). `folder` and
+    `model_config`: the tokenizer folder and config.json when the caller has read them already."""
+    if cfg.data.max_length:
+        return cfg.data.max_length
+    folder = folder if folder is not None else tokenizer_folder(cfg.model)
+    return default_max_length(folder, model_config if model_config is not None else model_config_json(cfg.model))
 
 
 DEFAULT_MAX_LENGTH = 512

@@ -120,14 +120,14 @@ class Encoder:
 
     def _check_stride(self, backend) -> None:
         """The Rust tokenizer panics (a traceback, not an error) on a stride that leaves a window no
-        new tokens, so it is checked first: here against the special tokens, per pair in `encode`."""
+        new tokens, so it is checked first: here against the special tokens, per pair in `encode`.
+        Sets `room`: the tokens of text a window holds."""
         specials = backend.num_special_tokens_to_add(self.pair)
-        room = self.max_length - specials
-        if self.stride >= room:
+        self.room = self.max_length - specials
+        if self.stride >= self.room:
             raise FtcliError(f"data.stride: {self.stride} tokens of overlap leave no new tokens in a window of "
-                             f"max_length {self.max_length} ({room} after {specials} special tokens); "
-                             f"give a stride below {room}")
-        self.pair_room = room
+                             f"max_length {self.max_length} ({self.room} after {specials} special tokens); "
+                             f"give a stride below {self.room}")
 
     @property
     def threads_help(self) -> bool:
@@ -166,7 +166,7 @@ class Encoder:
         whole; else FirstTextTooLong (the Rust tokenizer would panic or fail)."""
         firsts = self.whole.encode_batch_fast(texts[0].to_pylist(), add_special_tokens=False)
         for i, e in enumerate(firsts):
-            room = self.pair_room - len(e.ids)
+            room = self.room - len(e.ids)
             if room > self.stride:
                 continue
             whole = self.whole.encode_batch_fast(_inputs([t.slice(i, 1) for t in texts]))[0]
@@ -338,8 +338,8 @@ def _pieces(ds: datasets.Dataset, columns: list[str],
             part = batch.take(pa.array(picked - start)) if hi > lo else None
         if part is not None:
             part = pa.RecordBatch.from_arrays([part.column(c) for c in columns], names=columns)
-            for lo, hi in _cuts(part, rows):
-                yield part.slice(lo, hi - lo), picked[lo:hi]
+            for first, stop in _cuts(part, rows):
+                yield part.slice(first, stop - first), picked[first:stop]
         start = end
     if start != ds.num_rows:
         raise FtcliError(f"internal error: read {start} rows of a split of {ds.num_rows}")
