@@ -9,7 +9,7 @@ from __future__ import annotations
 # Documented exit codes (README "Exit codes"); 0 is success.
 EXIT_UNEXPECTED = 1
 EXIT_BAD_INPUT = 2
-EXIT_QUALITY_GATE = 3  # `ftcli eval --require`: a metric missed its threshold
+EXIT_QUALITY_GATE = 3  # `ftcli eval --require`: a metric missed its threshold; an export failed its parity check
 EXIT_SIGINT = 130
 EXIT_SIGTERM = 143
 
@@ -35,6 +35,13 @@ class FtcliError(Exception):
     main_process: bool | None = None
     """Set when raised while an Accelerator was up: whether this is the main process (the one
     that reports it). None: raised before; every process of a launch meets the same error."""
+
+
+class CheckFailed(FtcliError):
+    """An output ftcli made failed the check it must pass before it is kept (the ONNX export's
+    parity with PyTorch): one line with the figure, exit code 3, nothing written."""
+
+    exit_code = EXIT_QUALITY_GATE
 
 
 class TrainingInterrupted(Exception):

@@ -119,3 +119,21 @@ def _check_parents(path: Path, what: str, shown: str) -> None:
                 raise FtcliError(f"{what} {shown}: folder {shorten_path(parent)} is not writable; "
                                  "choose another place")
             return
+
+
+def replace_folder(tmp: Path, folder: Path) -> None:
+    """Put the finished folder `tmp` where `folder` is (or is not yet): a folder already there is
+    moved aside first and removed only once the new one is in place, so a reader finds the old
+    folder or the new one, never half of either."""
+    import os
+    import shutil
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    if folder.exists():
+        old = folder.with_name(f".{folder.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(folder, old)
+        os.replace(tmp, folder)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, folder)

@@ -153,6 +153,39 @@ def plot_label_confusion(counts: dict[str, dict[str, int]], output: Path, title:
     return save_png(fig, Path(output), dpi=100)
 
 
+def plot_reliability(before, after, temperature: float, output: Path, title: str) -> Path:
+    """The reliability diagram of `ftcli calibrate`: per confidence bin, the share of right
+    predictions against the mean confidence, before and after temperature scaling (a calibrated
+    model lies on the diagonal), with how many predictions each bin holds below.
+    `before`/`after`: (counts, mean confidence, accuracy) per bin (ftcli.evaluation.reliability)."""
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.4, 6.6), layout="constrained")
+    FigureCanvasAgg(fig)
+    top, bottom = fig.subplots(2, 1, height_ratios=[3, 1], sharex=True)
+    bins = len(before[0])
+    centers = (np.arange(bins) + 0.5) / bins
+    top.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfect calibration")
+    for (counts, confidence, accuracy), name, color in ((before, "before (T = 1)", "#d62728"),
+                                                        (after, f"after (T = {temperature:.3g})", "#1f77b4")):
+        filled = counts > 0
+        top.plot(confidence[filled], accuracy[filled], "o-", color=color, label=name)
+    top.set_ylabel("share right")
+    top.set_xlim(0, 1)
+    top.set_ylim(0, 1)
+    top.grid(alpha=0.3)
+    top.legend(loc="upper left")
+    top.set_title(title, fontsize=10)
+    width = 0.4 / bins
+    bottom.bar(centers - width / 2, before[0], width=width, color="#d62728", label="before")
+    bottom.bar(centers + width / 2, after[0], width=width, color="#1f77b4", label="after")
+    bottom.set_xlabel("confidence (predicted probability)")
+    bottom.set_ylabel("predictions")
+    return save_png(fig, Path(output), dpi=100)
+
+
 def save_png(fig, output: Path, dpi: int) -> Path:
     """Write the figure to `output` as PNG, atomically: a reader never sees half a PNG."""
     from ftcli.files import atomic_path

@@ -12,7 +12,8 @@ import contextlib
 @contextlib.contextmanager
 def quiet(*libraries: str):
     """Within the block, `transformers`, `datasets` and `optuna` log only errors (optuna:
-    warnings, which include a failed trial's reason) and show no progress bars; `warnings`
+    warnings, which include a failed trial's reason) and show no progress bars; `torch.onnx` and
+    `onnxruntime` (the root logger its quantizer writes to) log only errors; `warnings`
     ignores Python warnings (optuna marks its heartbeats and matplotlib some plots experimental).
     Examples: transformers' 'newly initialized: classifier.*' (the expected state of a fresh
     head) and `datasets` logging a full traceback for a file ftcli reports in one line."""
@@ -41,6 +42,19 @@ def quiet(*libraries: str):
 
                 stack.callback(optuna.logging.set_verbosity, optuna.logging.get_verbosity())
                 optuna.logging.set_verbosity(optuna.logging.WARNING)
+            elif library in ("torch.onnx", "onnxruntime"):
+                import logging as std_logging  # `logging` is transformers' above, in a callback
+
+                # torch's exporter logs each optional op set it skips (torchvision); ONNX Runtime's
+                # quantizer calls `logging.warning()` on the root logger, which would give a root
+                # logger without handlers one for good (basicConfig): a null handler meanwhile.
+                logger = std_logging.getLogger(library if library == "torch.onnx" else None)
+                stack.callback(logger.setLevel, logger.level)
+                logger.setLevel(std_logging.ERROR)
+                if library == "onnxruntime":
+                    null = std_logging.NullHandler()
+                    logger.addHandler(null)
+                    stack.callback(logger.removeHandler, null)
             elif library == "warnings":
                 import warnings
 

@@ -603,7 +603,36 @@ class EvalConfig(_Section):
 
     threshold: float = Field(default=0.5, gt=0, lt=1)
     """Multi-label: a label is predicted when its probability is at least this. Left unset, eval
-    and predict use the threshold `ftcli eval --save-threshold` kept with the model, if any."""
+    and predict use the thresholds kept with the model (`ftcli calibrate`, or `ftcli eval
+    --save-threshold`), if any. Two single labels: given here (or with --set), eval and predict
+    predict the second label when its probability is at least this, instead of the more
+    probable label; left unset, the threshold `ftcli calibrate` kept, if any. Validation during
+    training always uses 0.5 (multi-label) and the more probable label."""
+
+
+class CalibrationConfig(_Section):
+    """What `ftcli calibrate` fits on the validation split, and whether `ftcli train` does it
+    when it finishes. Both are kept with the model: eval, predict and the ONNX export use them."""
+
+    after_train: bool = False
+    """Calibrate at the end of `ftcli train`, on the validation split (as `ftcli calibrate`)."""
+
+    temperature: bool = True
+    """Fit temperature scaling (one number T dividing every logit, chosen to minimize the
+    validation NLL); it changes how sure probabilities are, never a single-label argmax.
+    Classification only."""
+
+    thresholds: bool = True
+    """Tune thresholds on the (calibrated) validation probabilities: multi-label, one per label,
+    each maximizing its label's F1; two single labels, one threshold on the second label's
+    probability maximizing `threshold_metric`. Not for more than two single labels or regression."""
+
+    threshold_metric: Literal["f1", "accuracy", "matthews_correlation"] = "f1"
+    """Two single labels: the metric the threshold is chosen for (the second label is the
+    positive one, as GLUE's F1 counts it)."""
+
+    bins: int = Field(default=15, ge=2, le=100)
+    """Equal-width confidence bins of the expected calibration error and the reliability diagram."""
 
 
 class ParamRange(_Section):
@@ -710,6 +739,9 @@ class Config(_Section):
 
     eval: EvalConfig = Field(default_factory=EvalConfig)
     """What `ftcli eval` measures."""
+
+    calibration: Annotated[CalibrationConfig, MAY_CHANGE_ON_RESUME] = Field(default_factory=CalibrationConfig)
+    """What `ftcli calibrate` fits (temperature, thresholds), and whether train does it at the end."""
 
     sweep: Annotated[SweepConfig | None, MAY_CHANGE_ON_RESUME] = None
     """What `ftcli sweep` searches (ignored by the other commands)."""

@@ -13,7 +13,7 @@ from ftcli.console import Reporter
 from ftcli.errors import FtcliError
 from ftcli.evaluation.loop import run_eval
 from ftcli.evaluation.split_eval import find_model_dir
-from ftcli.evaluation.thresholds import threshold_for
+from ftcli.evaluation.thresholds import Thresholds, threshold_for
 from ftcli.files import atomic_path, check_output
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -34,7 +34,8 @@ def trained_labels(folder: Path) -> list[str]:
 
 def predict(config: Config | str | Path, input_file: str | Path, output_file: str | Path | None = None, *,
             model_dir: str | Path | None = None, keep_columns: list[str] | tuple[str, ...] = (),
-            reporter: Reporter | None = None, label_separator: str | None = None) -> dict[str, Any]:
+            reporter: Reporter | None = None, label_separator: str | None = None,
+            backend: str = "torch") -> dict[str, Any]:
     """`ftcli predict`: label every row of `input_file` (csv/tsv/json/jsonl/parquet with the
     config's text columns; a label column is not needed) with a trained model, and write the
     predictions in input order as JSON Lines or CSV (by the output's extension).
@@ -43,12 +44,17 @@ def predict(config: Config | str | Path, input_file: str | Path, output_file: st
     submissions need) or the text itself. Multi-label rows get every label whose probability is
     at least the threshold (`threshold_for`: eval.threshold, or the one saved with the model);
     in CSV their `labels` cell joins them with `label_separator` (default: data.label_separator,
-    else `|`). Returns a summary: `output`, `rows`, label counts."""
+    else `|`). A binary model with a saved threshold predicts the second label when its
+    probability reaches it. Probabilities are divided by the temperature kept with the model
+    (`ftcli calibrate`), if any. `backend`: `torch`, or `onnx` for the model's ONNX export
+    (`ftcli export`; `model_dir` may name the export folder), with the same output. Returns a
+    summary: `output`, `rows`, label counts."""
     import torch
 
     from ftcli import modeling
     from ftcli.config import DATA_FORMATS, as_config, with_values
     from ftcli.data import eval_dataloader, prepare, with_row_ids
+    from ftcli.evaluation.backends import check_backend, load_scorer, scoring_folder
     from ftcli.runtime import accelerator_session
 
     cfg = as_config(config)
@@ -58,9 +64,9 @@ def predict(config: Config | str | Path, input_file: str | Path, output_file: st
     if source.suffix.lower() not in DATA_FORMATS:
         raise FtcliError(f"--input {source}: unsupported extension {source.suffix!r}; "
                          f"use one of {', '.join(sorted(DATA_FORMATS))}")
-    folder = find_model_dir(cfg, model_dir)
-    if not (folder / "config.json").is_file():
-        modeling.load_trained(folder)  # raises the one-line error naming the folder
+    check_backend(backend)
+    folder = scoring_folder(backend, find_model_dir(cfg, model_dir) if backend == "torch"
+                            else Path(model_dir or cfg.train.output_dir))
     output = Path(output_file) if output_file else Path(cfg.train.output_dir) / "predictions" / f"{source.stem}.jsonl"
     if output.suffix.lower() not in (".jsonl", ".csv"):
         raise FtcliError(f"--output {output}: write .jsonl or .csv")
@@ -69,7 +75,7 @@ def predict(config: Config | str | Path, input_file: str | Path, output_file: st
         raise FtcliError("--label-separator: give a character such as ',' or '|'")
     labels = trained_labels(folder)
     multi = modeling.read_json(folder / "config.json").get("problem_type") == "multi_label_classification"
-    threshold = threshold_for(cfg, folder)[0] if multi else None  # an unreadable thresholds.json: before the work
+    thresholds = threshold_for(cfg, folder, labels, multi)  # an unreadable thresholds.json: before the work
     # One file to label, as it is (no split held out of it), with the trained model's labels.
     pcfg = with_values(cfg, {
         "data.path": None, "data.name": None, "data.revision": None, "data.files": {"predict": str(source)},
@@ -81,16 +87,17 @@ def predict(config: Config | str | Path, input_file: str | Path, output_file: st
         reporter.enabled = reporter.enabled and accelerator.is_main_process
         kept = _kept_columns(pcfg, source, keep_columns) if keep_columns else {}
         prepared = prepare(pcfg, log=reporter.info, labels_optional=True, progress=reporter.progress)
-        model = modeling.load_trained(folder, labels, prepared.pad_token_id, pcfg.model)
+        scorer = load_scorer(folder, backend == "onnx", labels, prepared.pad_token_id, pcfg.model, reporter.warn)
         ds = with_row_ids(prepared.split("predict"))
         dl = eval_dataloader(pcfg.data, accelerator, ds, prepared, batch_size=pcfg.train.eval_batch_size,
                              workers=pcfg.train.dataloader_workers, with_row_ids=True)
-        model, dl = accelerator.prepare(model, dl)
+        model, dl = scorer.prepare(accelerator, dl)
         start = time.perf_counter()
         with reporter.progress(len(dl), "predict", every=1, unit="batches", min_interval=10) as bar:
             result = run_eval(accelerator, model, dl, None, regression=prepared.is_regression, progress=bar,
-                              keep_outputs=True, multi_label=multi, threshold=threshold or 0.5,
-                              pooling=pcfg.eval.window_pooling)
+                              keep_outputs=True, multi_label=multi, threshold=thresholds.values or 0.5,
+                              binary_threshold=None if multi or thresholds.values is None else thresholds.values[0],
+                              temperature=scorer.temperature, pooling=pcfg.eval.window_pooling)
         seconds = time.perf_counter() - start
         order = torch.argsort(result.row_ids)
         rows = result.row_ids[order].tolist()
@@ -99,16 +106,28 @@ def predict(config: Config | str | Path, input_file: str | Path, output_file: st
             raise RuntimeError(f"gathered {len(rows)} predictions for {documents} rows")  # a bug, not bad input
         outputs = result.logits[order].squeeze(-1).numpy() if prepared.is_regression else result.scores[order.numpy()]
         read = _read_whole(ds, documents, prepared.windowed)
-        records, counts = _records(outputs, rows, labels, multi, threshold, kept, read)
+        records, counts = _records(outputs, rows, labels, multi, thresholds, kept, read)
         if accelerator.is_main_process:
             write_predictions(output, records, labels, list(kept),
                               separator=label_separator or pcfg.data.label_separator or "|")
         accelerator.wait_for_everyone()
         windows = {"windows": int(read.windows.sum())} if read.windows is not None else {}
         return {"input": str(source), "output": str(output), "model": str(folder), "rows": len(records),
-                "labels": counts, **({"threshold": threshold} if multi else {}),
-                "truncated": int(read.cut.sum()), **windows, "processes": accelerator.num_processes,
-                "seconds": round(seconds, 3)}
+                "labels": counts, **_decision(thresholds, labels, multi, scorer.temperature),
+                "truncated": int(read.cut.sum()), **windows, "backend": backend,
+                "processes": accelerator.num_processes, "seconds": round(seconds, 3)}
+
+
+def _decision(thresholds: Thresholds, labels: list[str], multi: bool, temperature: float) -> dict[str, Any]:
+    """How the summary says probabilities became labels: the threshold (one, or one per label)
+    and the temperature, when there are any."""
+    out: dict[str, Any] = {}
+    if thresholds.values is not None:
+        out["threshold"] = thresholds.single if thresholds.single is not None else dict(zip(labels, thresholds.values))
+        out["threshold_source"] = thresholds.source
+    if temperature != 1.0:
+        out["temperature"] = temperature
+    return out
 
 
 @dataclass(frozen=True)
@@ -131,12 +150,14 @@ def _read_whole(ds, documents: int, windowed: bool) -> _Read:
     return _Read(cut=cut, windows=np.bincount(of, minlength=documents))
 
 
-def _records(outputs, rows: list[int], labels: list[str], multi: bool, threshold: float | None,
+def _records(outputs, rows: list[int], labels: list[str], multi: bool, thresholds: Thresholds,
              kept: dict[str, list], read: _Read) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """One prediction per row (its kept columns, label(s), probabilities, whether its text was cut,
     and with windows how many it was read in), and the counts the summary shows: rows per label,
     or the mean of a regression. `outputs`: each row's probabilities (regression: its value)."""
     import numpy as np
+
+    from ftcli.evaluation.thresholds import decide
 
     def tail(r: int) -> dict[str, Any]:
         out = {"truncated": bool(read.cut[r])}
@@ -146,7 +167,7 @@ def _records(outputs, rows: list[int], labels: list[str], multi: bool, threshold
 
     if multi:  # every label at or above the threshold, and each label's probability
         probs = np.asarray(outputs)
-        chosen = probs >= threshold
+        chosen = decide(probs, thresholds, True).astype(bool)
         records = [{"row": r, **{c: v[r] for c, v in kept.items()},
                     "labels": [name for name, on in zip(labels, hit) if on],
                     "probabilities": {name: round(float(p), 6) for name, p in zip(labels, pr)}, **tail(r)}
@@ -154,7 +175,7 @@ def _records(outputs, rows: list[int], labels: list[str], multi: bool, threshold
         counts = {name: int(chosen[:, k].sum()) for k, name in enumerate(labels)}
     elif labels:
         probs = np.asarray(outputs)
-        ids = probs.argmax(-1)
+        ids = decide(probs, thresholds, False)
         records = [{"row": r, **{c: v[r] for c, v in kept.items()}, "label": labels[i], "label_id": int(i),
                     "probabilities": {name: round(float(p), 6) for name, p in zip(labels, pr)}, **tail(r)}
                    for r, i, pr in zip(rows, ids, probs)]

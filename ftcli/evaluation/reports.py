@@ -59,7 +59,11 @@ def write_report(folder: Path, report: dict[str, Any], title: str) -> Path:
 
 def report_folder(model_folder: Path, split: str) -> Path:
     """Where `ftcli eval` writes its report by default: `eval/<split>/` in the evaluated model's
-    run folder (the folder that holds `model/`)."""
+    run folder (the folder that holds `model/`); for an export, `eval/<split>-<export folder>/`."""
+    from ftcli.evaluation.backends import ONNX_FILE
+
+    if (model_folder / ONNX_FILE).is_file():  # an export (eval --backend onnx): beside the PyTorch model's
+        return model_folder.parent / "eval" / f"{split}-{model_folder.name}"
     run = model_folder.parent if model_folder.name == "model" else model_folder
     return run / "eval" / split
 

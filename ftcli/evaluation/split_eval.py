@@ -29,7 +29,7 @@ def find_model_dir(cfg: Config, model_dir: str | Path | None) -> Path:
 def evaluate_model(config: Config | str | Path, *, model_dir: str | Path | None = None, split: str | None = None,
                    require: list[Requirement] = (), reporter: Reporter | None = None,
                    report_dir: str | Path | None = None, find_threshold: bool = False, save_threshold: bool = False,
-                   errors_file: str | Path | None = None) -> dict[str, Any]:
+                   errors_file: str | Path | None = None, backend: str = "torch") -> dict[str, Any]:
     """`ftcli eval`: evaluate a trained model on a split of the prepared data, print the results
     (a metrics table and, for classification, a per-class table) and return them.
 
@@ -44,14 +44,19 @@ def evaluate_model(config: Config | str | Path, *, model_dir: str | Path | None 
     true and predicted labels and probabilities, most confident mistakes first. `require`
     (quality-gate requirements, see ftcli.gate) are checked against the metric names before the
     model runs; `result["gate"]` has each one's value and verdict, `result["failed"]` lists those
-    the model missed (empty when it passed)."""
-    from ftcli import gate, modeling
+    the model missed (empty when it passed). Binary models with a saved threshold, and
+    probabilities with a saved temperature, are evaluated as predict uses them. `backend`:
+    `torch`, or `onnx` for the model's ONNX export (`model_dir` may name the export folder)."""
+    from ftcli import gate
     from ftcli.config import as_config
     from ftcli.data import eval_dataloader, prepare
+    from ftcli.evaluation.backends import check_backend, load_scorer, scoring_folder
     from ftcli.runtime import accelerator_session
 
     cfg = as_config(config)
-    folder = find_model_dir(cfg, model_dir)
+    check_backend(backend)
+    folder = scoring_folder(backend, find_model_dir(cfg, model_dir) if backend == "torch"
+                            else Path(model_dir or cfg.train.output_dir))
     split = split or cfg.eval.split
     where, errors_path = _check_request(cfg, folder, split, report_dir, errors_file)
     find_threshold = find_threshold or save_threshold
@@ -73,33 +78,43 @@ def evaluate_model(config: Config | str | Path, *, model_dir: str | Path | None 
             raise FtcliError("--errors: regression has no misclassified rows; compare predictions from ftcli predict")
         name = metric_name(cfg.eval, prepared.label_names, multi)
         gate.check_names(list(require), ["loss", *metric_keys(name)])
-        model = modeling.load_trained(folder, prepared.label_names, prepared.pad_token_id, cfg.model)
-        threshold, threshold_source = threshold_for(cfg, folder) if multi else (cfg.eval.threshold, "")
+        thresholds = threshold_for(cfg, folder, prepared.label_names, multi)
+        scorer = load_scorer(folder, backend == "onnx", prepared.label_names, prepared.pad_token_id, cfg.model,
+                             reporter.warn)
         metric = load_metric(name)
         dl = eval_dataloader(cfg.data, accelerator, prepared.split(split), prepared,
                              batch_size=cfg.train.eval_batch_size, workers=cfg.train.dataloader_workers)
-        model, dl = accelerator.prepare(model, dl)
+        model, dl = scorer.prepare(accelerator, dl)
         start = time.perf_counter()
+        binary = None if multi or thresholds.values is None else thresholds.values[0]
         with reporter.progress(len(dl), f"eval {split}", every=1, unit="batches", min_interval=10) as bar:
             evaluated = run_eval(accelerator, model, dl, metric, regression=prepared.is_regression, progress=bar,
-                                 keep_predictions=True, multi_label=multi, threshold=threshold,
+                                 keep_predictions=True, multi_label=multi, threshold=thresholds.values or 0.5,
+                                 binary_threshold=binary, temperature=scorer.temperature,
                                  pooling=cfg.eval.window_pooling)
         predictions, references, scores = evaluated.predictions, evaluated.references, evaluated.scores
         result = evaluated.values()
         extra: dict[str, Any] = {}
+        if thresholds.values is not None:
+            single = thresholds.single
+            result["threshold"] = single if single is not None else dict(zip(prepared.label_names, thresholds.values))
+            extra["threshold_source"] = thresholds.source
+        if scorer.temperature != 1.0:
+            result["temperature"] = scorer.temperature
         if multi:
-            result["threshold"] = threshold
-            extra["threshold_source"] = threshold_source
-            if warning := few_positives_warning(predictions, references, threshold, split):
+            shown = thresholds.single if thresholds.single is not None else min(thresholds.values)
+            if warning := few_positives_warning(predictions, references, shown, split):
                 reporter.warn(warning)
             if find_threshold:
                 extra["best_threshold"] = best_threshold(scores, references)
                 if save_threshold and accelerator.is_main_process:
-                    extra["best_threshold"]["saved"] = str(save_threshold_file(folder, extra["best_threshold"], split))
+                    extra["best_threshold"]["saved"] = str(save_threshold_file(folder, extra["best_threshold"], split,
+                                                                               scorer.temperature))
         summary = {
             "split": split,
             "model": str(folder),
             "metric": name,
+            "backend": backend,
             "processes": accelerator.num_processes,
             "seconds": round(time.perf_counter() - start, 3),
             **result,
@@ -125,11 +140,8 @@ def _check_request(cfg: Config, folder: Path, split: str, report_dir, errors_fil
     """What `eval` is asked to read and write, checked before anything loads: the model folder,
     the split, the report folder and the `--errors` file. Returns the report folder and the
     errors file (None: not asked for)."""
-    from ftcli import modeling
     from ftcli.data import check_splits
 
-    if not (folder / "config.json").is_file():
-        modeling.load_trained(folder)  # raises the one-line error naming the folder
     check_splits(cfg.data, split)
     where = Path(report_dir) if report_dir else report_folder(folder, split)
     check_output_folder(where, "--report-dir" if report_dir else "report folder")
@@ -164,20 +176,26 @@ def print_eval(reporter: Reporter, summary: dict[str, Any]) -> None:
     """What `ftcli eval` (and `evaluate()` in Python) shows: the metrics, the per-class table,
     where the report and the error rows went, and the best threshold."""
     shown = {k: v for k, v in summary.items() if k not in (
-        "model", "split", "failed", "gate", "per_class", "report", "best_threshold", "threshold_source", "errors")}
+        "model", "split", "failed", "gate", "per_class", "report", "best_threshold", "threshold_source", "errors")
+        and not (k == "threshold" and isinstance(v, dict))}
     reporter.results(f"{summary['split']} - {summary['model']}", shown)
     if "per_class" in summary:
         reporter.class_table(summary["per_class"])
         if "report" in summary:
             reporter.info(f"report: {summary['report']} (and confusion_matrix.png beside it)")
     if summary.get("threshold_source") and summary["threshold_source"] != "default":
-        reporter.info(f"threshold {summary['threshold']:.2f}: {summary['threshold_source']}")
+        reporter.info(f"threshold {_threshold_text(summary['threshold'])}: {summary['threshold_source']}")
     if "best_threshold" in summary:
         best = summary["best_threshold"]
         reporter.info(f"best single threshold on {summary['split']}: {best['threshold']:.2f} "
-                      f"(f1_micro {best['f1_micro']:.4f}; evaluated at {summary['threshold']:.2f})"
+                      f"(f1_micro {best['f1_micro']:.4f}; evaluated at {_threshold_text(summary['threshold'])})"
                       + (f"; saved to {best['saved']}: eval and predict use it unless eval.threshold is set"
                          if "saved" in best else "; --save-threshold keeps it with the model"))
     if "errors" in summary:
         errors = summary["errors"]
         reporter.info(f"errors: {errors['rows']:,} misclassified rows -> {errors['path']}")
+
+
+def _threshold_text(value: float | dict[str, float]) -> str:
+    """One threshold, or one per label."""
+    return f"{value:.2f}" if isinstance(value, float) else ", ".join(f"{k} {v:.2f}" for k, v in value.items())
