@@ -3,8 +3,8 @@ function each and print what it returns (its own summary lines, or `--json`). He
 (torch, transformers, datasets, evaluate, accelerate) are imported inside those functions, never
 here, so `ftcli --help` and config errors answer at once.
 
-Exit codes: 0 success, 1 unexpected error, 2 bad input, 3 quality gate failed (`eval --require`),
-130/143 interrupted (SIGINT/SIGTERM).
+Exit codes: 0 success, 1 unexpected error, 2 bad input, 3 a check failed (`eval --require`, the
+parity check of `ftcli export`), 130/143 interrupted (SIGINT/SIGTERM).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Annotated, Any, Callable, Optional
 
 import typer
 
-from ftcli.errors import (EXIT_BAD_INPUT, EXIT_QUALITY_GATE, EXIT_SIGINT, EXIT_UNEXPECTED, FtcliError,
+from ftcli.errors import (EXIT_QUALITY_GATE, EXIT_SIGINT, EXIT_UNEXPECTED, FtcliError,
                           TrainingInterrupted, disk_full_error, shorten)
 
 app = typer.Typer(
@@ -39,6 +39,9 @@ SetOpt = Annotated[
                  help="Override a config value: dotted.key=value (YAML scalar). Repeatable.", show_default=False),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the results as one JSON object on stdout.")]
+BackendOpt = Annotated[str, typer.Option(
+    "--backend", metavar="torch|onnx", help="What scores the rows: the PyTorch model, or its ONNX export (`ftcli "
+    "export`; --model may name the export folder, default: onnx/ in the run folder).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display; warnings and results only.")]
 
 
@@ -77,8 +80,8 @@ def _run(fn: Callable[[], Any], *, as_json: bool = False) -> Any:
             for line in lines:
                 typer.echo(f"error: {line}", err=True)
             if as_json:
-                _print_json({"error": "\n".join(lines), "exit_code": EXIT_BAD_INPUT})
-        raise typer.Exit(EXIT_BAD_INPUT) from None
+                _print_json({"error": "\n".join(lines), "exit_code": exc.exit_code})
+        raise typer.Exit(exc.exit_code) from None
     except TrainingInterrupted as exc:
         if str(exc):  # empty on processes other than the main one
             typer.echo(str(exc), err=True)
@@ -312,6 +315,7 @@ def eval_(
     report_dir: Annotated[Optional[Path], typer.Option(
         "--report-dir", help="Where to write eval_report.json and confusion_matrix.png (default: eval/SPLIT/ in "
                              "the model's run folder).", show_default=False)] = None,
+    backend: BackendOpt = "torch",
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -330,7 +334,7 @@ def eval_(
         reporter = _reporter(quiet, as_json)
         result = evaluate_model(cfg, model_dir=model, split=split, require=requirements, reporter=reporter,
                                 report_dir=report_dir, find_threshold=best_threshold, save_threshold=save_threshold,
-                                errors_file=errors)
+                                errors_file=errors, backend=backend)
         if not reporter.enabled:  # not the main process
             return
         if as_json:
@@ -359,6 +363,7 @@ def predict(
     label_separator: Annotated[Optional[str], typer.Option(
         "--label-separator", metavar="SEP", help="Multi-label CSV output: the separator that joins a row's labels "
         "in the labels column (default: data.label_separator, else '|').", show_default=False)] = None,
+    backend: BackendOpt = "torch",
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -373,7 +378,7 @@ def predict(
 
         reporter = _reporter(quiet, as_json)
         result = predict_fn(cfg, input, output, model_dir=model, keep_columns=keep or [], reporter=reporter,
-                            label_separator=label_separator)
+                            label_separator=label_separator, backend=backend)
         if not reporter.enabled:
             return
         if as_json:
@@ -384,6 +389,105 @@ def predict(
             cut = (f"; {result['truncated']:,} rows not read whole ("
                    + ("max_windows" if "windows" in result else "cut at max_length") + ")") if result["truncated"] else ""
             typer.echo(f"{result['rows']:,} predictions -> {result['output']} ({counts}{read}){cut}")
+
+    _run(go, as_json=as_json)
+
+
+@app.command()
+def calibrate(
+    config: ConfigOpt,
+    set_: SetOpt = None,
+    model: Annotated[Optional[Path], typer.Option("--model", "-m", help="Trained model folder "
+                     "(default: the config's train.output_dir).", show_default=False)] = None,
+    split: Annotated[Optional[str], typer.Option("--split", help="Labelled split to fit on (default: the "
+                                                 "validation split).", show_default=False)] = None,
+    temperature: Annotated[Optional[bool], typer.Option("--temperature/--no-temperature", help="Fit temperature "
+                           "scaling (default: calibration.temperature).", show_default=False)] = None,
+    thresholds: Annotated[Optional[bool], typer.Option("--thresholds/--no-thresholds", help="Tune thresholds: per "
+                          "label (multi-label) or one for two labels (default: calibration.thresholds).",
+                          show_default=False)] = None,
+    metric: Annotated[Optional[str], typer.Option("--metric", metavar="f1|accuracy|matthews_correlation",
+                      help="Two labels: the metric the threshold is chosen for (default: calibration.threshold_metric).",
+                      show_default=False)] = None,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Fit temperature scaling and tune thresholds on the validation split; keep them with the model (eval,
+    predict and the ONNX export use them), with a reliability diagram and the refreshed model card."""
+
+    def go():
+        options = [f"calibration.{k}={v}" for k, v in (("temperature", temperature), ("thresholds", thresholds),
+                                                       ("threshold_metric", metric)) if v is not None]
+        cfg = _load(config, [*(set_ or []), *options])
+        from ftcli.deploy import calibrate as calibrate_fn
+
+        reporter = _reporter(quiet, as_json)
+        result = calibrate_fn(cfg, model_dir=model, split=split, reporter=reporter)
+        if as_json and reporter.enabled:
+            _print_json(result.to_dict())
+
+    _run(go, as_json=as_json)
+
+
+@app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="A finished run (train.output_dir), or its model folder.")],
+    format: Annotated[str, typer.Option("--format", "-f", metavar="onnx", help="Export format.")] = "onnx",
+    quantize: Annotated[Optional[str], typer.Option("--quantize", metavar="int8", help="Also quantize the checked "
+                        "graph: int8 (ONNX Runtime dynamic quantization).", show_default=False)] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Export folder (default: RUN_DIR/onnx, "
+                      "or RUN_DIR/onnx-int8).", show_default=False)] = None,
+    split: Annotated[Optional[str], typer.Option("--split", help="Labelled split of the parity check (default: "
+                                                 "the validation split).", show_default=False)] = None,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Export the trained model to ONNX, with its tokenizer, labels, thresholds and temperature; kept only when
+    its logits match PyTorch's within 1e-4 on the validation split (exit 3 with the figure otherwise)."""
+
+    def go():
+        from ftcli.deploy import export as export_fn
+        from ftcli.runtime import is_main_process
+
+        if not is_main_process():
+            return  # under accelerate launch one process exports; the others have nothing to do
+        reporter = _reporter(quiet, as_json)
+        result = export_fn(run_dir, format=format, quantize=quantize, output=output, split=split, reporter=reporter)
+        if as_json:
+            _print_json(result)
+
+    _run(go, as_json=as_json)
+
+
+@app.command()
+def push(
+    run_dir: Annotated[Path, typer.Argument(help="A finished run (train.output_dir), or its model folder.")],
+    repo_id: Annotated[str, typer.Option("--repo-id", help="Hub repository, e.g. your-name/mrpc-minilm.",
+                                         show_default=False)],
+    private: Annotated[bool, typer.Option("--private", help="Create the repository private.")] = False,
+    revision: Annotated[Optional[str], typer.Option("--revision", help="Branch to commit to (default: main).",
+                                                    show_default=False)] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be uploaded; upload nothing.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Upload the model folder (card, thresholds, calibration) and the run's ONNX exports to the Hugging Face Hub."""
+
+    def go():
+        from ftcli.deploy import push as push_fn
+        from ftcli.runtime import is_main_process
+
+        if not is_main_process():
+            return  # one upload, from the main process
+
+        result = push_fn(run_dir, repo_id, private=private, revision=revision, dry_run=dry_run)
+        if as_json:
+            _print_json(result)
+            return
+        for f in result["files"]:
+            typer.echo(f"{f['path_in_repo']}  ({f['bytes']:,} bytes)")
+        verb = "would upload" if dry_run else "uploaded"
+        typer.echo(f"{verb} {len(result['files'])} files ({result['bytes'] / 1e6:,.1f} MB) to {repo_id}"
+                   + (f": {result['commit']}" if "commit" in result else ""))
 
     _run(go, as_json=as_json)
 

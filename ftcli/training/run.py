@@ -153,6 +153,15 @@ def _finish(run: Run, state: TrainState, result: dict[str, Any], ckpt: Path | No
     report = _class_report(run, final_eval, fresh=exported["from"] == "last")
     peft = cfg.model.peft
     run_dir.export_model(acc, run.model, run.tokenizer, out / "model", peft.export if peft else None)
+    written = None
+    if acc.is_main_process:
+        if report:
+            from ftcli.evaluation import write_report
+
+            written = str(write_report(out / "eval" / run.eval_split, report,
+                                       f"{run.eval_split}, step {report['step']}: {out / 'model'}"))
+        _describe_model(run, final_eval, report)
+    calibrated = _calibrate(run) if cfg.calibration.after_train else None
     summary = {
         "output_dir": str(out),
         "model_dir": str(out / "model"),
@@ -170,13 +179,11 @@ def _finish(run: Run, state: TrainState, result: dict[str, Any], ckpt: Path | No
         "eval": {k: v for k, v in final_eval.items() if k not in ("type", "time", "epoch", "split", "step")}
         if final_eval else None,
         "per_class": report["per_class"] if report else None,
+        **({"calibration": calibrated.to_dict()} if calibrated else {}),
     }
     if acc.is_main_process:
-        if report:
-            from ftcli.evaluation import write_report
-
-            summary["report"] = str(write_report(out / "eval" / run.eval_split, report,
-                                                 f"{run.eval_split}, step {report['step']}: {out / 'model'}"))
+        if written:
+            summary["report"] = written
         atomic_write_text(out / "metrics.json", json.dumps(summary, indent=2))
         run_dir.write_run_json(out, "completed", step=result["steps"])
         try:
@@ -196,6 +203,56 @@ def _finish(run: Run, state: TrainState, result: dict[str, Any], ckpt: Path | No
         if summary["eval"]:
             run.reporter.results(f"{run.eval_split} metrics", {k: v for k, v in summary["eval"].items() if k != "seconds"})
     return summary
+
+
+def _describe_model(run: Run, final_eval: dict[str, Any] | None, report: dict[str, Any] | None) -> None:
+    """Main process: what the model card tells about this training, kept in the model folder
+    with the confusion matrix image, and the card itself (ftcli.deploy.card)."""
+    import shutil
+
+    from ftcli import __version__
+    from ftcli.deploy import CONFUSION_IMAGE, TrainingFacts, write_card
+
+    cfg, prepared, model = run.cfg, run.prepared, run.output_dir / "model"
+    data = cfg.data
+    metrics = {k: v for k, v in (final_eval or {}).items() if k not in ("type", "time", "epoch", "split", "step")}
+    TrainingFacts(
+        base_model=cfg.model.name_or_path, base_revision=cfg.model.revision,
+        data_source=data.path + (f" ({data.name})" if data.name else "") if data.path
+        else ", ".join(f"{k}: {Path(v).name}" for k, v in (data.files or {}).items()),
+        data_fingerprint=prepared.manifest.key,
+        splits={name: prepared.split_info(name).docs for name in prepared.manifest.splits},
+        labels=list(prepared.label_names),
+        problem_type="regression" if prepared.is_regression else "multi_label" if prepared.is_multi_label
+        else "single_label",
+        text_columns=list(data.text_columns), max_length=data.max_length, long_texts=data.long_texts,
+        config=cfg.to_dict(), eval_split=run.eval_split if final_eval else None,
+        eval_step=(final_eval or {}).get("step"), metrics=metrics,
+        per_class=report["per_class"] if report else None, ftcli_version=__version__,
+    ).save(model)
+    drawn = run.output_dir / "eval" / str(run.eval_split) / CONFUSION_IMAGE  # by write_report, just before
+    if report and drawn.is_file():
+        shutil.copy2(drawn, model / CONFUSION_IMAGE)
+    write_card(model)
+
+
+def _calibrate(run: Run):
+    """`calibration.after_train`: `ftcli calibrate` on the validation split, with the final
+    model still in memory (every process evaluates; the main one saves)."""
+    from ftcli.deploy import fit_and_save, print_calibrated
+    from ftcli.evaluation import run_eval
+    from ftcli.training.fastops import standard_attention
+
+    with standard_attention(run.accelerator.unwrap_model(run.model)):
+        evaluated = run_eval(run.accelerator, run.model, run.eval_dl, None, regression=False, keep_outputs=True,
+                             keep_predictions=True, multi_label=run.prepared.is_multi_label,
+                             pooling=run.cfg.eval.window_pooling)
+    result = fit_and_save(run.cfg, evaluated, run.prepared.label_names, run.prepared.is_multi_label, run.eval_split,
+                          run.output_dir / "model", save=run.accelerator.is_main_process)
+    run.accelerator.wait_for_everyone()
+    if run.accelerator.is_main_process:
+        print_calibrated(run.reporter, result)
+    return result
 
 
 def _class_report(run: Run, final_eval: dict[str, Any] | None, *, fresh: bool) -> dict[str, Any] | None:

@@ -16,7 +16,6 @@ interrupted resumes *that* run, whatever `--set` overrides started it.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ from typing import Any
 from ftcli.training.checkpoint import CHECKPOINTS, STATE_FILE
 from ftcli.config import Config, load_config
 from ftcli.errors import FtcliError
-from ftcli.files import atomic_write_text, check_output_folder
+from ftcli.files import atomic_write_text, check_output_folder, replace_folder
 
 CONFIG_FILE = "config.yaml"
 
@@ -133,14 +132,7 @@ def export_model(acc, model, tokenizer, folder: Path, adapter_export: str | None
             tokenizer.save_pretrained(tmp)
         for f in tmp.iterdir():
             f.chmod(0o644)  # safetensors writes 0600 temp files; a model folder is meant to be shared
-        if folder.exists():
-            old = folder.with_name(f".{folder.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(folder, old)
-            os.replace(tmp, folder)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, folder)
+        replace_folder(tmp, folder)
     acc.wait_for_everyone()
 
 

@@ -103,6 +103,13 @@ def setup(cfg: Config, accelerator, reporter: Reporter) -> Run:
                                   batch_size=t.eval_batch_size, workers=t.dataloader_workers)
     name = evaluation.metric_name(cfg.eval, prepared.label_names, prepared.is_multi_label)
     metric = evaluation.load_metric(name) if eval_dl is not None else None
+    if cfg.calibration.after_train:
+        if eval_dl is None:
+            raise FtcliError("calibration.after_train: needs a labelled validation split (data.validation_split) to "
+                             "calibrate on")
+        if prepared.is_regression:
+            raise FtcliError("calibration.after_train: a regression model has no probabilities to calibrate or "
+                             "thresholds to tune; remove it")
     if t.metric_for_best is not None:
         if eval_dl is None:
             raise FtcliError("train.metric_for_best: needs a labelled validation split (data.validation_split)")

@@ -1,5 +1,6 @@
 """`from ftcli import train` in a notebook leaves the process as it found it: torch settings,
-matplotlib's backend, datasets' and transformers' logging and progress bars, signal handlers,
+matplotlib's backend, datasets' and transformers' logging and progress bars, the root logger
+(ONNX Runtime's quantizer logs through it) and stdout (torch's exporter prints), signal handlers,
 Accelerate's state (a caller's own Accelerator keeps working), the global random generators (training seeds them), and glibc's malloc
 (heap reuse is the `ftcli train` command's alone)."""
 
@@ -16,7 +17,7 @@ from conftest import make_rows, write_jsonl
 pytestmark = pytest.mark.slow
 
 SCRIPT = r'''
-import hashlib, json, random, signal, sys
+import hashlib, json, logging, random, signal, sys
 import numpy as np
 import matplotlib
 matplotlib.use("svg")  # stands in for a notebook's inline backend
@@ -36,6 +37,8 @@ def snapshot():
         "datasets": [ds_logging.get_verbosity(), datasets.is_progress_bar_enabled()],
         "transformers": [tf_logging.get_verbosity(), tf_logging.is_progress_bar_enabled()],
         "signals": [repr(signal.getsignal(signal.SIGINT)), repr(signal.getsignal(signal.SIGTERM))],
+        "logging": [len(logging.getLogger().handlers), logging.getLogger().level,
+                    logging.getLogger("torch.onnx").level, id(sys.stdout)],
         "accelerate": [sorted(PartialState._shared_state), sorted(AcceleratorState._shared_state),
                        mine.gradient_accumulation_steps, mine.mixed_precision, str(mine.device)],
         "rng": [hashlib.sha256(repr(random.getstate()).encode()).hexdigest(),
@@ -50,11 +53,15 @@ random.seed(123); np.random.seed(123); torch.manual_seed(123)  # the caller's ow
 before = snapshot()
 from ftcli import evaluate, load_config, predict, train
 from ftcli.console import Reporter
+from ftcli.deploy import calibrate, export
 
 cfg = load_config(sys.argv[1])
 train(cfg, reporter=Reporter(mode="quiet"))
 predict(cfg, sys.argv[2], sys.argv[3], reporter=Reporter(mode="quiet"))
 evaluate(cfg, reporter=Reporter(mode="quiet"))
+calibrate(cfg, reporter=Reporter(mode="quiet"))
+export(cfg.train.output_dir, quantize="int8", reporter=Reporter(mode="quiet"))  # ORT's quantizer logs to root
+predict(cfg, sys.argv[2], sys.argv[3], reporter=Reporter(mode="quiet"), backend="onnx", model_dir=cfg.train.output_dir + "/onnx-int8")
 after = snapshot()
 layer = mine.prepare(torch.nn.Linear(2, 2))  # the caller's Accelerator still works
 with mine.autocast():
