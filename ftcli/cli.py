@@ -395,7 +395,10 @@ def predict(
 
 @app.command()
 def calibrate(
-    config: ConfigOpt,
+    run_dir: Annotated[Optional[Path], typer.Argument(help="A finished run (train.output_dir), or its model folder: "
+                       "calibrated with the config the run saved (or give --config).", show_default=False)] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config file (may be left out with "
+                      "RUN_DIR: the run's own config.yaml).", show_default=False)] = None,
     set_: SetOpt = None,
     model: Annotated[Optional[Path], typer.Option("--model", "-m", help="Trained model folder "
                      "(default: the config's train.output_dir).", show_default=False)] = None,
@@ -418,11 +421,23 @@ def calibrate(
     def go():
         options = [f"calibration.{k}={v}" for k, v in (("temperature", temperature), ("thresholds", thresholds),
                                                        ("threshold_metric", metric)) if v is not None]
-        cfg = _load(config, [*(set_ or []), *options])
         from ftcli.deploy import calibrate as calibrate_fn
+        from ftcli.deploy import locate_run, run_config
 
+        model_dir = model
+        if run_dir is not None:
+            if model is not None:
+                raise FtcliError("calibrate: give RUN_DIR or --model, not both")
+            run = locate_run(run_dir, "calibrate")
+            model_dir = run.model
+            cfg = _load(config, [*(set_ or []), *options]) if config else \
+                run_config(run, "calibrate", [*(set_ or []), *options])
+        elif config is None:
+            raise FtcliError("calibrate: give RUN_DIR (a finished run), or --config FILE")
+        else:
+            cfg = _load(config, [*(set_ or []), *options])
         reporter = _reporter(quiet, as_json)
-        result = calibrate_fn(cfg, model_dir=model, split=split, reporter=reporter)
+        result = calibrate_fn(cfg, model_dir=model_dir, split=split, reporter=reporter)
         if as_json and reporter.enabled:
             _print_json(result.to_dict())
 

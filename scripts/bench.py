@@ -631,8 +631,132 @@ def bench_window_weights(args, out: Path, work: Path) -> None:
     print(markdown)
 
 
+def run_deploy_predict(args, work: Path) -> dict:
+    """`predict()` of the MRPC test split with one backend, in a warm process, from a fresh cache:
+    tokenizing and loading the model are part of the time, as they are of the pipeline's."""
+    from ftcli.config import load_config
+    from ftcli.console import Reporter
+    from ftcli.evaluation import predict
+
+    cfg = load_config(Path(args.run) / "config.yaml", [f"data.cache_dir={work / f'cache-{time.time_ns()}'}"])
+    reporter = Reporter()
+    reporter.enabled = False
+    # A warm process, as the pipeline's: the first call pays for importing torch, transformers and
+    # datasets (~12 s here), which is not throughput.
+    warm = work / f"warm-{time.time_ns()}.jsonl"
+    warm.write_text("".join(Path(args.data_file).read_text().splitlines(keepends=True)[:64]))
+    predict(cfg, warm, work / f"p-{time.time_ns()}.jsonl", model_dir=args.model_dir, reporter=reporter,
+            backend=args.backend)
+    cfg = load_config(Path(args.run) / "config.yaml", [f"data.cache_dir={work / f'cache-{time.time_ns()}'}"])
+    start = time.perf_counter()
+    result = predict(cfg, args.data_file, work / f"p-{time.time_ns()}.jsonl", model_dir=args.model_dir,
+                     reporter=reporter, backend=args.backend)
+    seconds = time.perf_counter() - start
+    return {"rows": result["rows"], "seconds": seconds, "rows_per_s": result["rows"] / seconds,
+            "model_seconds": result["seconds"], "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def run_pipeline(args, work: Path) -> dict:
+    """`transformers.pipeline("text-classification")` over the same pairs, at each batch size
+    (after a warm-up call; each size loads the pipeline again, as each ftcli predict loads the model)."""
+    import torch
+    from transformers import pipeline
+
+    rows = [json.loads(line) for line in Path(args.data_file).read_text().splitlines()]
+    pairs = [{"text": r["sentence1"], "text_pair": r["sentence2"]} for r in rows]
+    pipeline("text-classification", model=args.model_dir, device=-1)(pairs[:64], batch_size=8)  # warm, as ftcli's
+    out = {}
+    for batch in (1, 8, 32, 64):
+        start = time.perf_counter()
+        classify = pipeline("text-classification", model=args.model_dir, device=-1)
+        with torch.inference_mode():
+            classify(pairs, batch_size=batch, truncation=True, max_length=128)
+        out[str(batch)] = time.perf_counter() - start
+    best = min(out, key=out.get)
+    return {"rows": len(rows), "seconds": out[best], "rows_per_s": len(rows) / out[best], "best_batch": int(best),
+            "by_batch_s": out, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def bench_deploy(args, out: Path, work: Path) -> None:
+    """Predict throughput on the MRPC test split (1,725 pairs) for the quickstart MiniLM: ftcli's
+    PyTorch predict, its ONNX export in fp32 and int8, and transformers.pipeline at its best batch
+    size; each in a fresh process, alternating, `--rounds` times. The exports' parity and int8
+    metric change come from `ftcli export` itself (validation split)."""
+    from ftcli.deploy import export
+
+    run = Path(args.run) if args.run else None
+    if run is None:  # train the quickstart recipe first (~4-8 minutes on 2 cores)
+        run = work / "quickstart"
+        proc = subprocess.run([sys.executable, "-m", "ftcli", "train", "-c", "configs/quickstart.yaml", "-q",
+                               "--set", f"train.output_dir={run}"], capture_output=True, text=True,
+                              env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
+        if proc.returncode != 0:
+            raise SystemExit(f"training failed:\n{proc.stderr[-4000:]}")
+    exports = {}
+    for quantize in (None, "int8"):
+        target = work / f"onnx-{quantize or 'fp32'}"
+        exports[quantize or "fp32"] = export(run, quantize=quantize, output=target, reporter=_silent())
+    from ftcli.config import load_config
+
+    test = Path(load_config(run / "config.yaml").data.files["test"])
+    args.run = str(run)
+    contenders = [("ftcli predict (PyTorch)", "deploy-predict", ["--backend", "torch", "--model-dir", str(run / "model")]),
+                  ("ftcli predict --backend onnx (fp32)", "deploy-predict",
+                   ["--backend", "onnx", "--model-dir", str(work / "onnx-fp32")]),
+                  ("ftcli predict --backend onnx (int8)", "deploy-predict",
+                   ["--backend", "onnx", "--model-dir", str(work / "onnx-int8")]),
+                  ("transformers.pipeline (best batch)", "pipeline", ["--model-dir", str(run / "model")])]
+    runs = []
+    for round_ in range(args.rounds):
+        for label, kind, extra in contenders:
+            result = _run_worker(args, kind, work, ["--data-file", str(test), "--run", str(run), *extra])
+            result.update(label=label, round=round_ + 1)
+            runs.append(result)
+            print(f"round {round_ + 1} {label:<38} {result['rows_per_s']:7.1f} rows/s ({result['seconds']:.1f} s"
+                  + (f", best batch {result['best_batch']}" if "best_batch" in result else "") + ")", flush=True)
+    median = {label: statistics.median(r["rows_per_s"] for r in runs if r["label"] == label) for label, _, _ in contenders}
+    torch_label, fp32, int8, pipe = (c[0] for c in contenders)
+    q = exports["int8"]["int8"]
+    ratios = {"ONNX fp32 / PyTorch predict (target >= 1.3)": median[fp32] / median[torch_label],
+              "ONNX int8 / PyTorch predict (target >= 2)": median[int8] / median[torch_label],
+              "ftcli PyTorch predict / pipeline at its best batch (target >= 1)": median[torch_label] / median[pipe]}
+    lines = [f"Predict benchmark: quickstart MiniLM ({run}), MRPC test split ({runs[0]['rows']:,} pairs), "
+             f"{args.rounds} round(s), {os.cpu_count()} CPUs; each run a fresh process, warmed up, with a fresh "
+             "cache (tokenizing and loading the model count)", "",
+             "| contender | rows/s (median) | every round | of which scoring, s |", "| --- | --- | --- | --- |"]
+    for label, _, _ in contenders:
+        mine = [r for r in runs if r["label"] == label]
+        scoring = _each(mine, "model_seconds") if "model_seconds" in mine[0] else "-"
+        lines.append(f"| {label} | {median[label]:.1f} | {_each(mine, 'rows_per_s')} | {scoring} |")
+    lines += ["", f"- fp32 parity on validation: largest logit difference "
+                  f"{exports['fp32']['parity']['max_abs_diff']:.2e}",
+              f"- int8 on validation: " + ", ".join(f"{k} {q['metrics_pytorch'][k]:.4f} -> {q['metrics_int8'][k]:.4f}"
+                                                    for k in ("accuracy", "f1"))]
+    lines += [f"- {name}: **{value:.2f}x**" for name, value in ratios.items()]
+    markdown = "\n".join(lines) + "\n"
+    (out / "deploy.json").write_text(json.dumps({"machine": machine(), "ratios": ratios, "runs": runs,
+                                                 "exports": exports}, indent=2, default=str))
+    (out / "deploy.md").write_text(markdown)
+    print()
+    print(markdown)
+
+
+def _silent():
+    from ftcli.console import Reporter
+
+    reporter = Reporter()
+    reporter.enabled = False
+    return reporter
+
+
 def worker(args) -> None:
     work = Path(args.work)
+    if args.contender == "deploy-predict":
+        Path(args.result).write_text(json.dumps(run_deploy_predict(args, work)))
+        return
+    if args.contender == "pipeline":
+        Path(args.result).write_text(json.dumps(run_pipeline(args, work)))
+        return
     if args.contender == "prepare":
         Path(args.result).write_text(json.dumps(run_prepare(args, work)))
         return
@@ -755,6 +879,10 @@ def main() -> None:
     parser.add_argument("--window-weights", action="store_true",
                         help="train.window_weight window vs document on synthetic long documents (--seeds seeds)")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--deploy", action="store_true",
+                        help="predict throughput on MRPC test: PyTorch, ONNX fp32/int8, transformers.pipeline")
+    parser.add_argument("--run", help="--deploy: a trained quickstart run folder (default: train one first)")
+    parser.add_argument("--backend", default="torch", help=argparse.SUPPRESS)
     parser.add_argument("--long-texts", help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
     parser.add_argument("--contended", action="store_true",
@@ -781,6 +909,8 @@ def main() -> None:
         return bench_prepare(args, out, work)
     if args.window_weights:
         return bench_window_weights(args, out, work)
+    if args.deploy:
+        return bench_deploy(args, out, work)
     if args.long_docs:
         if args.num_proc != "auto":
             args.num_proc = str(int(args.num_proc))

@@ -121,6 +121,10 @@ def export(run_dir: str | Path, *, format: str = "onnx", quantize: str | None = 
         replace_folder(tmp, out)  # an export already there is replaced only now
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    if out.parent.resolve() == run.run.resolve():  # an export of the run's own: the card lists it
+        from ftcli.deploy.card import write_card
+
+        write_card(run.model)
     summary = {"output": str(out), "model": str(run.model), "quantize": quantize, "inputs": inputs,
                "temperature": temperature, "parity": parity, **({"int8": quantized} if quantized else {})}
     _report(reporter, summary, labels)

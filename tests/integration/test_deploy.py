@@ -66,6 +66,7 @@ def test_export_passes_parity_and_carries_what_predict_needs(exported):
     assert [o.name for o in session.get_outputs()] == ["logits"]
     assert [i.shape for i in session.get_inputs()][0][0] != 40  # batch and sequence stay dynamic
     assert not (run.parent / "run" / ".onnx.tmp").exists()
+    assert "An ONNX export checked against PyTorch on validation" in (run / "model" / "README.md").read_text()
 
 
 def test_predict_and_eval_with_onnx_equal_pytorch_in_input_order(exported, task_files, tmp_path):
@@ -230,6 +231,10 @@ def test_a_binary_threshold_is_tuned_saved_and_applied(trained, tmp_path):
     folder = _scaled_copy(run / "model", tmp_path / "shy", bias_shift={1: -3.0})
     result = json.loads(_ok(run_here("calibrate", "-c", str(config), "--model", str(folder), "--no-temperature",
                                      "--metric", "f1", "--json", "-q")).stdout)
+    # RUN_DIR alone: the run's saved config (here the model folder given as RUN_DIR's model)
+    shutil.copy2(run / "config.yaml", tmp_path / "config.yaml")
+    again = json.loads(_ok(run_here("calibrate", str(folder), "--no-temperature", "--json", "-q")).stdout)
+    assert again["thresholds"]["threshold"] == result["thresholds"]["threshold"]
     t = result["thresholds"]
     assert t["kind"] == "binary" and t["positive_label"] == "yes" and t["threshold"] < 0.5
     assert result["after"]["f1"] > result["before"]["f1"] + 0.2
