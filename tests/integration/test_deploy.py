@@ -366,13 +366,15 @@ def test_multi_label_and_regression_export_with_parity_and_per_label_thresholds(
     assert refused.returncode == 2 and "regression model has no probabilities" in refused.stderr
 
 
-def test_a_decoder_without_a_pad_token_exports_and_predicts_alike(tmp_path, task_files):
+def test_a_decoder_without_a_pad_token_exports_and_predicts_alike_on_windows(tmp_path, task_files):
     """GPT-2 as published has no pad token: ftcli gives it one for batching, and the graph pools
-    the last real token of each row as PyTorch does."""
+    the last real token of each row as PyTorch does. Texts longer than max_length are read in
+    windows: the graph scores windows and ftcli pools them per row, for either backend."""
     from families import build
 
     base = build("gpt2", tmp_path / "gpt2")
     raw = config_dict(base, task_files, tmp_path, epochs=1)
+    raw["data"].update(text_columns=["sentence1"], max_length=8, long_texts="windows", stride=2)
     config = _write(raw, tmp_path / "c.yaml")
     _ok(run_here("train", "-c", str(config), "-q"))
     summary = json.loads(_ok(run_here("export", str(tmp_path / "run"), "--json", "-q")).stdout)
@@ -381,5 +383,8 @@ def test_a_decoder_without_a_pad_token_exports_and_predicts_alike(tmp_path, task
     _ok(run_here("predict", "-c", str(config), "-i", str(task_files["validation"]), "-o", str(a), "-q"))
     _ok(run_here("predict", "-c", str(config), "-i", str(task_files["validation"]), "-o", str(b), "--backend", "onnx",
                  "-q"))
-    for x, y in zip(_read_jsonl(a), _read_jsonl(b)):
+    a, b = _read_jsonl(a), _read_jsonl(b)
+    assert len(b) == 40 and [r["row"] for r in b] == list(range(40)) and max(r["windows"] for r in b) > 2
+    for x, y in zip(a, b):
         assert x["label"] == y["label"] and x["probabilities"] == pytest.approx(y["probabilities"], abs=1e-5)
+        assert x["windows"] == y["windows"]

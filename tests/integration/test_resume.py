@@ -92,7 +92,6 @@ def reference_two(reference):
 # Fault points: a crash right after an optimizer step, and one in the middle of writing a
 # checkpoint (all processes have saved their state; the main one has not finished the folder).
 STEPS = random.Random(7).sample([s for s in range(2, 95) if s % 5], 2)  # 1 process: 96 steps
-STEPS2 = random.Random(8).sample([s for s in range(2, 47) if s % 5], 1)  # 2 processes: 48 steps
 
 
 @pytest.mark.parametrize("fault", [f"step:{STEPS[0]}", f"step:{STEPS[1]}", "checkpoint-write:45"])
@@ -113,7 +112,7 @@ def test_kill_and_resume_one_process_is_bit_identical(reference, tmp_path, fault
 
 
 @pytest.mark.multiprocess
-@pytest.mark.parametrize("fault", [f"step:{STEPS2[0]}@1", "checkpoint-write:35@0"])
+@pytest.mark.parametrize("fault", ["checkpoint-write:35@0"])  # killed mid-write; a killed step: 1 process
 def test_kill_and_resume_two_processes_is_bit_identical(reference, reference_two, tmp_path, fault):
     out = ["--set", f"train.output_dir={tmp_path / 'run'}"]
     killed = accelerate_launch("train", "-c", str(reference["config"]), *CKPT, *out, env={"FTCLI_FAULT": fault})
