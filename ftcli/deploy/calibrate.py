@@ -21,7 +21,8 @@ from ftcli.errors import FtcliError
 class Calibrated:
     """What calibration fitted on `split` and what it changed. `before`/`after`: the metrics at
     the model's defaults (temperature 1, threshold 0.5 or the most probable label) and with what
-    was fitted. `thresholds`: the thresholds.json record (None: not tuned)."""
+    was fitted. `temperature`: the one fitted, or (not fitting one) the one the model keeps.
+    `thresholds`: the thresholds.json record (None: not tuned)."""
 
     split: str
     rows: int
@@ -31,7 +32,7 @@ class Calibrated:
     thresholds: dict[str, Any] | None
     before: dict[str, float]
     after: dict[str, float]
-    skipped: list[str]  # what was asked but does not apply to this model, and why
+    skipped: list[str]  # what was asked but does not apply to this model, or is now stale, and why
     files: list[str]
 
     def to_dict(self) -> dict[str, Any]:
@@ -126,12 +127,17 @@ def fit_and_save(cfg: Config, evaluated, labels: list[str], multi: bool, split: 
                 predictions=predicted, references=refs.astype(np.int64))[wanted.threshold_metric]
         return {k: round(float(v), 6) for k, v in values.items()}
 
+    from ftcli.evaluation import read_thresholds, temperature_of
+
     skipped: list[str] = []
     files: list[str] = []
     before_scores = scores(1.0)
     before = measured(before_scores, default)
     temperature = ece_before = ece_after = None
     chosen_scores = before_scores
+    if not wanted.temperature and (prior := temperature_of(folder)) != 1.0:
+        # the saved temperature stays: thresholds are tuned for the probabilities predict will see
+        temperature, chosen_scores = prior, scores(prior)
     if wanted.temperature:
         temperature = fit_temperature(logits, torch.as_tensor(refs), multi, documents, pooling)
         chosen_scores = scores(temperature)
@@ -148,6 +154,9 @@ def fit_and_save(cfg: Config, evaluated, labels: list[str], multi: bool, split: 
                                               reliability(*confidences(chosen_scores, refs, multi), wanted.bins),
                                               temperature, folder / "reliability_diagram.png",
                                               f"{split}: {folder}")))
+    if wanted.temperature and not wanted.thresholds and (saved := read_thresholds(folder, labels, multi)) is not None:
+        skipped.append(f"thresholds: {saved.source} was tuned for other probabilities; run ftcli calibrate with "
+                       "thresholds to tune them for this temperature")
     record = None
     tuned = default
     if wanted.thresholds and (multi or binary):
@@ -180,9 +189,11 @@ def fit_and_save(cfg: Config, evaluated, labels: list[str], multi: bool, split: 
 
 
 def print_calibrated(reporter: Reporter, result: Calibrated) -> None:
-    if result.temperature is not None:
+    if result.ece_before is not None:
         reporter.info(f"temperature {result.temperature:.4f} on {result.split} ({result.rows:,} rows): expected "
                       f"calibration error {result.ece_before:.4f} -> {result.ece_after:.4f}")
+    elif result.temperature is not None:
+        reporter.info(f"temperature {result.temperature:.4f}: the one saved with the model, kept")
     if result.thresholds is not None:
         t = result.thresholds
         chosen = (f"{t['threshold']:.2f} on p({t['positive_label']}) for {t['metric']}" if t["kind"] == "binary"

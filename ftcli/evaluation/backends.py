@@ -120,6 +120,12 @@ class Scorer:
     folder: Path
     temperature: float  # what run_eval divides logits by (1.0 for an export: its graph does it)
     onnx: bool
+    in_graph: float = 1.0  # an export: the temperature its graph divides logits by
+
+    @property
+    def applied(self) -> float:
+        """The temperature the scores carry, whoever divides by it (as summaries report it)."""
+        return self.temperature * self.in_graph
 
     def prepare(self, accelerator, dataloader):
         """The model and dataloader through the Accelerator (a session only needs the batches)."""
@@ -164,7 +170,7 @@ def load_scorer(folder: Path, onnx: bool, labels: list[str] | None, pad_token_id
     if warn is not None and (stale := stale_files(folder, Path(info.model))):
         warn(f"{folder}: the model's {' and '.join(stale)} changed after this export; run ftcli export again to "
              "use them (the export's own are used)")
-    return Scorer(OnnxClassifier(folder), folder, 1.0, True)
+    return Scorer(OnnxClassifier(folder), folder, 1.0, True, in_graph=info.temperature)
 
 
 def stale_files(export: Path, model: Path) -> list[str]:

@@ -52,7 +52,7 @@ def run_eval(accelerator, model, dataloader, metric, *, regression: bool, progre
     per document (`pooling`: mean or max, see ftcli.evaluation.windows) after every window is
     gathered: metrics, loss and outputs are then per document. `model` is a torch module, or any
     callable with the same batch-to-`.logits` contract (an ONNX Runtime session:
-    ftcli.evaluation.onnx_model)."""
+    ftcli.evaluation.backends)."""
     import numpy as np
     import torch
     import torch.nn.functional as F

@@ -113,12 +113,12 @@ def predict(config: Config | str | Path, input_file: str | Path, output_file: st
         accelerator.wait_for_everyone()
         windows = {"windows": int(read.windows.sum())} if read.windows is not None else {}
         return {"input": str(source), "output": str(output), "model": str(folder), "rows": len(records),
-                "labels": counts, **_decision(thresholds, labels, multi, scorer.temperature),
+                "labels": counts, **_decision(thresholds, labels, scorer.applied),
                 "truncated": int(read.cut.sum()), **windows, "backend": backend,
                 "processes": accelerator.num_processes, "seconds": round(seconds, 3)}
 
 
-def _decision(thresholds: Thresholds, labels: list[str], multi: bool, temperature: float) -> dict[str, Any]:
+def _decision(thresholds: Thresholds, labels: list[str], temperature: float) -> dict[str, Any]:
     """How the summary says probabilities became labels: the threshold (one, or one per label)
     and the temperature, when there are any."""
     out: dict[str, Any] = {}

@@ -99,8 +99,8 @@ def evaluate_model(config: Config | str | Path, *, model_dir: str | Path | None 
             single = thresholds.single
             result["threshold"] = single if single is not None else dict(zip(prepared.label_names, thresholds.values))
             extra["threshold_source"] = thresholds.source
-        if scorer.temperature != 1.0:
-            result["temperature"] = scorer.temperature
+        if scorer.applied != 1.0:
+            result["temperature"] = scorer.applied
         if multi:
             shown = thresholds.single if thresholds.single is not None else min(thresholds.values)
             if warning := few_positives_warning(predictions, references, shown, split):

@@ -222,6 +222,12 @@ def test_temperature_scaling_lowers_ece_and_predict_applies_the_saved_temperatur
     assert sum(got, []) == pytest.approx(expected.flatten().tolist(), abs=1e-5)
     card = (folder / "README.md").read_text()
     assert f"T = {result['temperature']:.4f}" in card and "reliability_diagram.png" in card
+    # thresholds alone afterwards: the saved temperature stays, and they are tuned for it
+    kept = json.loads(_ok(run_here("calibrate", "-c", str(config), "--model", str(folder), "--no-temperature",
+                                   "--json", "-q")).stdout)
+    assert kept["temperature"] == result["temperature"] and kept["ece_before"] is None
+    assert json.loads((folder / "thresholds.json").read_text())["temperature"] == result["temperature"]
+    assert json.loads((folder / "calibration.json").read_text())["temperature"] == result["temperature"]
 
 
 def test_a_binary_threshold_is_tuned_saved_and_applied(trained, tmp_path):
@@ -348,6 +354,7 @@ def test_multi_label_and_regression_export_with_parity_and_per_label_thresholds(
     assert summary["parity"]["max_abs_diff"] <= 1e-4 and summary["temperature"] == calibration["temperature"]
     onnx_eval = json.loads(_ok(run_here("eval", "-c", str(config), "--backend", "onnx", "--json", "-q")).stdout)
     assert onnx_eval["f1_macro"] == evaluated["f1_macro"] and onnx_eval["threshold"] == per_label
+    assert onnx_eval["temperature"] == calibration["temperature"]  # applied inside the graph
 
     rng = random.Random(0)
     reg_rows = [dict(r, label=round(2.0 * ("good" in r["sentence1"].split()[:1]) + rng.random(), 3))
