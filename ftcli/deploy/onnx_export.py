@@ -5,8 +5,8 @@ kept.
 The exporter is torch's own (`torch.onnx.export(dynamo=True)`, built on `torch.export`): it
 exports every family ftcli trains (BERT, RoBERTa, DeBERTa-v2, ModernBERT, T5 encoders, GPT-2,
 Llama, Qwen2) with logits within 4e-7 of PyTorch's. The TorchScript exporter it replaces is
-deprecated and drops inputs a graph does not read (DeBERTa-v2's token types); optimum keeps a
-list of architectures of its own and does not install with transformers 5 here.
+deprecated and drops inputs a graph does not read (DeBERTa-v2's token types); optimum covers
+only the architectures it lists, and this machine's package registry does not carry it.
 
 The graph takes the tokenizer's tensors (`input_ids`, `attention_mask`, and `token_type_ids`
 for models that read them), with dynamic batch and sequence sizes, and returns `logits` already
