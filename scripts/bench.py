@@ -751,20 +751,10 @@ def _silent():
 
 def worker(args) -> None:
     work = Path(args.work)
-    if args.contender == "deploy-predict":
-        Path(args.result).write_text(json.dumps(run_deploy_predict(args, work)))
-        return
-    if args.contender == "pipeline":
-        Path(args.result).write_text(json.dumps(run_pipeline(args, work)))
-        return
-    if args.contender == "prepare":
-        Path(args.result).write_text(json.dumps(run_prepare(args, work)))
-        return
-    if args.contender == "prepare-long":
-        Path(args.result).write_text(json.dumps(run_prepare_long(args, work)))
-        return
-    if args.contender == "eval-long":
-        Path(args.result).write_text(json.dumps(run_eval_long(args, work)))
+    measured_alone = {"deploy-predict": run_deploy_predict, "pipeline": run_pipeline, "prepare": run_prepare,
+                      "prepare-long": run_prepare_long, "eval-long": run_eval_long}
+    if args.contender in measured_alone:
+        Path(args.result).write_text(json.dumps(measured_alone[args.contender](args, work)))
         return
     if args.contender.startswith("ftcli"):  # what the `ftcli` command does first, before torch loads
         from ftcli.config import TrainConfig

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +47,10 @@ def export(run_dir: str | Path, *, format: str = "onnx", quantize: str | None = 
     failed check raises CheckFailed with the figure and writes nothing). With `quantize="int8"`
     the checked fp32 graph is quantized, and the int8 graph's metrics and speed are reported next
     to PyTorch's. Returns the summary `export.json` holds, with `output`."""
+    import torch
+
     from ftcli import modeling
-    from ftcli.data import eval_dataloader, prepare
+    from ftcli.data import check_splits, eval_dataloader, prepare
     from ftcli.evaluation import (ONNX_FILE, ExportInfo, OneProcess, OnnxClassifier, load_metric, metric_name,
                                   temperature_of, trained_labels)
 
@@ -63,8 +66,6 @@ def export(run_dir: str | Path, *, format: str = "onnx", quantize: str | None = 
     check_output_folder(out, "-o" if output else "export folder")
     reporter = reporter or Reporter()
     split = split or cfg.data.validation_name
-    from ftcli.data import check_splits
-
     check_splits(cfg.data, split)
     prepared = prepare(cfg, log=reporter.info, progress=reporter.progress)
     if not prepared.split_info(split).labeled:
@@ -115,7 +116,7 @@ def export(run_dir: str | Path, *, format: str = "onnx", quantize: str | None = 
         _copy_model_files(run.model, tmp)
         info = ExportInfo(format=format, quantize=quantize, model=str(run.model.resolve()), inputs=inputs,
                           temperature=temperature, labels=labels, problem_type=_problem(labels, multi),
-                          exporter=f"torch.onnx.export(dynamo=True), torch {_torch_version()}", opset=opset,
+                          exporter=f"torch.onnx.export(dynamo=True), torch {torch.__version__}", opset=opset,
                           parity=parity, quantized=quantized)
         info.save(tmp)
         replace_folder(tmp, out)  # an export already there is replaced only now
@@ -131,9 +132,10 @@ def export(run_dir: str | Path, *, format: str = "onnx", quantize: str | None = 
     return summary
 
 
+@dataclass(frozen=True)
 class _Evaluated:
-    def __init__(self, result, seconds: float):
-        self.result, self.seconds = result, round(seconds, 3)
+    result: Any  # EvalResult
+    seconds: float
 
 
 def _evaluate(local, model, dl, metric, prepared, cfg, multi: bool, temperature: float) -> _Evaluated:
@@ -147,7 +149,7 @@ def _evaluate(local, model, dl, metric, prepared, cfg, multi: bool, temperature:
     with torch.inference_mode():
         result = run_eval(local, model, dl, metric, regression=prepared.is_regression, keep_outputs=True,
                           multi_label=multi, temperature=temperature, pooling=cfg.eval.window_pooling)
-    return _Evaluated(result, time.perf_counter() - start)
+    return _Evaluated(result, round(time.perf_counter() - start, 3))
 
 
 def _max_difference(a, b) -> float:
@@ -159,27 +161,21 @@ def _max_difference(a, b) -> float:
     return float((x.double() - y.double()).abs().max()) if x.numel() else 0.0
 
 
-class _Logits:
-    """The graph's function: the model's logits divided by the temperature, from named inputs."""
+def _logits_module(model, temperature: float):
+    """The graph's function: the model's logits divided by the temperature, from named inputs
+    (torch.export names the graph's inputs after forward's parameters)."""
+    import torch
 
-    @staticmethod
-    def module(model, temperature: float, inputs: list[str]):
-        import torch
+    class Logits(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
 
-        class Logits(torch.nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.model = model
+        def forward(self, input_ids, attention_mask, token_type_ids=None):
+            types = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
+            return self.model(input_ids=input_ids, attention_mask=attention_mask, **types).logits / temperature
 
-            if "token_type_ids" in inputs:
-                def forward(self, input_ids, attention_mask, token_type_ids):
-                    out = self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
-                    return out.logits / temperature
-            else:
-                def forward(self, input_ids, attention_mask):
-                    return self.model(input_ids=input_ids, attention_mask=attention_mask).logits / temperature
-
-        return Logits().eval()
+    return Logits().eval()
 
 
 def _export_graph(model, temperature: float, sample: dict, path: Path, max_length: int | None) -> int:
@@ -199,7 +195,7 @@ def _export_graph(model, temperature: float, sample: dict, path: Path, max_lengt
     inputs = list(sample)
     batch = torch.export.Dim("batch")
     sequence = torch.export.Dim("sequence", max=max_length) if max_length else torch.export.Dim("sequence")
-    wrapped = _Logits.module(model, temperature, inputs)
+    wrapped = _logits_module(model, temperature)
     # The exporter prints its progress to stdout; ftcli's stdout is for results (--json).
     with quiet("transformers", "warnings", "torch.onnx"), contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
         try:
@@ -239,12 +235,6 @@ def _copy_model_files(model: Path, into: Path) -> None:
 
 def _problem(labels: list[str], multi: bool) -> str:
     return "regression" if not labels else "multi_label_classification" if multi else "single_label_classification"
-
-
-def _torch_version() -> str:
-    import torch
-
-    return torch.__version__
 
 
 def _report(reporter: Reporter, summary: dict[str, Any], labels: list[str]) -> None:

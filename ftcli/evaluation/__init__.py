@@ -5,7 +5,7 @@ rows (`reports`), thresholds (`thresholds`), calibration error and temperature s
 (`split_eval`) and `ftcli predict` (`predict`). Other packages use only the names exported here;
 importing this package loads NumPy, not torch."""
 
-from ftcli.evaluation.backends import EXPORT_FILE, ONNX_FILE, ExportInfo, OnnxClassifier, read_export
+from ftcli.evaluation.backends import EXPORT_FILE, ONNX_FILE, ExportInfo, OnnxClassifier, find_model_dir, read_export
 from ftcli.evaluation.calibration import (CALIBRATION_FILE, DIAGRAM_FILE, Calibration, confidences,
                                           expected_calibration_error, fit_temperature, load_calibration, nll, reliability,
                                           temperature_of)
@@ -13,7 +13,7 @@ from ftcli.evaluation.loop import EvalResult, OneProcess, run_eval
 from ftcli.evaluation.metrics import Metric, evaluate_module, load_metric, metric_keys, metric_name
 from ftcli.evaluation.predict import predict, trained_labels
 from ftcli.evaluation.reports import per_class_report, write_report
-from ftcli.evaluation.split_eval import evaluate_model, find_model_dir
+from ftcli.evaluation.split_eval import evaluate_model
 from ftcli.evaluation.thresholds import (THRESHOLD_FILE, Thresholds, decide, few_positives_warning, read_thresholds,
                                          save_thresholds, tune_binary, tune_per_label)
 from ftcli.evaluation.windows import pool

@@ -16,6 +16,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from ftcli.config import Config
 from ftcli.errors import FtcliError
 from ftcli.files import atomic_write_text
 
@@ -139,19 +140,29 @@ def check_backend(backend: str) -> None:
         raise FtcliError(f"--backend {backend!r}: use torch or onnx")
 
 
-def scoring_folder(backend: str, model_dir: Path) -> Path:
-    """The folder that scores rows: the trained model folder, or (onnx) its export; checked
-    before any work, with a one-line error when there is none."""
+def find_model_dir(cfg: Config, model_dir: str | Path | None) -> Path:
+    """`--model` as given, or the config's output_dir (its `model/` folder when it has one)."""
+    folder = Path(model_dir) if model_dir else Path(cfg.train.output_dir)
+    if not (folder / "config.json").is_file() and (folder / "model" / "config.json").is_file():
+        folder = folder / "model"
+    return folder
+
+
+def scoring_folder(backend: str, cfg: Config, model_dir: str | Path | None) -> Path:
+    """The folder that scores rows: the trained model folder (`find_model_dir`), or (onnx) its
+    export (`--model` names an export, or a run or model folder with one); checked before any
+    work, with a one-line error when there is none."""
     check_backend(backend)
     if backend == "onnx":
-        folder = export_folder(model_dir)
+        folder = export_folder(Path(model_dir or cfg.train.output_dir))
         read_export(folder)
         return folder
-    if not (model_dir / "config.json").is_file():
+    folder = find_model_dir(cfg, model_dir)
+    if not (folder / "config.json").is_file():
         from ftcli import modeling
 
-        modeling.load_trained(model_dir)  # raises the one-line error naming the folder
-    return model_dir
+        modeling.load_trained(folder)  # raises the one-line error naming the folder
+    return folder
 
 
 def load_scorer(folder: Path, onnx: bool, labels: list[str] | None, pad_token_id: int | None, base=None,

@@ -12,7 +12,6 @@ from ftcli.config import Config
 from ftcli.console import Reporter
 from ftcli.errors import FtcliError
 from ftcli.evaluation.loop import run_eval
-from ftcli.evaluation.split_eval import find_model_dir
 from ftcli.evaluation.thresholds import Thresholds, threshold_for
 from ftcli.files import atomic_path, check_output
 
@@ -54,7 +53,7 @@ def predict(config: Config | str | Path, input_file: str | Path, output_file: st
     from ftcli import modeling
     from ftcli.config import DATA_FORMATS, as_config, with_values
     from ftcli.data import eval_dataloader, prepare, with_row_ids
-    from ftcli.evaluation.backends import check_backend, load_scorer, scoring_folder
+    from ftcli.evaluation.backends import load_scorer, scoring_folder
     from ftcli.runtime import accelerator_session
 
     cfg = as_config(config)
@@ -64,9 +63,7 @@ def predict(config: Config | str | Path, input_file: str | Path, output_file: st
     if source.suffix.lower() not in DATA_FORMATS:
         raise FtcliError(f"--input {source}: unsupported extension {source.suffix!r}; "
                          f"use one of {', '.join(sorted(DATA_FORMATS))}")
-    check_backend(backend)
-    folder = scoring_folder(backend, find_model_dir(cfg, model_dir) if backend == "torch"
-                            else Path(model_dir or cfg.train.output_dir))
+    folder = scoring_folder(backend, cfg, model_dir)
     output = Path(output_file) if output_file else Path(cfg.train.output_dir) / "predictions" / f"{source.stem}.jsonl"
     if output.suffix.lower() not in (".jsonl", ".csv"):
         raise FtcliError(f"--output {output}: write .jsonl or .csv")
@@ -95,8 +92,7 @@ def predict(config: Config | str | Path, input_file: str | Path, output_file: st
         start = time.perf_counter()
         with reporter.progress(len(dl), "predict", every=1, unit="batches", min_interval=10) as bar:
             result = run_eval(accelerator, model, dl, None, regression=prepared.is_regression, progress=bar,
-                              keep_outputs=True, multi_label=multi, threshold=thresholds.values or 0.5,
-                              binary_threshold=None if multi or thresholds.values is None else thresholds.values[0],
+                              keep_outputs=True, multi_label=multi, **thresholds.loop_args(multi),
                               temperature=scorer.temperature, pooling=pcfg.eval.window_pooling)
         seconds = time.perf_counter() - start
         order = torch.argsort(result.row_ids)

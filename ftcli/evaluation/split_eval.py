@@ -18,14 +18,6 @@ from ftcli.files import check_output, check_output_folder
 from ftcli.gate import Requirement
 
 
-def find_model_dir(cfg: Config, model_dir: str | Path | None) -> Path:
-    """`--model` as given, or the config's output_dir (its `model/` folder when it has one)."""
-    folder = Path(model_dir) if model_dir else Path(cfg.train.output_dir)
-    if not (folder / "config.json").is_file() and (folder / "model" / "config.json").is_file():
-        folder = folder / "model"
-    return folder
-
-
 def evaluate_model(config: Config | str | Path, *, model_dir: str | Path | None = None, split: str | None = None,
                    require: list[Requirement] = (), reporter: Reporter | None = None,
                    report_dir: str | Path | None = None, find_threshold: bool = False, save_threshold: bool = False,
@@ -50,13 +42,11 @@ def evaluate_model(config: Config | str | Path, *, model_dir: str | Path | None 
     from ftcli import gate
     from ftcli.config import as_config
     from ftcli.data import eval_dataloader, prepare
-    from ftcli.evaluation.backends import check_backend, load_scorer, scoring_folder
+    from ftcli.evaluation.backends import load_scorer, scoring_folder
     from ftcli.runtime import accelerator_session
 
     cfg = as_config(config)
-    check_backend(backend)
-    folder = scoring_folder(backend, find_model_dir(cfg, model_dir) if backend == "torch"
-                            else Path(model_dir or cfg.train.output_dir))
+    folder = scoring_folder(backend, cfg, model_dir)
     split = split or cfg.eval.split
     where, errors_path = _check_request(cfg, folder, split, report_dir, errors_file)
     find_threshold = find_threshold or save_threshold
@@ -86,11 +76,10 @@ def evaluate_model(config: Config | str | Path, *, model_dir: str | Path | None 
                              batch_size=cfg.train.eval_batch_size, workers=cfg.train.dataloader_workers)
         model, dl = scorer.prepare(accelerator, dl)
         start = time.perf_counter()
-        binary = None if multi or thresholds.values is None else thresholds.values[0]
         with reporter.progress(len(dl), f"eval {split}", every=1, unit="batches", min_interval=10) as bar:
             evaluated = run_eval(accelerator, model, dl, metric, regression=prepared.is_regression, progress=bar,
-                                 keep_predictions=True, multi_label=multi, threshold=thresholds.values or 0.5,
-                                 binary_threshold=binary, temperature=scorer.temperature,
+                                 keep_predictions=True, multi_label=multi, **thresholds.loop_args(multi),
+                                 temperature=scorer.temperature,
                                  pooling=cfg.eval.window_pooling)
         predictions, references, scores = evaluated.predictions, evaluated.references, evaluated.scores
         result = evaluated.values()

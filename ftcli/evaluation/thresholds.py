@@ -51,6 +51,12 @@ class Thresholds:
             return None
         return self.values[0]
 
+    def loop_args(self, multi_label: bool) -> dict[str, Any]:
+        """These thresholds as `run_eval` takes them (`threshold`, `binary_threshold`)."""
+        if multi_label:
+            return {"threshold": self.values or 0.5}
+        return {"binary_threshold": None if self.values is None else self.values[0]}
+
     def describe(self, labels: list[str]) -> str:
         if self.values is None:
             return "the most probable label"

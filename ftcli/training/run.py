@@ -160,7 +160,7 @@ def _finish(run: Run, state: TrainState, result: dict[str, Any], ckpt: Path | No
 
             written = str(write_report(out / "eval" / run.eval_split, report,
                                        f"{run.eval_split}, step {report['step']}: {out / 'model'}"))
-        _describe_model(run, final_eval, report)
+        _describe_model(run, final_eval, _final_metrics(final_eval), report)
     calibrated = _calibrate(run) if cfg.calibration.after_train else None
     summary = {
         "output_dir": str(out),
@@ -176,8 +176,7 @@ def _finish(run: Run, state: TrainState, result: dict[str, Any], ckpt: Path | No
         "exported": exported,
         "best": {"metric": best.metric, "value": best.value, "step": best.step, "checkpoint": best.checkpoint}
         if best else None,
-        "eval": {k: v for k, v in final_eval.items() if k not in ("type", "time", "epoch", "split", "step")}
-        if final_eval else None,
+        "eval": _final_metrics(final_eval) if final_eval else None,
         "per_class": report["per_class"] if report else None,
         **({"calibration": calibrated.to_dict()} if calibrated else {}),
     }
@@ -205,7 +204,13 @@ def _finish(run: Run, state: TrainState, result: dict[str, Any], ckpt: Path | No
     return summary
 
 
-def _describe_model(run: Run, final_eval: dict[str, Any] | None, report: dict[str, Any] | None) -> None:
+def _final_metrics(final_eval: dict[str, Any] | None) -> dict[str, Any]:
+    """The final evaluation's metrics, without its log-record fields."""
+    return {k: v for k, v in (final_eval or {}).items() if k not in ("type", "time", "epoch", "split", "step")}
+
+
+def _describe_model(run: Run, final_eval: dict[str, Any] | None, metrics: dict[str, Any],
+                    report: dict[str, Any] | None) -> None:
     """Main process: what the model card tells about this training, kept in the model folder
     with the confusion matrix image, and the card itself (ftcli.deploy.card)."""
     import shutil
@@ -215,7 +220,6 @@ def _describe_model(run: Run, final_eval: dict[str, Any] | None, report: dict[st
 
     cfg, prepared, model = run.cfg, run.prepared, run.output_dir / "model"
     data = cfg.data
-    metrics = {k: v for k, v in (final_eval or {}).items() if k not in ("type", "time", "epoch", "split", "step")}
     TrainingFacts(
         base_model=cfg.model.name_or_path, base_revision=cfg.model.revision,
         data_source=data.path + (f" ({data.name})" if data.name else "") if data.path
